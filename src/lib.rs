@@ -1,0 +1,37 @@
+//! parley: a thread-per-core load engine for OpenAI-compatible LLM serving endpoints, built for
+//! realistic multi-turn conversations.
+//!
+//! How the pieces fit, in the order a run flows through them:
+//!
+//! - [`cli`] parses flags (evalscope and AIPerf spellings) and only validates them.
+//! - [`plan`] turns validated flags into a [`plan::BenchPlan`]: a pure value with the target, the
+//!   load shape and the synthesized conversations. All tokenizer and synthesis work happens here,
+//!   before any I/O executor starts.
+//! - [`workload`] owns the conversation sources (`random_multi_turn`, …) and the immutable,
+//!   pre-serialized turn data the engine sends.
+//! - [`engine`] pins one glommio executor per core; each owns a disjoint set of concurrency slots,
+//!   its connections and its own [`metrics::Recorder`]. Conversations are claimed with one atomic
+//!   counter; nothing else is shared while the run is hot.
+//! - [`client`] sends one turn over a keep-alive hyper connection and streams the reply through
+//!   [`sse`] framing and [`chunk`] parsing (simd-json), stamping every read with [`clock`].
+//! - [`metrics`] merges per-core histograms once at the end; [`report`] prints the tables and
+//!   writes `summary.json`.
+//! - [`sim`] is the built-in OpenAI-compatible server: the default target and every test's
+//!   ground truth.
+//! - [`tokenizer`] wraps the HF tokenizer (builtin Qwen2 BPE or a user's tokenizer.json) and the
+//!   chat rendering shared by the client's synthesis and the sim's prompt counting.
+//! - [`net`] adapts glommio sockets to hyper's I/O traits.
+
+pub mod chunk;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod engine;
+pub mod metrics;
+pub mod net;
+pub mod plan;
+pub mod report;
+pub mod sim;
+pub mod sse;
+pub mod tokenizer;
+pub mod workload;

@@ -1,0 +1,141 @@
+//! Glue between glommio's sockets and hyper's I/O traits, shared by the client and the sim.
+//!
+//! [`HyperIo`] wraps a glommio `TcpStream` and records, in a [`ReadStamp`] shared with its owner,
+//! the monotonic time of the last read that returned bytes. The client uses that stamp as the
+//! arrival time of every SSE event carried by those bytes, so a slow parse never shifts a
+//! timestamp (the drift evalscope and AIPerf show under load).
+
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::clock;
+
+/// Time (ns since the clock epoch) of the most recent read that returned data.
+pub type ReadStamp = Rc<Cell<u64>>;
+
+/// A glommio TCP stream implementing `hyper::rt::{Read, Write}`.
+pub struct HyperIo {
+    stream: TcpStream,
+    stamp: ReadStamp,
+}
+
+impl HyperIo {
+    pub fn new(stream: TcpStream) -> (Self, ReadStamp) {
+        let stamp: ReadStamp = Rc::new(Cell::new(0));
+        (
+            HyperIo {
+                stream,
+                stamp: stamp.clone(),
+            },
+            stamp,
+        )
+    }
+}
+
+impl hyper::rt::Read for HyperIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // SAFETY: glommio only writes into the slice (it copies from its own receive buffer), and
+        // we advance the cursor by exactly the number of bytes it reports written, so no
+        // uninitialised byte is ever exposed as initialised. Zeroing the (up to hundreds of KiB)
+        // buffer on every read would cost more than the read itself.
+        let slice = unsafe {
+            let uninit = buf.as_mut();
+            std::slice::from_raw_parts_mut(uninit.as_mut_ptr() as *mut u8, uninit.len())
+        };
+        match Pin::new(&mut self.stream).poll_read(cx, slice) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.stamp.set(clock::now_ns());
+                }
+                // SAFETY: `n` bytes were just written by the read above.
+                unsafe { buf.advance(n) };
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::rt::Write for HyperIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
+
+/// A request or response body made of immutable segments, sent without copying them into one
+/// buffer first. A conversation's history is kept as such segments, so building turn k clones
+/// k reference counts instead of re-serialising every earlier message.
+pub struct SegmentsBody {
+    segments: std::vec::IntoIter<Bytes>,
+    remaining: u64,
+}
+
+impl SegmentsBody {
+    pub fn new(segments: Vec<Bytes>) -> Self {
+        let remaining = segments.iter().map(|s| s.len() as u64).sum();
+        SegmentsBody {
+            segments: segments.into_iter(),
+            remaining,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.remaining
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+impl Body for SegmentsBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        for seg in this.segments.by_ref() {
+            if !seg.is_empty() {
+                this.remaining -= seg.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(seg))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
