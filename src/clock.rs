@@ -1,28 +1,41 @@
 //! The one monotonic clock every timestamp in a run is taken from.
 //!
-//! All timestamps are integer nanoseconds since a process-wide epoch fixed at first use, so values
-//! taken on different cores compare directly and fit in a `u64` for centuries.
+//! Timestamps are integer nanoseconds of `CLOCK_MONOTONIC`, the clock `std::time::Instant` reads on
+//! Linux. Using its raw value (not "time since our start") makes timestamps from the client and
+//! from a `parley sim` in another process on the same host directly comparable, which is how the
+//! tests hold the client's figures against the sim's record.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-/// The process epoch; call once early (e.g. in `main`) so it predates every measurement.
-pub fn epoch() -> Instant {
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Nanoseconds since [`epoch`].
+/// Nanoseconds of `CLOCK_MONOTONIC` (≈ 36 ns through the vDSO).
 #[inline]
 pub fn now_ns() -> u64 {
-    epoch().elapsed().as_nanos() as u64
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The `Instant` that corresponds to `ns` since the epoch (for absolute-deadline timers).
+/// A pair of readings of `Instant` and [`now_ns`] taken together, to convert between them.
+fn anchor() -> (Instant, u64) {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    *ANCHOR.get_or_init(|| (Instant::now(), now_ns()))
+}
+
+/// The `Instant` for timestamp `ns` (for absolute-deadline timers).
 #[inline]
 pub fn instant_at(ns: u64) -> Instant {
-    epoch() + std::time::Duration::from_nanos(ns)
+    let (at, at_ns) = anchor();
+    if ns >= at_ns {
+        at + Duration::from_nanos(ns - at_ns)
+    } else {
+        at.checked_sub(Duration::from_nanos(at_ns - ns))
+            .unwrap_or(at)
+    }
 }
 
 #[cfg(test)]
@@ -30,11 +43,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn monotonic_and_round_trips() {
+    fn monotonic_and_matches_instant() {
         let a = now_ns();
         let b = now_ns();
         assert!(b >= a);
-        let at = instant_at(b);
-        assert_eq!((at - epoch()).as_nanos() as u64, b);
+        // Instant and now_ns read the same clock: converting "now" lands within a millisecond.
+        let target = now_ns() + 5_000_000;
+        let at = instant_at(target);
+        let diff = at.saturating_duration_since(Instant::now());
+        assert!(
+            diff <= Duration::from_millis(6) && diff >= Duration::from_millis(4),
+            "{diff:?}"
+        );
     }
 }

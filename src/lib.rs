@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod report;
+pub mod signal;
 pub mod sim;
 pub mod sse;
 pub mod tokenizer;
