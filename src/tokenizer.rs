@@ -219,6 +219,45 @@ impl Tokenizer {
         }
     }
 
+    /// [`Tokenizer::count`] for `text` = the concatenation of `single_token_words()[i]` for the
+    /// given indices (how synthetic prompts are built), exact and cheaper: it checks with the
+    /// tokenizer's own pre-tokenization that `text` splits into exactly those words and that no
+    /// added token occurs in it; each word alone is one token (checked when the list is made) and
+    /// pre-tokens are encoded independently, so the count is the number of words. If any check
+    /// fails, or the tokenizer has no fast path, this is `count(text)`.
+    pub fn count_words_text(
+        &self,
+        text: &str,
+        word_indices: impl IntoIterator<Item = usize>,
+    ) -> usize {
+        let Some(fast) = &self.fast else {
+            return self.count(text);
+        };
+        let Some((_, own)) = split_regex(&self.inner) else {
+            return self.count(text);
+        };
+        if text.bytes().any(|b| fast.added_first[b as usize]) {
+            return self.count(text);
+        }
+        let words = self.single_token_words();
+        let mut indices = word_indices.into_iter();
+        let (mut ok, mut n, mut prev) = (true, 0usize, 0usize);
+        fast.split(own, text, |start, end| {
+            ok &= start == prev
+                && indices
+                    .next()
+                    .and_then(|i| words.get(i))
+                    .is_some_and(|w| w.as_str() == &text[start..end]);
+            n += 1;
+            prev = end;
+        });
+        if ok && prev == text.len() && indices.next().is_none() {
+            n
+        } else {
+            self.count(text)
+        }
+    }
+
     /// Text of `ids` (special tokens kept). Empty if an id is unknown to the tokenizer.
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, false).unwrap_or_default()
@@ -418,6 +457,14 @@ impl FastPath {
         self.segment(regex, bpe, &text[seg..], &mut buf, out)
     }
 
+    /// Calls `f(start, end)` for each match of the split regex (`own`: the tokenizer's own).
+    fn split(&self, own: &SysRegex, s: &str, mut f: impl FnMut(usize, usize)) {
+        match &self.splitter {
+            Splitter::Own => own.find_iter(s).for_each(|(a, b)| f(a, b)),
+            fast => fast.for_each(s, f),
+        }
+    }
+
     fn segment(
         &self,
         regex: &SysRegex,
@@ -428,7 +475,7 @@ impl FastPath {
     ) -> Result<(), String> {
         let mut prev = 0;
         let mut result = Ok(());
-        let mut on_match = |start: usize, end: usize| {
+        let on_match = |start: usize, end: usize| {
             if result.is_err() {
                 return;
             }
@@ -440,10 +487,7 @@ impl FastPath {
             }
             prev = end;
         };
-        match &self.splitter {
-            Splitter::Own => regex.find_iter(seg).for_each(|(a, b)| on_match(a, b)),
-            fast => fast.for_each(seg, on_match),
-        }
+        self.split(regex, seg, on_match);
         result?;
         if prev != seg.len() {
             self.piece(bpe, &seg[prev..], buf, out)?;
@@ -742,9 +786,14 @@ mod tests {
     /// Reference encodings produced by tiktoken with the original ranks and regex (written by
     /// `scripts/build-builtin-tokenizer.py --validate`): ASCII, unicode, code, whitespace,
     /// digits, random tokens/bytes, text with special tokens.
+    /// With `PARLEY_GOLDEN=file` (written by the script with `--golden-limit 0 --golden file`)
+    /// the file is checked as well.
     #[test]
     fn matches_tiktoken_golden() {
-        let golden = include_str!("../assets/qwen2-golden.jsonl");
+        let mut golden = include_str!("../assets/qwen2-golden.jsonl").to_string();
+        if let Ok(p) = std::env::var("PARLEY_GOLDEN") {
+            golden.push_str(&std::fs::read_to_string(p).unwrap());
+        }
         let mut n = 0;
         for line in golden.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -939,6 +988,42 @@ mod tests {
     }
 
     #[test]
+    fn count_words_text_is_exact_and_falls_back() {
+        let t = tok();
+        let w = t.single_token_words();
+        let mut rng = SmallRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let idx: Vec<usize> = (0..rng.random_range(0..200))
+                .map(|_| rng.random_range(0..w.len()))
+                .collect();
+            let text: String = idx.iter().map(|&i| w[i].as_str()).collect();
+            assert_eq!(t.count_words_text(&text, idx.iter().copied()), idx.len());
+            assert_eq!(t.encode_reference(&text).len(), idx.len());
+        }
+        // Whatever the indices claim, the result is the text's true count.
+        let text = " alpha beta<|im_end|> gamma  delta\n";
+        let want = t.encode_reference(text).len();
+        assert_eq!(t.count_words_text(text, [0, 1, 2]), want);
+        let idx = [5, 6, 7];
+        let text: String = idx.iter().map(|&i| w[i].as_str()).collect();
+        let cases = [
+            (text.clone(), vec![5, 6]),
+            (text.clone(), vec![5, 6, 8]),
+            (text.clone(), vec![5, 6, 7, 7]),
+            (format!("{text}x"), idx.to_vec()),
+            (format!("{text} "), idx.to_vec()),
+            (format!("<|im_start|>{text}"), idx.to_vec()),
+        ];
+        for (s, i) in cases {
+            assert_eq!(
+                t.count_words_text(&s, i),
+                t.encode_reference(&s).len(),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
     fn builtin_shared_is_built_once() {
         let a = Tokenizer::builtin_shared().unwrap();
         let b = Tokenizer::builtin_shared().unwrap();
@@ -1069,47 +1154,6 @@ mod tests {
         if let Ok(p) = std::env::var("PARLEY_DUMP_TOKENIZER_JSON") {
             std::fs::write(&p, tok().hf().to_string(false).unwrap()).unwrap();
             println!("wrote {p}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod prof {
-    use super::*;
-    use rand::rngs::SmallRng;
-    use rand::{Rng, SeedableRng};
-
-    #[test]
-    #[ignore]
-    fn profile_count() {
-        let t = Tokenizer::builtin().unwrap();
-        let f = t.fast.as_ref().unwrap();
-        let ModelWrapper::BPE(bpe) = t.hf().get_model() else {
-            panic!()
-        };
-        let w = t.single_token_words();
-        let mut rng = SmallRng::seed_from_u64(1);
-        let text: String = (0..8192)
-            .map(|_| w[rng.random_range(0..w.len())].as_str())
-            .collect();
-        for _ in 0..3 {
-            let t0 = std::time::Instant::now();
-            let mut n = 0;
-            f.splitter.for_each(&text, |_, _| n += 1);
-            let a = t0.elapsed();
-            let t0 = std::time::Instant::now();
-            let mut buf = String::new();
-            let mut k = 0;
-            for x in w.iter().take(8192) {
-                buf.clear();
-                buf.extend(x.bytes().map(|b| BYTE_CHARS[b as usize]));
-                k += bpe.token_to_id(&buf).is_some() as usize;
-            }
-            let b = t0.elapsed();
-            let t0 = std::time::Instant::now();
-            let c = t.count(&text);
-            let cc = t0.elapsed();
-            println!("split {n} {a:?}; lookup {k} {b:?}; count {c} {cc:?}");
         }
     }
 }

@@ -5,8 +5,10 @@
 //! template counted), made of a contiguous slice of the vocabulary starting at a random offset.
 //! Where evalscope slices token ids and then decodes / re-encodes / truncates to converge on the
 //! length, we slice the tokenizer's [single-token words](Tokenizer::single_token_words) (wrapping
-//! around the list), so the text is `n` tokens by construction; every turn is then counted with
-//! the tokenizer and a mismatch is an error, never a silently wrong length.
+//! around the list), so the text is `n` tokens by construction. Every turn is then counted with
+//! the tokenizer ([`Tokenizer::count_words_text`]: its own pre-tokenization must split the text
+//! into exactly the placed words, else a full count) and a mismatch is an error
+//! ([`SynthesisError::NotExact`]), never a silently wrong length.
 //!
 //! **Determinism.** Conversation `i` draws from its own `SmallRng` seeded from `(seed, i)`, so the
 //! output depends only on the parameters, the tokenizer and the `rand` version — not on how many
@@ -132,7 +134,10 @@ impl RandomMultiTurn {
             for k in 0..target as usize {
                 text.push_str(&words[(offset + k) % words.len()]);
             }
-            let got = tok.count(&text);
+            let got = tok.count_words_text(
+                &text,
+                (0..target as usize).map(|k| (offset + k) % words.len()),
+            );
             if got != target as usize {
                 return Err(SynthesisError::NotExact {
                     target,
@@ -350,10 +355,11 @@ mod tests {
             max_prompt_tokens: 512,
             seed: 1,
         };
+        let tok = tok();
         for threads in [1, 2] {
             for _ in 0..3 {
                 let t0 = std::time::Instant::now();
-                let convs = p.build_with_threads(tok(), threads).unwrap();
+                let convs = p.build_with_threads(tok, threads).unwrap();
                 let el = t0.elapsed();
                 let turns: usize = convs.iter().map(|c| c.turns.len()).sum();
                 println!("{threads} thread(s): 100 conversations x 5 turns x 512 tokens ({turns} turns) in {el:?}");
