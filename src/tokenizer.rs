@@ -242,7 +242,7 @@ impl Tokenizer {
         let words = self.single_token_words();
         let mut indices = word_indices.into_iter();
         let (mut ok, mut n, mut prev) = (true, 0usize, 0usize);
-        fast.split(own, text, |start, end| {
+        fast.splitter.for_each(own, text, |start, end| {
             ok &= start == prev
                 && indices
                     .next()
@@ -329,7 +329,7 @@ impl Splitter {
         if !trusted {
             for s in SELF_CHECK {
                 let mut got = Vec::new();
-                candidate.for_each(s, |a, b| got.push((a, b)));
+                candidate.for_each(own, s, |a, b| got.push((a, b)));
                 if got != own.find_iter(s).collect::<Vec<_>>() {
                     return Splitter::Own;
                 }
@@ -338,10 +338,14 @@ impl Splitter {
         candidate
     }
 
-    /// Calls `f(start, end)` for each match of the split regex in `s`, in order.
-    fn for_each(&self, s: &str, mut f: impl FnMut(usize, usize)) {
+    /// Calls `f(start, end)` for each match of the split regex in `s`, in order (`own`: the
+    /// tokenizer's own compiled regex).
+    fn for_each(&self, own: &SysRegex, s: &str, mut f: impl FnMut(usize, usize)) {
         let (find, tail) = match self {
-            Splitter::Own => unreachable!("handled by the caller"),
+            Splitter::Own => {
+                own.find_iter(s).for_each(|(a, b)| f(a, b));
+                return;
+            }
             Splitter::Plain(re) => {
                 re.find_iter(s).for_each(|m| f(m.start(), m.end()));
                 return;
@@ -457,14 +461,6 @@ impl FastPath {
         self.segment(regex, bpe, &text[seg..], &mut buf, out)
     }
 
-    /// Calls `f(start, end)` for each match of the split regex (`own`: the tokenizer's own).
-    fn split(&self, own: &SysRegex, s: &str, mut f: impl FnMut(usize, usize)) {
-        match &self.splitter {
-            Splitter::Own => own.find_iter(s).for_each(|(a, b)| f(a, b)),
-            fast => fast.for_each(s, f),
-        }
-    }
-
     fn segment(
         &self,
         regex: &SysRegex,
@@ -487,7 +483,7 @@ impl FastPath {
             }
             prev = end;
         };
-        self.split(regex, seg, on_match);
+        self.splitter.for_each(regex, seg, on_match);
         result?;
         if prev != seg.len() {
             self.piece(bpe, &seg[prev..], buf, out)?;
@@ -977,12 +973,12 @@ mod tests {
                 .map(|_| WS[rng.random_range(0..WS.len())])
                 .collect();
             let mut got = Vec::new();
-            f.splitter.for_each(&s, |a, b| got.push((a, b)));
+            f.splitter.for_each(own, &s, |a, b| got.push((a, b)));
             assert_eq!(got, own.find_iter(&s).collect::<Vec<_>>(), "{s:?}");
         }
         for s in SELF_CHECK {
             let mut got = Vec::new();
-            f.splitter.for_each(s, |a, b| got.push((a, b)));
+            f.splitter.for_each(own, s, |a, b| got.push((a, b)));
             assert_eq!(got, own.find_iter(s).collect::<Vec<_>>(), "{s:?}");
         }
     }
@@ -1021,6 +1017,36 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    /// User tokenizer.json files with other split patterns: one the `regex` crate runs as is, one
+    /// that needs fancy-regex (a lookahead that is not the usual tail). Both use the fast path
+    /// and must agree with the full pipeline.
+    #[test]
+    fn fast_path_with_other_split_patterns() {
+        let base: serde_json::Value =
+            serde_json::from_str(&tok().hf().to_string(false).unwrap()).unwrap();
+        let plain = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+        let fancy = format!("{QWEN2_PATTERN}|x(?=y)");
+        let dir = scratch_dir("patterns");
+        let mut rng = SmallRng::seed_from_u64(21);
+        for (name, pattern) in [("plain", plain), ("fancy", fancy.as_str())] {
+            let mut v = base.clone();
+            v["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern.into();
+            let file = dir.join(format!("{name}.json"));
+            std::fs::write(&file, v.to_string()).unwrap();
+            let t = Tokenizer::from_path(&file).unwrap();
+            let f = t.fast.as_ref().expect("fast path");
+            match name {
+                "plain" => assert!(matches!(f.splitter, Splitter::Plain(_))),
+                _ => assert!(matches!(f.splitter, Splitter::Own)),
+            }
+            for _ in 0..500 {
+                let s = random_text(&mut rng, tok());
+                assert_eq!(t.encode(&s), t.encode_reference(&s), "{name}: {s:?}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
