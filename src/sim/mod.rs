@@ -48,3 +48,8 @@ impl SimHandle {
 pub fn spawn(_args: &SimArgs, _tokenizer: Arc<Tokenizer>) -> Result<SimHandle, SimError> {
     unimplemented!()
 }
+
+/// Runs `parley sim` in the foreground until SIGINT/SIGTERM.
+pub fn run(_args: &SimArgs) -> Result<(), SimError> {
+    unimplemented!()
+}
