@@ -1,1 +1,203 @@
-//! (in progress)
+//! Command-line flags. This layer only parses and range-checks; [`crate::plan`] turns the flags
+//! into a validated plan and builds the run's resources.
+//!
+//! Flags accept both evalscope spellings (`--parallel`, `--number`, …) and AIPerf spellings
+//! (`--concurrency`, `--conversation-num`, …) as aliases of one another.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::sim::SimArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "parley",
+    version,
+    about = "Thread-per-core multi-turn load engine for OpenAI-compatible LLM servers",
+    long_about = "parley benchmarks OpenAI-compatible serving endpoints (vLLM, SGLang, TensorRT-LLM, \
+llama.cpp, cloud APIs) with realistic multi-turn conversations: every turn sends the whole history \
+including the model's real replies, so prompts grow and prefix caches are exercised.\n\n\
+Without --url, `parley bench` starts the built-in simulated server (`parley sim`) and benchmarks it.",
+    after_help = "Examples:\n  parley bench\n  parley bench --url http://127.0.0.1:8000 --model Qwen/Qwen3-8B \\\n      --dataset random_multi_turn --min-turns 2 --max-turns 5 --parallel 16 --number 200\n  parley sim --port 8000 --itl-ms 10"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a benchmark (against the built-in sim when no --url is given).
+    Bench(Box<BenchArgs>),
+    /// Run the built-in simulated OpenAI-compatible server.
+    Sim(SimArgs),
+}
+
+/// Flags of `parley bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    // ----- target -----
+    /// Server URL: a base (`http://host:port`, `/v1/chat/completions` is appended) or the full
+    /// endpoint URL (`…/v1/chat/completions` or `…/v1/completions`). Without it, parley starts its
+    /// built-in simulated server on 127.0.0.1 and benchmarks that.
+    #[arg(long, help_heading = "Target")]
+    pub url: Option<String>,
+
+    /// Model name sent in every request body. Required with --url; defaults to the sim's model
+    /// otherwise.
+    #[arg(long, short = 'm', help_heading = "Target")]
+    pub model: Option<String>,
+
+    /// API key, sent as `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "PARLEY_API_KEY",
+        hide_env_values = true,
+        help_heading = "Target"
+    )]
+    pub api_key: Option<String>,
+
+    /// Seconds allowed for a TCP connect before the request counts as failed (`connect`).
+    #[arg(long, default_value_t = 10.0, value_parser = positive_f64, help_heading = "Target")]
+    pub connect_timeout: f64,
+
+    /// Seconds without a single byte from the server before a request counts as failed
+    /// (`read_timeout`).
+    #[arg(long, default_value_t = 600.0, value_parser = positive_f64, help_heading = "Target")]
+    pub read_timeout: f64,
+
+    // ----- load -----
+    /// Conversations in flight at once (closed loop); each slot runs one conversation at a time.
+    #[arg(long, visible_alias = "concurrency", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load")]
+    pub parallel: u32,
+
+    /// Conversations to run in total. Conversations are claimed first come, first served, cycling
+    /// through the dataset when it holds fewer.
+    #[arg(long, short = 'n', visible_aliases = ["conversation-num", "num-conversations", "num-sessions"], default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Load")]
+    pub number: u64,
+
+    /// Cores to run executors on: one pinned executor each. Default: every online core.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load")]
+    pub cores: Option<u32>,
+
+    // ----- workload -----
+    /// Conversation source. Only `random_multi_turn` for now: synthetic user turns of exact token
+    /// lengths.
+    #[arg(long, default_value = "random_multi_turn", help_heading = "Workload")]
+    pub dataset: String,
+
+    /// Dataset file, for file-based sources.
+    #[arg(long, help_heading = "Workload")]
+    pub dataset_path: Option<PathBuf>,
+
+    /// Tokenizer for synthesis: a tokenizer.json, a local HF model directory, or `builtin`
+    /// (Qwen2's BPE, shipped in the binary).
+    #[arg(long, help_heading = "Workload")]
+    pub tokenizer_path: Option<PathBuf>,
+
+    /// Fewest user turns per conversation (random_multi_turn: uniform in [min, max]).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
+    pub min_turns: u32,
+
+    /// Most user turns per conversation.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
+    pub max_turns: u32,
+
+    /// Fewest tokens per synthetic user turn.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
+    pub min_prompt_length: u32,
+
+    /// Most tokens per synthetic user turn.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
+    pub max_prompt_length: u32,
+
+    /// Random seed for synthesis (same seed, same conversations).
+    #[arg(long, default_value_t = 0, help_heading = "Workload")]
+    pub seed: u64,
+
+    // ----- request -----
+    /// `max_tokens` sent with every request (a dataset's per-turn value wins).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Request")]
+    pub max_tokens: u32,
+
+    /// `min_tokens` sent with every request, when set.
+    #[arg(long, help_heading = "Request")]
+    pub min_tokens: Option<u32>,
+
+    /// JSON object merged into every request body, e.g. '{"ignore_eos": true}'. Its keys win
+    /// over parley's own (except `messages`).
+    #[arg(long, help_heading = "Request")]
+    pub extra_args: Option<String>,
+
+    /// Stream responses (default). Usage is always requested (`stream_options.include_usage`).
+    #[arg(long, overrides_with = "no_stream", help_heading = "Request")]
+    pub stream: bool,
+
+    /// Ask for whole (non-streamed) responses; TTFT then equals latency.
+    #[arg(long, overrides_with = "stream", help_heading = "Request")]
+    pub no_stream: bool,
+
+    // ----- output -----
+    /// Directory under which each run writes `<timestamp>/<name>/summary.json`.
+    #[arg(long, default_value = "outputs", help_heading = "Output")]
+    pub outputs_dir: PathBuf,
+
+    /// Run name (the output subdirectory). Default: the model name's last path component.
+    #[arg(long, help_heading = "Output")]
+    pub name: Option<String>,
+
+    /// No progress line on stderr.
+    #[arg(long, short = 'q', help_heading = "Output")]
+    pub quiet: bool,
+}
+
+impl BenchArgs {
+    pub fn streaming(&self) -> bool {
+        !self.no_stream
+    }
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be a positive number of seconds"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench(args: &[&str]) -> BenchArgs {
+        let mut full = vec!["parley", "bench"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Bench(b) => *b,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn both_dialects_parse_to_the_same_fields() {
+        let e = bench(&["--parallel", "7", "--number", "30"]);
+        let a = bench(&["--concurrency", "7", "--conversation-num", "30"]);
+        assert_eq!((e.parallel, e.number), (7, 30));
+        assert_eq!((a.parallel, a.number), (7, 30));
+    }
+
+    #[test]
+    fn stream_is_default_and_can_be_turned_off() {
+        assert!(bench(&[]).streaming());
+        assert!(!bench(&["--no-stream"]).streaming());
+        assert!(bench(&["--no-stream", "--stream"]).streaming());
+    }
+
+    #[test]
+    fn rejects_zero_concurrency_and_bad_timeouts() {
+        assert!(Cli::try_parse_from(["parley", "bench", "--parallel", "0"]).is_err());
+        assert!(Cli::try_parse_from(["parley", "bench", "--read-timeout", "-1"]).is_err());
+    }
+}

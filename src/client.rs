@@ -1,1 +1,354 @@
-//! (in progress)
+//! One turn over one keep-alive HTTP/1.1 connection: send the request, stream the reply through
+//! SSE framing and chunk parsing, and time every output-bearing event.
+//!
+//! Everything here runs on an engine executor, once per request and once per body frame, so it
+//! allocates nothing per event: the framer, parser, reply string and ITL buffer belong to the
+//! slot and are reused across requests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+
+use crate::chunk::{ChunkError, ChunkInfo, ChunkParser, Usage};
+use crate::clock;
+use crate::net::{HyperIo, ReadStamp, SegmentsBody};
+use crate::sse::{SseError, SseFramer};
+
+/// How a request failed; every failure is counted under exactly one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// TCP connect failed or timed out.
+    Connect,
+    /// The server answered with a non-2xx status.
+    HttpStatus(u16),
+    /// The connection broke (reset, EOF) before the response was complete.
+    Io,
+    /// No bytes for longer than `--read-timeout`.
+    ReadTimeout,
+    /// An SSE event was not valid JSON or was too large.
+    MalformedSse,
+    /// The server sent an error object inside the stream or body.
+    ServerError,
+    /// The body ended without `[DONE]` or a `finish_reason`.
+    Incomplete,
+}
+
+impl FailureKind {
+    /// A stable label for reports ("http_500", "io", …).
+    pub fn label(&self) -> String {
+        match self {
+            FailureKind::Connect => "connect".into(),
+            FailureKind::HttpStatus(code) => format!("http_{code}"),
+            FailureKind::Io => "io".into(),
+            FailureKind::ReadTimeout => "read_timeout".into(),
+            FailureKind::MalformedSse => "malformed_sse".into(),
+            FailureKind::ServerError => "server_error".into(),
+            FailureKind::Incomplete => "incomplete".into(),
+        }
+    }
+}
+
+/// Fixed, per-run parts of every request.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    pub host: HeaderValue,
+    /// Request path, e.g. `/v1/chat/completions`.
+    pub path: hyper::Uri,
+    pub authorization: Option<HeaderValue>,
+    pub stream: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// A keep-alive connection owned by one slot.
+pub struct Connection {
+    sender: SendRequest<SegmentsBody>,
+    stamp: ReadStamp,
+}
+
+impl Connection {
+    pub async fn open(endpoint: &Endpoint) -> Result<Connection, FailureKind> {
+        let stream =
+            glommio::net::TcpStream::connect_timeout(endpoint.addr, endpoint.connect_timeout)
+                .await
+                .map_err(|_| FailureKind::Connect)?;
+        // Each SSE event must leave our send path immediately, and requests are single writes.
+        let _ = stream.set_nodelay(true);
+        let (io, stamp) = HyperIo::new(stream);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|_| FailureKind::Connect)?;
+        glommio::spawn_local(async move {
+            // The connection ends when the server closes it or the sender is dropped; either
+            // way the slot notices on its next request and reconnects.
+            let _ = conn.await;
+        })
+        .detach();
+        Ok(Connection { sender, stamp })
+    }
+
+    /// Whether the connection can take another request (keep-alive still up).
+    pub async fn ready(&mut self) -> bool {
+        self.sender.ready().await.is_ok()
+    }
+}
+
+/// Per-slot scratch state reused across requests.
+#[derive(Default)]
+pub struct Scratch {
+    pub framer: SseFramer,
+    pub parser: ChunkParser,
+    /// The reply text of the current turn (content + reasoning).
+    pub reply: String,
+    /// Gaps between consecutive output-bearing events of the current request, in ns.
+    pub itl_ns: Vec<u64>,
+}
+
+/// What happened to one request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TurnTiming {
+    /// Just before the request was handed to the connection.
+    pub start_ns: u64,
+    /// Read time of the first output-bearing event (TTFT end).
+    pub first_output_ns: Option<u64>,
+    /// Read time of the last byte of the response.
+    pub end_ns: u64,
+    /// Output-bearing events received.
+    pub output_chunks: u32,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug)]
+pub struct TurnFailure {
+    pub kind: FailureKind,
+    pub timing: TurnTiming,
+}
+
+enum StreamError {
+    Sse,
+    Chunk,
+    Server,
+}
+
+impl From<SseError> for StreamError {
+    fn from(_: SseError) -> Self {
+        StreamError::Sse
+    }
+}
+
+impl From<ChunkError> for StreamError {
+    fn from(_: ChunkError) -> Self {
+        StreamError::Chunk
+    }
+}
+
+/// Upper bound on a non-stream or error body we buffer.
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// Sends one request and consumes its response. `headers` are per-request extras.
+pub async fn send_turn(
+    conn: &mut Connection,
+    endpoint: &Endpoint,
+    body: SegmentsBody,
+    conversation: u64,
+    turn: u32,
+    scratch: &mut Scratch,
+) -> Result<TurnTiming, TurnFailure> {
+    let mut timing = TurnTiming::default();
+    let content_length = body.len();
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(endpoint.path.clone())
+        .header(HOST, endpoint.host.clone())
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(
+            hyper::header::CONTENT_LENGTH,
+            HeaderValue::from(content_length),
+        )
+        .header("x-parley-conversation", HeaderValue::from(conversation))
+        .header("x-parley-turn", HeaderValue::from(turn));
+    if let Some(auth) = &endpoint.authorization {
+        builder = builder.header(AUTHORIZATION, auth.clone());
+    }
+    let request = builder
+        .body(body)
+        .expect("request parts are valid by construction");
+
+    scratch.reply.clear();
+    scratch.itl_ns.clear();
+    scratch.framer.reset();
+
+    let start_ns = clock::now_ns();
+    timing.start_ns = start_ns;
+    let fail = |kind, timing: TurnTiming| TurnFailure { kind, timing };
+
+    let work = async {
+        let response = match conn.sender.send_request(request).await {
+            Ok(r) => r,
+            Err(_) => return Err(FailureKind::Io),
+        };
+        let status = response.status();
+        let mut body = response.into_body();
+        if status != StatusCode::OK {
+            // Drain (bounded) so the connection stays reusable; the body is not needed.
+            let mut drained = 0usize;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => drained += f.data_ref().map_or(0, |d| d.len()),
+                    Err(_) => break,
+                }
+                if drained > MAX_BODY_BYTES {
+                    break;
+                }
+            }
+            return Err(FailureKind::HttpStatus(status.as_u16()));
+        }
+        if endpoint.stream {
+            read_stream(&mut body, &conn.stamp, scratch, &mut timing).await
+        } else {
+            read_whole(&mut body, &conn.stamp, scratch, &mut timing).await
+        }
+    };
+    let result = with_read_timeout(work, &conn.stamp, start_ns, endpoint.read_timeout).await;
+    timing.end_ns = conn.stamp.get().max(timing.start_ns);
+    match result {
+        Ok(()) => Ok(timing),
+        Err(kind) => Err(fail(kind, timing)),
+    }
+}
+
+async fn read_stream(
+    body: &mut hyper::body::Incoming,
+    stamp: &ReadStamp,
+    scratch: &mut Scratch,
+    timing: &mut TurnTiming,
+) -> Result<(), FailureKind> {
+    let Scratch {
+        framer,
+        parser,
+        reply,
+        itl_ns,
+    } = scratch;
+    let mut done = false;
+    let mut finished = false;
+    let mut last_output_ns = 0u64;
+    let mut on_data = |payload: &mut [u8], now_ns: u64| -> Result<(), StreamError> {
+        if done {
+            return Ok(());
+        }
+        if ChunkParser::is_done(payload) {
+            done = true;
+            return Ok(());
+        }
+        let info: ChunkInfo = parser.parse_chunk(payload, reply)?;
+        if info.error {
+            return Err(StreamError::Server);
+        }
+        if info.output {
+            match timing.first_output_ns {
+                None => timing.first_output_ns = Some(now_ns),
+                Some(_) => itl_ns.push(now_ns - last_output_ns),
+            }
+            last_output_ns = now_ns;
+            timing.output_chunks += 1;
+        }
+        finished |= info.finished;
+        if info.usage.is_some() {
+            timing.usage = info.usage;
+        }
+        Ok(())
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| FailureKind::Io)?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        // The time the bytes were read from the socket, not the time we got to them.
+        let now_ns = stamp.get();
+        framer
+            .feed(data, |p: &mut [u8]| on_data(p, now_ns))
+            .map_err(classify)?;
+    }
+    let now_ns = stamp.get();
+    framer
+        .finish(|p: &mut [u8]| on_data(p, now_ns))
+        .map_err(classify)?;
+    if done || finished {
+        Ok(())
+    } else {
+        Err(FailureKind::Incomplete)
+    }
+}
+
+fn classify(e: StreamError) -> FailureKind {
+    match e {
+        StreamError::Sse | StreamError::Chunk => FailureKind::MalformedSse,
+        StreamError::Server => FailureKind::ServerError,
+    }
+}
+
+async fn read_whole(
+    body: &mut hyper::body::Incoming,
+    stamp: &ReadStamp,
+    scratch: &mut Scratch,
+    timing: &mut TurnTiming,
+) -> Result<(), FailureKind> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| FailureKind::Io)?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > MAX_BODY_BYTES {
+                return Err(FailureKind::MalformedSse);
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    let info = scratch
+        .parser
+        .parse_response(&mut buf, &mut scratch.reply)
+        .map_err(|_| FailureKind::MalformedSse)?;
+    if info.error {
+        return Err(FailureKind::ServerError);
+    }
+    // Without streaming the first token arrives with the whole body: TTFT = latency.
+    let now_ns = stamp.get();
+    if info.output {
+        timing.first_output_ns = Some(now_ns);
+        timing.output_chunks = 1;
+    }
+    timing.usage = info.usage;
+    Ok(())
+}
+
+/// Races `work` against a watchdog that fails it once no byte has been read for `limit`. One
+/// timer per request (not per event): the watchdog wakes every `limit / 4` and checks the read
+/// stamp.
+async fn with_read_timeout<F>(
+    work: F,
+    stamp: &ReadStamp,
+    start_ns: u64,
+    limit: Duration,
+) -> Result<(), FailureKind>
+where
+    F: std::future::Future<Output = Result<(), FailureKind>>,
+{
+    let limit_ns = limit.as_nanos() as u64;
+    let watchdog = async {
+        let tick = (limit / 4).max(Duration::from_millis(1));
+        loop {
+            glommio::timer::sleep(tick).await;
+            let last = stamp.get().max(start_ns);
+            if clock::now_ns().saturating_sub(last) >= limit_ns {
+                return Err(FailureKind::ReadTimeout);
+            }
+        }
+    };
+    futures_lite::future::or(work, watchdog).await
+}

@@ -1,6 +1,124 @@
+//! The `parley` binary: parse flags, dispatch, turn library errors into messages.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
 use mimalloc::MiMalloc;
+
+use parley::cli::{BenchArgs, Cli, Command};
+use parley::client::Endpoint;
+use parley::engine::{self, EngineConfig, Shared};
+use parley::plan::{BenchPlan, Target};
+use parley::report::Summary;
+use parley::{signal, sim};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {}
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => bench(&args),
+        Command::Sim(args) => sim::run(&args).context("parley sim"),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+/// The sim's flags at their defaults, as if `parley sim` had been run bare.
+fn default_sim_args() -> sim::SimArgs {
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        sim: sim::SimArgs,
+    }
+    Wrapper::parse_from(["parley-sim"]).sim
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    signal::install();
+    let plan = BenchPlan::build(args)?;
+
+    // Without --url, serve the built-in sim from this process on a free loopback port.
+    let mut sim_handle = None;
+    let (addr, host, path) = match &plan.target {
+        Target::Url {
+            addr, host, path, ..
+        } => (*addr, host.clone(), path.clone()),
+        Target::BuiltinSim => {
+            let mut sim_args = default_sim_args();
+            sim_args.port = 0;
+            let handle = sim::spawn(&sim_args, plan.tokenizer.clone())
+                .context("starting the built-in sim")?;
+            let addr = handle.addr;
+            sim_handle = Some(handle);
+            (addr, addr.to_string(), "/v1/chat/completions".to_string())
+        }
+    };
+    let endpoint = Endpoint {
+        addr,
+        host: host
+            .parse()
+            .context("--url host is not a valid Host header")?,
+        path: path.parse().context("--url path")?,
+        authorization: match &plan.authorization {
+            Some(a) => Some(a.parse().context("--api-key is not a valid header value")?),
+            None => None,
+        },
+        stream: plan.stream,
+        connect_timeout: plan.connect_timeout,
+        read_timeout: plan.read_timeout,
+    };
+    let shared = Arc::new(Shared::new(
+        endpoint,
+        plan.body.clone(),
+        plan.conversations.clone(),
+        plan.number,
+        plan.cpus.len(),
+    ));
+    let config = EngineConfig {
+        cpus: plan.cpus.clone(),
+        concurrency: plan.concurrency,
+    };
+    if !args.quiet {
+        eprintln!(
+            "parley: {} conversations, {} in flight, {} cores -> {}",
+            plan.number,
+            plan.concurrency,
+            plan.cpus.len(),
+            plan.config.url
+        );
+    }
+    let show_progress = !args.quiet && std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let recorder = engine::run(&config, shared, |p| {
+        if show_progress {
+            eprint!(
+                "\r  {:>6.1}s  conversations {}/{}  requests ok {}  failed {}   ",
+                started.elapsed().as_secs_f64(),
+                p.claimed,
+                p.number,
+                p.succeeded,
+                p.failed
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })?;
+    if show_progress {
+        eprintln!();
+    }
+    if let Some(h) = sim_handle {
+        h.shutdown();
+    }
+    let summary = Summary::new(plan.config.clone(), &recorder, signal::interrupted());
+    print!("{}", summary.render());
+    let path = summary
+        .write(&plan.run_dir)
+        .with_context(|| format!("writing {}", plan.run_dir.display()))?;
+    println!("\nsummary: {}", path.display());
+    Ok(())
+}

@@ -1,1 +1,323 @@
-//! (in progress)
+//! Per-core recording of request outcomes, merged once after the executors join.
+//!
+//! A [`Recorder`] lives on one executor and is only touched by that executor's tasks, so recording
+//! is plain arithmetic on owned data: no atomics, no locks. Its memory is fixed at creation (HDR
+//! histograms with a fixed range; counters), so nothing grows with the number of requests.
+//! Durations are recorded in microseconds, 1 µs to 1 h, 3 significant digits; means come from
+//! exact sums kept beside the histograms.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+
+use crate::chunk::Usage;
+use crate::client::{FailureKind, TurnTiming};
+
+const SIGFIG: u8 = 3;
+const MAX_US: u64 = 3_600_000_000;
+const MAX_TOKENS: u64 = 100_000_000;
+
+/// A histogram with an exact sum beside it (HDR means are bucket-rounded).
+#[derive(Clone, Debug)]
+pub struct Dist {
+    pub hist: Histogram<u64>,
+    pub sum: u128,
+}
+
+impl Dist {
+    fn new(max: u64) -> Dist {
+        Dist {
+            hist: Histogram::new_with_bounds(1, max, SIGFIG).expect("valid histogram bounds"),
+            sum: 0,
+        }
+    }
+
+    #[inline]
+    pub fn record(&mut self, value: u64) {
+        // Values beyond the range are clamped rather than dropped, so counts stay exact.
+        self.hist.saturating_record(value.max(1));
+        self.sum += value as u128;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| self.sum as f64 / n as f64)
+    }
+
+    /// Nearest-rank percentile (HDR's highest equivalent value at the quantile).
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        (self.count() > 0).then(|| self.hist.value_at_quantile(q))
+    }
+
+    pub fn max(&self) -> Option<u64> {
+        (self.count() > 0).then(|| self.hist.max())
+    }
+
+    fn merge(&mut self, other: &Dist) {
+        self.hist
+            .add(&other.hist)
+            .expect("same bounds on every core");
+        self.sum += other.sum;
+    }
+}
+
+/// How the cached-token figure of a request was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheSource {
+    /// `usage.prompt_tokens_details.cached_tokens` from the server.
+    Server,
+    /// evalscope's estimate: the previous turn's prompt + completion tokens.
+    Estimated,
+}
+
+/// One successful request, as the engine hands it to the recorder.
+#[derive(Clone, Copy, Debug)]
+pub struct Success<'a> {
+    pub timing: &'a TurnTiming,
+    /// Gaps between output-bearing events, ns.
+    pub itl_ns: &'a [u64],
+    /// 0-based turn index within the conversation.
+    pub turn: u32,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Whether token counts came from `usage` (false: estimated by the client).
+    pub tokens_from_usage: bool,
+    pub cached_tokens: u64,
+    pub cache_source: CacheSource,
+}
+
+/// Everything one core measured.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    pub ttft_us: Dist,
+    pub itl_us: Dist,
+    pub tpot_us: Dist,
+    pub latency_us: Dist,
+    pub input_tokens: Dist,
+    pub output_tokens: Dist,
+    pub first_turn_ttft_us: Dist,
+    pub subsequent_turn_ttft_us: Dist,
+    pub requests_succeeded: u64,
+    pub requests_failed: u64,
+    pub failures: BTreeMap<FailureKind, u64>,
+    pub conversations_completed: u64,
+    pub conversations_abandoned: u64,
+    /// Conversations cut short by Ctrl-C (not failures).
+    pub conversations_interrupted: u64,
+    /// Σ(turn index + 1) over successful requests (evalscope's Turns/Req numerator).
+    pub turn_depth_sum: u64,
+    /// Σprompt and Σcached over successful requests with prompt > 0.
+    pub cache_prompt_tokens: u64,
+    pub cache_cached_tokens: u64,
+    pub cache_from_server: u64,
+    pub cache_estimated: u64,
+    /// Successful requests whose token counts were estimated (no `usage`).
+    pub tokens_estimated: u64,
+    pub first_start_ns: u64,
+    pub last_end_ns: u64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder {
+            ttft_us: Dist::new(MAX_US),
+            itl_us: Dist::new(MAX_US),
+            tpot_us: Dist::new(MAX_US),
+            latency_us: Dist::new(MAX_US),
+            input_tokens: Dist::new(MAX_TOKENS),
+            output_tokens: Dist::new(MAX_TOKENS),
+            first_turn_ttft_us: Dist::new(MAX_US),
+            subsequent_turn_ttft_us: Dist::new(MAX_US),
+            requests_succeeded: 0,
+            requests_failed: 0,
+            failures: BTreeMap::new(),
+            conversations_completed: 0,
+            conversations_abandoned: 0,
+            conversations_interrupted: 0,
+            turn_depth_sum: 0,
+            cache_prompt_tokens: 0,
+            cache_cached_tokens: 0,
+            cache_from_server: 0,
+            cache_estimated: 0,
+            tokens_estimated: 0,
+            first_start_ns: u64::MAX,
+            last_end_ns: 0,
+        }
+    }
+
+    fn span(&mut self, timing: &TurnTiming) {
+        self.first_start_ns = self.first_start_ns.min(timing.start_ns);
+        self.last_end_ns = self.last_end_ns.max(timing.end_ns);
+    }
+
+    pub fn record_success(&mut self, s: Success<'_>) {
+        let t = s.timing;
+        self.span(t);
+        self.requests_succeeded += 1;
+        let latency_ns = t.end_ns.saturating_sub(t.start_ns);
+        self.latency_us.record(latency_ns / 1_000);
+        if let Some(first) = t.first_output_ns {
+            let ttft_ns = first.saturating_sub(t.start_ns);
+            self.ttft_us.record(ttft_ns / 1_000);
+            if s.turn == 0 {
+                self.first_turn_ttft_us.record(ttft_ns / 1_000);
+            } else {
+                self.subsequent_turn_ttft_us.record(ttft_ns / 1_000);
+            }
+            if s.completion_tokens > 1 {
+                let decode_ns = t.end_ns.saturating_sub(first);
+                self.tpot_us
+                    .record(decode_ns / (s.completion_tokens - 1) / 1_000);
+            }
+        }
+        for &gap_ns in s.itl_ns {
+            self.itl_us.record(gap_ns / 1_000);
+        }
+        self.input_tokens.record(s.prompt_tokens);
+        self.output_tokens.record(s.completion_tokens);
+        self.turn_depth_sum += s.turn as u64 + 1;
+        if !s.tokens_from_usage {
+            self.tokens_estimated += 1;
+        }
+        if s.prompt_tokens > 0 {
+            self.cache_prompt_tokens += s.prompt_tokens;
+            self.cache_cached_tokens += s.cached_tokens.min(s.prompt_tokens);
+            match s.cache_source {
+                CacheSource::Server => self.cache_from_server += 1,
+                CacheSource::Estimated => self.cache_estimated += 1,
+            }
+        }
+    }
+
+    pub fn record_failure(&mut self, timing: &TurnTiming, kind: FailureKind) {
+        self.span(timing);
+        self.requests_failed += 1;
+        *self.failures.entry(kind).or_insert(0) += 1;
+    }
+
+    pub fn merge(&mut self, other: &Recorder) {
+        self.ttft_us.merge(&other.ttft_us);
+        self.itl_us.merge(&other.itl_us);
+        self.tpot_us.merge(&other.tpot_us);
+        self.latency_us.merge(&other.latency_us);
+        self.input_tokens.merge(&other.input_tokens);
+        self.output_tokens.merge(&other.output_tokens);
+        self.first_turn_ttft_us.merge(&other.first_turn_ttft_us);
+        self.subsequent_turn_ttft_us
+            .merge(&other.subsequent_turn_ttft_us);
+        self.requests_succeeded += other.requests_succeeded;
+        self.requests_failed += other.requests_failed;
+        for (k, v) in &other.failures {
+            *self.failures.entry(*k).or_insert(0) += v;
+        }
+        self.conversations_completed += other.conversations_completed;
+        self.conversations_abandoned += other.conversations_abandoned;
+        self.conversations_interrupted += other.conversations_interrupted;
+        self.turn_depth_sum += other.turn_depth_sum;
+        self.cache_prompt_tokens += other.cache_prompt_tokens;
+        self.cache_cached_tokens += other.cache_cached_tokens;
+        self.cache_from_server += other.cache_from_server;
+        self.cache_estimated += other.cache_estimated;
+        self.tokens_estimated += other.tokens_estimated;
+        self.first_start_ns = self.first_start_ns.min(other.first_start_ns);
+        self.last_end_ns = self.last_end_ns.max(other.last_end_ns);
+    }
+
+    /// Wall time from the first request's start to the last response's end, in seconds.
+    pub fn duration_s(&self) -> f64 {
+        if self.last_end_ns > self.first_start_ns {
+            (self.last_end_ns - self.first_start_ns) as f64 / 1e9
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Token counts for a request, from `usage` when the server sent it, else estimated.
+pub fn tokens_of(
+    usage: Option<Usage>,
+    estimated_prompt: u64,
+    output_chunks: u32,
+) -> (u64, u64, bool) {
+    match usage {
+        Some(u) => (u.prompt_tokens, u.completion_tokens, true),
+        None => (estimated_prompt, output_chunks as u64, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(start: u64, first: u64, end: u64) -> TurnTiming {
+        TurnTiming {
+            start_ns: start,
+            first_output_ns: Some(first),
+            end_ns: end,
+            output_chunks: 3,
+            usage: None,
+        }
+    }
+
+    #[test]
+    fn records_and_merges_exactly() {
+        let t1 = timing(1_000_000, 21_000_000, 101_000_000);
+        let t2 = timing(200_000_000, 205_000_000, 305_000_000);
+        let mut a = Recorder::new();
+        a.record_success(Success {
+            timing: &t1,
+            itl_ns: &[10_000_000, 12_000_000],
+            turn: 0,
+            prompt_tokens: 100,
+            completion_tokens: 11,
+            tokens_from_usage: true,
+            cached_tokens: 0,
+            cache_source: CacheSource::Server,
+        });
+        let mut b = Recorder::new();
+        b.record_success(Success {
+            timing: &t2,
+            itl_ns: &[],
+            turn: 1,
+            prompt_tokens: 300,
+            completion_tokens: 1,
+            tokens_from_usage: true,
+            cached_tokens: 96,
+            cache_source: CacheSource::Server,
+        });
+        b.record_failure(
+            &timing(400_000_000, 0, 410_000_000),
+            FailureKind::HttpStatus(500),
+        );
+        a.merge(&b);
+        assert_eq!(a.requests_succeeded, 2);
+        assert_eq!(a.requests_failed, 1);
+        assert_eq!(a.failures[&FailureKind::HttpStatus(500)], 1);
+        // TTFT 20 ms and 5 ms; exact mean from sums.
+        assert_eq!(a.ttft_us.mean(), Some(12_500.0));
+        assert_eq!(a.first_turn_ttft_us.count(), 1);
+        assert_eq!(a.subsequent_turn_ttft_us.mean(), Some(5_000.0));
+        // TPOT only for completion > 1: (101 − 21) ms / 10 = 8 ms.
+        assert_eq!(a.tpot_us.count(), 1);
+        assert_eq!(a.tpot_us.mean(), Some(8_000.0));
+        assert_eq!(a.itl_us.count(), 2);
+        assert_eq!(a.turn_depth_sum, 3);
+        assert_eq!(a.cache_cached_tokens, 96);
+        assert_eq!(a.cache_prompt_tokens, 400);
+        assert_eq!(a.first_start_ns, 1_000_000);
+        assert_eq!(a.last_end_ns, 410_000_000);
+        assert!((a.duration_s() - 0.409).abs() < 1e-9);
+        let p50 = a.ttft_us.quantile(0.5).unwrap();
+        assert!((4_995..=5_005).contains(&p50), "{p50}");
+    }
+}

@@ -1,1 +1,339 @@
-//! (in progress)
+//! The run's report: `summary.json` and the console tables, both built from one [`Summary`].
+//!
+//! Every figure here is defined in `docs/metrics.md`; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::metrics::{Dist, Recorder};
+use crate::plan::RunConfig;
+
+/// `{mean, p50, p90, p99, max}` of one distribution, in the unit its key names; `null` when no
+/// request contributed.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Stats {
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Stats {
+    /// `scale` converts the recorded unit to the reported one (e.g. 1e-3 for µs → ms).
+    fn of(d: &Dist, scale: f64) -> Stats {
+        let q = |p: f64| d.quantile(p).map(|v| v as f64 * scale);
+        Stats {
+            count: d.count(),
+            mean: d.mean().map(|m| m * scale),
+            p50: q(0.50),
+            p90: q(0.90),
+            p99: q(0.99),
+            max: d.max().map(|v| v as f64 * scale),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Requests {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Failed requests by cause (`http_500`, `io`, `read_timeout`, …).
+    pub failures: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Conversations {
+    pub completed: u64,
+    pub abandoned: u64,
+    pub interrupted: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub requests_per_s: f64,
+    pub input_tokens_per_s: f64,
+    pub output_tokens_per_s: f64,
+    pub total_tokens_per_s: f64,
+}
+
+/// Everything a run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub parley_version: &'static str,
+    pub config: RunConfig,
+    pub interrupted: bool,
+    pub duration_s: f64,
+    pub requests: Requests,
+    pub conversations: Conversations,
+    pub throughput: Throughput,
+    pub ttft_ms: Stats,
+    pub itl_ms: Stats,
+    pub tpot_ms: Stats,
+    pub latency_ms: Stats,
+    pub input_tokens: Stats,
+    pub output_tokens: Stats,
+    pub first_turn_ttft_ms: Stats,
+    pub subsequent_turn_ttft_ms: Stats,
+    pub turns_per_request_mean: Option<f64>,
+    pub cache_hit_rate: Option<f64>,
+    /// `"server"` when every request carried `cached_tokens`, else `"estimated"`.
+    pub cache_hit_source: &'static str,
+    /// `"server"` when every request carried `usage`, else `"estimated"` (output tokens counted
+    /// as output-bearing chunks).
+    pub token_source: &'static str,
+}
+
+impl Summary {
+    pub fn new(config: RunConfig, rec: &Recorder, interrupted: bool) -> Summary {
+        let duration_s = rec.duration_s();
+        let per_s = |x: f64| {
+            if duration_s > 0.0 {
+                x / duration_s
+            } else {
+                0.0
+            }
+        };
+        let input_sum = rec.input_tokens.sum as f64;
+        let output_sum = rec.output_tokens.sum as f64;
+        let ok = rec.requests_succeeded;
+        Summary {
+            parley_version: env!("CARGO_PKG_VERSION"),
+            config,
+            interrupted,
+            duration_s,
+            requests: Requests {
+                total: ok + rec.requests_failed,
+                succeeded: ok,
+                failed: rec.requests_failed,
+                failures: rec.failures.iter().map(|(k, v)| (k.label(), *v)).collect(),
+            },
+            conversations: Conversations {
+                completed: rec.conversations_completed,
+                abandoned: rec.conversations_abandoned,
+                interrupted: rec.conversations_interrupted,
+            },
+            throughput: Throughput {
+                requests_per_s: per_s(ok as f64),
+                input_tokens_per_s: per_s(input_sum),
+                output_tokens_per_s: per_s(output_sum),
+                total_tokens_per_s: per_s(input_sum + output_sum),
+            },
+            ttft_ms: Stats::of(&rec.ttft_us, 1e-3),
+            itl_ms: Stats::of(&rec.itl_us, 1e-3),
+            tpot_ms: Stats::of(&rec.tpot_us, 1e-3),
+            latency_ms: Stats::of(&rec.latency_us, 1e-3),
+            input_tokens: Stats::of(&rec.input_tokens, 1.0),
+            output_tokens: Stats::of(&rec.output_tokens, 1.0),
+            first_turn_ttft_ms: Stats::of(&rec.first_turn_ttft_us, 1e-3),
+            subsequent_turn_ttft_ms: Stats::of(&rec.subsequent_turn_ttft_us, 1e-3),
+            turns_per_request_mean: (ok > 0).then(|| rec.turn_depth_sum as f64 / ok as f64),
+            cache_hit_rate: (rec.cache_prompt_tokens > 0)
+                .then(|| rec.cache_cached_tokens as f64 / rec.cache_prompt_tokens as f64),
+            cache_hit_source: if rec.cache_estimated == 0 {
+                "server"
+            } else {
+                "estimated"
+            },
+            token_source: if rec.tokens_estimated == 0 {
+                "server"
+            } else {
+                "estimated"
+            },
+        }
+    }
+
+    /// Writes `summary.json` into `dir` (created if needed).
+    pub fn write(&self, dir: &Path) -> std::io::Result<std::path::PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("summary.json");
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&path, json)?;
+        Ok(path)
+    }
+
+    /// The console tables.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let conc = self.config.parallel.to_string();
+        let success_pct = if self.requests.total > 0 {
+            100.0 * self.requests.succeeded as f64 / self.requests.total as f64
+        } else {
+            0.0
+        };
+        out.push_str("Performance Overview\n");
+        out.push_str(&table(
+            &[
+                "Conc.",
+                "Num requests",
+                "Conversations",
+                "RPS",
+                "Gen/s",
+                "Success",
+            ],
+            &[vec![
+                conc.clone(),
+                self.requests.total.to_string(),
+                self.conversations.completed.to_string(),
+                format!("{:.2}", self.throughput.requests_per_s),
+                format!("{:.2}", self.throughput.output_tokens_per_s),
+                format!("{success_pct:.1}%"),
+            ]],
+        ));
+        out.push('\n');
+
+        let row = |name: &str, s: &Stats, scale: f64, prec: usize| -> Vec<String> {
+            let f =
+                |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.*}", prec, v * scale));
+            vec![
+                name.to_string(),
+                f(s.mean),
+                f(s.p50),
+                f(s.p90),
+                f(s.p99),
+                f(s.max),
+            ]
+        };
+        let est = |src: &str| if src == "server" { "" } else { " (est.)" };
+        let mut rows = vec![
+            row("Latency (s)", &self.latency_ms, 1e-3, 3),
+            row("TTFT (ms)", &self.ttft_ms, 1.0, 2),
+            row("TPOT (ms)", &self.tpot_ms, 1.0, 2),
+            row("ITL (ms)", &self.itl_ms, 1.0, 2),
+            row(
+                &format!("Input Tokens{}", est(self.token_source)),
+                &self.input_tokens,
+                1.0,
+                1,
+            ),
+            row(
+                &format!("Output Tokens{}", est(self.token_source)),
+                &self.output_tokens,
+                1.0,
+                1,
+            ),
+        ];
+        let avg_only =
+            |name: String, v: String| vec![name, v, "-".into(), "-".into(), "-".into(), "-".into()];
+        rows.push(avg_only(
+            "Turns/Req".into(),
+            self.turns_per_request_mean
+                .map_or("-".into(), |v| format!("{v:.2}")),
+        ));
+        rows.push(avg_only(
+            format!("Cache Hit (%){}", est(self.cache_hit_source)),
+            self.cache_hit_rate
+                .map_or("-".into(), |v| format!("{:.1}%", v * 100.0)),
+        ));
+        rows.push(row(
+            "First-turn TTFT (ms)",
+            &self.first_turn_ttft_ms,
+            1.0,
+            2,
+        ));
+        rows.push(row(
+            "Subsequent-turn TTFT (ms)",
+            &self.subsequent_turn_ttft_ms,
+            1.0,
+            2,
+        ));
+        out.push_str("Per-Request Metrics\n");
+        out.push_str(&table(
+            &["Metric", "avg", "p50", "p90", "p99", "max"],
+            &rows,
+        ));
+
+        if self.requests.failed > 0 {
+            let mut line = format!("\nFailed requests: {}", self.requests.failed);
+            for (k, v) in &self.requests.failures {
+                let _ = write!(line, "  {k}={v}");
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        if self.conversations.abandoned > 0 {
+            let _ = writeln!(
+                out,
+                "Abandoned conversations (a turn failed): {}",
+                self.conversations.abandoned
+            );
+        }
+        if self.interrupted {
+            let _ = writeln!(
+                out,
+                "Interrupted: figures cover what was measured before Ctrl-C ({} conversations cut short).",
+                self.conversations.interrupted
+            );
+        }
+        out
+    }
+}
+
+/// A box-drawn table; the first column is left-aligned, the rest right-aligned.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = header.len();
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |l: &str, m: &str, r: &str| {
+        let mut s = String::from(l);
+        for (i, w) in width.iter().enumerate() {
+            s.push_str(&"─".repeat(w + 2));
+            s.push_str(if i + 1 < cols { m } else { r });
+        }
+        s.push('\n');
+        s
+    };
+    let cells = |vals: &[String]| {
+        let mut s = String::from("│");
+        for (i, v) in vals.iter().enumerate() {
+            let pad = width[i] - v.chars().count();
+            if i == 0 {
+                let _ = write!(s, " {v}{} │", " ".repeat(pad));
+            } else {
+                let _ = write!(s, " {}{v} │", " ".repeat(pad));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line("┌", "┬", "┐");
+    out.push_str(&cells(
+        &header.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    ));
+    out.push_str(&line("├", "┼", "┤"));
+    for r in rows {
+        out.push_str(&cells(r));
+    }
+    out.push_str(&line("└", "┴", "┘"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["A", "bb"],
+            &[
+                vec!["x".into(), "1".into()],
+                vec!["long".into(), "22".into()],
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 6);
+        let widths: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
+        assert!(widths.iter().all(|w| *w == widths[0]), "{t}");
+        assert!(lines[3].contains("│ x    │  1 │"), "{t}");
+    }
+}

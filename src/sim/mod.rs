@@ -317,3 +317,8 @@ pub fn run(args: &SimArgs) -> Result<(), SimError> {
     crate::signal::wait_for_interrupt();
     handle.stop()
 }
+
+/// Runs `parley sim` in the foreground until SIGINT/SIGTERM.
+pub fn run(_args: &SimArgs) -> Result<(), SimError> {
+    unimplemented!()
+}
