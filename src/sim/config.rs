@@ -36,7 +36,10 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> SimError {
 
 fn ms_to_ns(flag: &'static str, v: f64, scale_ns: f64) -> Result<u64, SimError> {
     if !v.is_finite() || v < 0.0 {
-        return Err(invalid(flag, format!("must be a non-negative number, got {v}")));
+        return Err(invalid(
+            flag,
+            format!("must be a non-negative number, got {v}"),
+        ));
     }
     let ns = v * scale_ns;
     if ns > MAX_MS * 1e6 {
@@ -48,7 +51,10 @@ fn ms_to_ns(flag: &'static str, v: f64, scale_ns: f64) -> Result<u64, SimError> 
 impl Config {
     pub(crate) fn from_args(a: &SimArgs) -> Result<Config, SimError> {
         if a.cores == 0 || a.cores > 1024 {
-            return Err(invalid("--cores", format!("must be 1..=1024, got {}", a.cores)));
+            return Err(invalid(
+                "--cores",
+                format!("must be 1..=1024, got {}", a.cores),
+            ));
         }
         if a.block_size == 0 || a.block_size > 65_536 {
             return Err(invalid(
@@ -62,10 +68,10 @@ impl Config {
         if a.default_output_tokens == 0 {
             return Err(invalid("--default-output-tokens", "must be at least 1"));
         }
-        if a.max_model_len == 0 {
+        if a.advanced.max_model_len == 0 {
             return Err(invalid("--max-model-len", "must be at least 1"));
         }
-        if a.max_body_bytes < 1024 {
+        if a.advanced.max_body_bytes < 1024 {
             return Err(invalid("--max-body-bytes", "must be at least 1024"));
         }
         if a.model.is_empty() {
@@ -73,13 +79,13 @@ impl Config {
         }
         Ok(Config {
             cores: a.cores,
-            pin_cpus: a.pin_cpus.clone(),
+            pin_cpus: a.advanced.pin_cpus.clone(),
             model: a.model.clone(),
-            strict_model: a.strict_model,
+            strict_model: a.advanced.strict_model,
             block_size: a.block_size,
             cache_capacity_tokens: a.cache_capacity_tokens,
-            cache_output_tokens: !a.no_cache_output_tokens,
-            encode_cache_tokens: a.encode_cache_tokens,
+            cache_output_tokens: !a.advanced.no_cache_output_tokens,
+            encode_cache_tokens: a.advanced.encode_cache_tokens,
             ttft_base_ns: ms_to_ns("--ttft-base-ms", a.ttft_base_ms, 1e6)?,
             ttft_per_uncached_token_ns: ms_to_ns(
                 "--ttft-per-uncached-token-us",
@@ -89,11 +95,11 @@ impl Config {
             itl_ns: ms_to_ns("--itl-ms", a.itl_ms, 1e6)?,
             tokens_per_chunk: a.tokens_per_chunk,
             default_output_tokens: a.default_output_tokens,
-            max_model_len: a.max_model_len,
-            max_body_bytes: a.max_body_bytes,
+            max_model_len: a.advanced.max_model_len,
+            max_body_bytes: a.advanced.max_body_bytes,
             seed: a.seed,
             fail_every: a.fail_every,
-            pm_qos: !a.no_pm_qos,
+            pm_qos: !a.advanced.no_pm_qos,
         })
     }
 }
@@ -129,10 +135,21 @@ mod tests {
         assert_eq!(c.fail_every, 0);
         assert_eq!(c.model, "parley-sim");
         assert!(c.cache_output_tokens);
-        let c = Config::from_args(&args(&["--itl-ms", "0.5", "--ttft-per-uncached-token-us", "2.5"]))
-            .unwrap();
+        let c = Config::from_args(&args(&[
+            "--itl-ms",
+            "0.5",
+            "--ttft-per-uncached-token-us",
+            "2.5",
+        ]))
+        .unwrap();
         assert_eq!(c.itl_ns, 500_000);
         assert_eq!(c.ttft_per_uncached_token_ns, 2_500);
+    }
+
+    #[test]
+    fn default_impl_equals_flag_defaults() {
+        let (d, p) = (SimArgs::default(), args(&[]));
+        assert_eq!(format!("{d:?}"), format!("{p:?}"));
     }
 
     #[test]
@@ -141,7 +158,7 @@ mod tests {
             &["--cores", "0"][..],
             &["--block-size", "0"],
             &["--tokens-per-chunk", "0"],
-            &["--itl-ms", "-1"],
+            &["--itl-ms=-1"],
             &["--itl-ms", "NaN"],
             &["--ttft-base-ms", "1e12"],
             &["--default-output-tokens", "0"],

@@ -61,20 +61,12 @@ pub struct SimArgs {
     /// the kernel spreads connections over them).
     #[arg(long, default_value_t = 1)]
     pub cores: usize,
-    /// Pin executor i to the i-th CPU of this comma-separated list (cycling if shorter than
-    /// --cores). Unpinned by default: the client pins its own cores.
-    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
-    pub pin_cpus: Vec<usize>,
     /// Tokenizer used to count prompt tokens: a tokenizer.json, an HF model directory, or "builtin".
     #[arg(long)]
     pub tokenizer_path: Option<PathBuf>,
     /// Model name served (in /v1/models and every response's "model").
     #[arg(long, default_value = "parley-sim")]
     pub model: String,
-    /// Reject requests whose "model" is not --model with a 404, as vLLM does. By default any
-    /// model name is accepted.
-    #[arg(long)]
-    pub strict_model: bool,
     /// KV-cache block size in tokens: cached_tokens is always a multiple of it.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
@@ -82,14 +74,6 @@ pub struct SimArgs {
     /// least recently used blocks are evicted first.
     #[arg(long, default_value_t = 1_000_000)]
     pub cache_capacity_tokens: u64,
-    /// Do not add the blocks a reply completes to the prefix cache. By default they are added,
-    /// as vLLM does, so the next turn (history + reply) hits them.
-    #[arg(long)]
-    pub no_cache_output_tokens: bool,
-    /// Per-executor cache of message token ids, in tokens: a turn that resends a long history
-    /// only tokenizes its new messages.
-    #[arg(long, default_value_t = 4_000_000)]
-    pub encode_cache_tokens: u64,
     /// Time to first token for a fully cached prompt, in milliseconds (fractions allowed).
     #[arg(long, default_value_t = 20.0)]
     pub ttft_base_ms: f64,
@@ -104,20 +88,15 @@ pub struct SimArgs {
     /// deadline of its last token.
     #[arg(long, default_value_t = 1)]
     pub tokens_per_chunk: u32,
-    /// Output length when ignore_eos is not set (the simulated model "stops" there), capped by
-    /// max_tokens; with ignore_eos but no max_tokens it is the output length too.
+    /// Output length when ignore_eos is not set (the simulated model "stops" there, finish_reason
+    /// "stop"), capped by max_tokens; with ignore_eos but no max_tokens, the output length too.
     #[arg(long, default_value_t = 64)]
     pub default_output_tokens: u32,
-    /// Context length: a prompt plus max_tokens beyond it is rejected with a 400, as vLLM does.
-    #[arg(long, default_value_t = 131_072)]
-    pub max_model_len: u64,
-    /// Largest request body accepted (413 beyond).
-    #[arg(long, default_value_t = 64 << 20)]
-    pub max_body_bytes: usize,
     /// Seed of the reply text: the same seed and request give the same reply.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Write one JSON line per request with the server's own view of it.
+    /// Write one JSON line per generation request with the server's own view of it (see
+    /// `sim::record::Record` for the fields).
     #[arg(long)]
     pub record: Option<PathBuf>,
     /// Fail every N-th generation request with HTTP 500 and an error body, before any stream:
@@ -125,37 +104,76 @@ pub struct SimArgs {
     /// when k is a multiple of N (so the first failure is request N). 0 = never.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub fail_every: u64,
+    /// Less common flags (boxed to keep `SimArgs` small).
+    #[command(flatten, next_help_heading = "Advanced")]
+    pub advanced: Box<SimAdvancedArgs>,
+}
+
+/// Less common flags of `parley sim`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimAdvancedArgs {
+    /// Pin executor i to the i-th CPU of this comma-separated list (cycling if shorter than
+    /// --cores). Unpinned by default: the client pins its own cores.
+    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+    pub pin_cpus: Vec<usize>,
+    /// Reject requests whose "model" is not --model with a 404, as vLLM does. By default any
+    /// model name is accepted.
+    #[arg(long)]
+    pub strict_model: bool,
+    /// Do not add the blocks a reply completes to the prefix cache. By default they are added,
+    /// as vLLM does, so the next turn (history + reply) hits them.
+    #[arg(long)]
+    pub no_cache_output_tokens: bool,
+    /// Per-executor cache of message token ids, in tokens: a turn that resends a long history
+    /// only tokenizes its new messages.
+    #[arg(long, default_value_t = 4_000_000)]
+    pub encode_cache_tokens: u64,
+    /// Context length: a prompt plus max_tokens beyond it is rejected with a 400, as vLLM does.
+    #[arg(long, default_value_t = 131_072)]
+    pub max_model_len: u64,
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
     /// Do not hold a 0 µs PM-QoS request on /dev/cpu_dma_latency. By default the sim holds one
     /// while it runs (if permitted) so its timers fire on time on an idle machine.
     #[arg(long)]
     pub no_pm_qos: bool,
 }
 
+impl Default for SimAdvancedArgs {
+    fn default() -> Self {
+        SimAdvancedArgs {
+            pin_cpus: Vec::new(),
+            strict_model: false,
+            no_cache_output_tokens: false,
+            encode_cache_tokens: 4_000_000,
+            max_model_len: 131_072,
+            max_body_bytes: 64 << 20,
+            no_pm_qos: false,
+        }
+    }
+}
+
 impl Default for SimArgs {
+    /// The same values as the flags' defaults.
     fn default() -> Self {
         SimArgs {
             host: "127.0.0.1".into(),
             port: 8000,
             cores: 1,
-            pin_cpus: Vec::new(),
             tokenizer_path: None,
             model: "parley-sim".into(),
-            strict_model: false,
             block_size: 16,
             cache_capacity_tokens: 1_000_000,
-            no_cache_output_tokens: false,
-            encode_cache_tokens: 4_000_000,
             ttft_base_ms: 20.0,
             ttft_per_uncached_token_us: 10.0,
             itl_ms: 10.0,
             tokens_per_chunk: 1,
             default_output_tokens: 64,
-            max_model_len: 131_072,
-            max_body_bytes: 64 << 20,
             seed: 0,
             record: None,
             fail_every: 0,
-            no_pm_qos: false,
+            advanced: Box::default(),
         }
     }
 }
@@ -271,7 +289,11 @@ pub fn spawn(args: &SimArgs, tokenizer: Arc<Tokenizer>) -> Result<SimHandle, Sim
     Ok(handle)
 }
 
-fn start_one(i: usize, shared: &Arc<Shared>, handle: &mut SimHandle) -> Result<SocketAddr, SimError> {
+fn start_one(
+    i: usize,
+    shared: &Arc<Shared>,
+    handle: &mut SimHandle,
+) -> Result<SocketAddr, SimError> {
     let (tx, rx) = mpsc::channel();
     let ex = server::start_executor(i, shared.clone(), handle.addr, handle.stop.clone(), tx)?;
     match rx.recv_timeout(READY_TIMEOUT) {
@@ -308,7 +330,7 @@ pub fn run(args: &SimArgs) -> Result<(), SimError> {
         let _ = writeln!(out, "parley sim listening on http://{}", handle.addr);
         let _ = out.flush();
     }
-    if !handle._pm_qos.active() && !args.no_pm_qos {
+    if !handle._pm_qos.active() && !args.advanced.no_pm_qos {
         eprintln!(
             "parley sim: note: could not hold /dev/cpu_dma_latency (needs root); timers may fire \
              late on an idle machine"
@@ -316,9 +338,4 @@ pub fn run(args: &SimArgs) -> Result<(), SimError> {
     }
     crate::signal::wait_for_interrupt();
     handle.stop()
-}
-
-/// Runs `parley sim` in the foreground until SIGINT/SIGTERM.
-pub fn run(_args: &SimArgs) -> Result<(), SimError> {
-    unimplemented!()
 }

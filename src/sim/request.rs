@@ -384,11 +384,21 @@ mod tests {
 
     #[test]
     fn parses_completion_prompts() {
-        let p = |b: &[u8]| parse(Endpoint::Completions, b).map(|r| r.input);
-        assert!(matches!(p(br#"{"prompt":"hi"}"#), Ok(Input::Completion(Prompt::Text(s))) if s == "hi"));
-        assert!(matches!(p(br#"{"prompt":["hi"]}"#), Ok(Input::Completion(Prompt::Text(s))) if s == "hi"));
-        assert!(matches!(p(br#"{"prompt":[1,2,3]}"#), Ok(Input::Completion(Prompt::Ids(v))) if v == [1,2,3]));
-        assert!(matches!(p(br#"{"prompt":[[4,5]]}"#), Ok(Input::Completion(Prompt::Ids(v))) if v == [4,5]));
+        fn p(b: &[u8]) -> Result<Input<'_>, BadRequest> {
+            parse(Endpoint::Completions, b).map(|r| r.input)
+        }
+        assert!(
+            matches!(p(br#"{"prompt":"hi"}"#), Ok(Input::Completion(Prompt::Text(s))) if s == "hi")
+        );
+        assert!(
+            matches!(p(br#"{"prompt":["hi"]}"#), Ok(Input::Completion(Prompt::Text(s))) if s == "hi")
+        );
+        assert!(
+            matches!(p(br#"{"prompt":[1,2,3]}"#), Ok(Input::Completion(Prompt::Ids(v))) if v == [1,2,3])
+        );
+        assert!(
+            matches!(p(br#"{"prompt":[[4,5]]}"#), Ok(Input::Completion(Prompt::Ids(v))) if v == [4,5])
+        );
         assert!(p(br#"{"prompt":["a","b"]}"#).is_err());
         assert!(p(br#"{"prompt":[]}"#).is_err());
         assert!(p(br#"{"prompt":7}"#).is_err());
@@ -400,20 +410,26 @@ mod tests {
         assert!(e(b"not json").message.contains("invalid request body"));
         assert_eq!(e(br#"{"model":"m"}"#).param, Some("messages"));
         assert_eq!(e(br#"{"messages":[]}"#).param, Some("messages"));
-        assert!(e(br#"{"messages":[{"content":"x"}]}"#).message.contains("role"));
+        assert!(e(br#"{"messages":[{"content":"x"}]}"#)
+            .message
+            .contains("role"));
         assert!(e(br#"{"messages":[{"role":"user","content":5}]}"#)
             .message
             .contains("invalid"));
-        assert!(e(br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#)
-            .message
-            .contains("image_url"));
+        assert!(
+            e(br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#)
+                .message
+                .contains("image_url")
+        );
         assert_eq!(
             e(br#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#).param,
             Some("max_tokens")
         );
-        assert!(e(br#"{"messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#)
-            .message
-            .contains("invalid"));
+        assert!(
+            e(br#"{"messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#)
+                .message
+                .contains("invalid")
+        );
         assert_eq!(
             e(br#"{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#)
                 .param,

@@ -109,7 +109,12 @@ pub(crate) struct LocalStop {
 impl LocalStop {
     pub(crate) fn trigger(&self) {
         self.stopped.set(true);
-        let wakers: Vec<_> = self.wakers.borrow_mut().iter_mut().filter_map(Option::take).collect();
+        let wakers: Vec<_> = self
+            .wakers
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
         for w in wakers {
             w.wake();
         }
@@ -271,9 +276,8 @@ async fn serve_connection(guard: ConnGuard, stream: glommio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let (io, stamp) = HyperIo::new(stream);
     let svc_exec = exec.clone();
-    let service = hyper::service::service_fn(move |req| {
-        handle(svc_exec.clone(), stamp.clone(), req)
-    });
+    let service =
+        hyper::service::service_fn(move |req| handle(svc_exec.clone(), stamp.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(io, service);
@@ -415,7 +419,10 @@ async fn generate(
         })
     });
 
-    let body = match Limited::new(req.into_body(), cfg.max_body_bytes).collect().await {
+    let body = match Limited::new(req.into_body(), cfg.max_body_bytes)
+        .collect()
+        .await
+    {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             let (status, msg) = if e.is::<http_body_util::LengthLimitError>() {
@@ -442,7 +449,10 @@ async fn generate(
         if let Some(r) = record.as_mut() {
             r.failed = true;
         }
-        let msg = format!("injected failure: request {request_id} (--fail-every {})", cfg.fail_every);
+        let msg = format!(
+            "injected failure: request {request_id} (--fail-every {})",
+            cfg.fail_every
+        );
         return reject(
             &shared,
             record,
@@ -513,7 +523,7 @@ async fn generate(
                 ids.clone_from(prompt_ids);
                 request_key = ids
                     .iter()
-                    .fold(0x6964_73u64, |k, &t| fmix64(k ^ u64::from(t)));
+                    .fold(0x0069_6473_u64, |k, &t| fmix64(k ^ u64::from(t)));
                 if let Some(r) = record.as_mut() {
                     r.messages = 1;
                     r.message_roles = vec!["prompt".to_owned()];

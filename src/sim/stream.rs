@@ -295,7 +295,11 @@ impl SseBody {
         if self.continuous_usage {
             self.buf.put_slice(b"}],\"usage\":");
             let s = &self.run.spec;
-            let (p, c, k) = (s.prompt_tokens, u64::from(self.run.produced), s.cached_tokens);
+            let (p, c, k) = (
+                s.prompt_tokens,
+                u64::from(self.run.produced),
+                s.cached_tokens,
+            );
             put_usage(&mut self.buf, p, c, k);
             self.buf.put_slice(b"}\n\n");
         } else {
@@ -341,7 +345,11 @@ impl Body for SseBody {
                     this.phase = Phase::Done;
                     if this.include_usage {
                         let s = &this.run.spec;
-                        let (p, c, k) = (s.prompt_tokens, u64::from(this.run.produced), s.cached_tokens);
+                        let (p, c, k) = (
+                            s.prompt_tokens,
+                            u64::from(this.run.produced),
+                            s.cached_tokens,
+                        );
                         this.buf.reserve(this.head.len() + 160);
                         this.buf.put_slice(&this.head);
                         this.buf.put_slice(b"\"choices\":[],\"usage\":");
@@ -369,9 +377,8 @@ impl Body for SseBody {
 /// token's deadline has passed, and ends the run.
 pub(crate) fn full_reply(mut run: Run) -> Bytes {
     let spec_endpoint = run.spec.endpoint;
-    let mut text = BytesMut::with_capacity(
-        run.spec.plan.tokens as usize * run.shared.words.max_escaped_len(),
-    );
+    let mut text =
+        BytesMut::with_capacity(run.spec.plan.tokens as usize * run.shared.words.max_escaped_len());
     let n = run.remaining();
     run.produce(n, &mut text);
     let mut out = BytesMut::with_capacity(text.len() + 512);
