@@ -12,7 +12,7 @@ use parley::client::Endpoint;
 use parley::engine::{self, EngineConfig, Shared};
 use parley::plan::{BenchPlan, Target};
 use parley::report::Summary;
-use parley::{signal, sim};
+use parley::{metrics, signal, sim};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -93,28 +93,41 @@ fn bench(args: &BenchArgs) -> Result<()> {
             plan.config.url
         );
     }
-    let show_progress = !args.quiet && std::io::stderr().is_terminal();
+    // A live line on a terminal; otherwise (logs, CI) a plain line every 10 s.
+    let live = !args.quiet && std::io::stderr().is_terminal();
+    let periodic = !args.quiet && !live;
     let started = std::time::Instant::now();
+    let cpu_before_ns = metrics::process_cpu_ns();
+    let mut next_line_s = 10.0;
     let recorder = engine::run(&config, shared, |p| {
-        if show_progress {
-            eprint!(
-                "\r  {:>6.1}s  conversations {}/{}  requests ok {}  failed {}   ",
-                started.elapsed().as_secs_f64(),
-                p.claimed,
-                p.number,
-                p.succeeded,
-                p.failed
-            );
+        let elapsed_s = started.elapsed().as_secs_f64();
+        let line = format!(
+            "{elapsed_s:>7.1}s  conversations {}/{}  requests ok {}  failed {}",
+            p.claimed, p.number, p.succeeded, p.failed
+        );
+        if live {
+            eprint!("\r{line}   ");
             let _ = std::io::stderr().flush();
+        } else if periodic && elapsed_s >= next_line_s {
+            eprintln!("{line}");
+            next_line_s += 10.0;
         }
     })?;
-    if show_progress {
+    let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
+    if live {
         eprintln!();
     }
+    let with_sim = sim_handle.is_some();
     if let Some(h) = sim_handle {
         h.shutdown();
     }
-    let summary = Summary::new(plan.config.clone(), &recorder, signal::interrupted());
+    let summary = Summary::new(
+        plan.config.clone(),
+        &recorder,
+        signal::interrupted(),
+        cpu_ns,
+        with_sim,
+    );
     print!("{}", summary.render());
     let path = summary
         .write(&plan.run_dir)

@@ -117,6 +117,8 @@ pub struct Recorder {
     pub cache_estimated: u64,
     /// Successful requests whose token counts were estimated (no `usage`).
     pub tokens_estimated: u64,
+    /// Σ output-bearing SSE events over successful requests.
+    pub output_events: u64,
     pub first_start_ns: u64,
     pub last_end_ns: u64,
 }
@@ -150,6 +152,7 @@ impl Recorder {
             cache_from_server: 0,
             cache_estimated: 0,
             tokens_estimated: 0,
+            output_events: 0,
             first_start_ns: u64::MAX,
             last_end_ns: 0,
         }
@@ -186,6 +189,7 @@ impl Recorder {
         self.input_tokens.record(s.prompt_tokens);
         self.output_tokens.record(s.completion_tokens);
         self.turn_depth_sum += s.turn as u64 + 1;
+        self.output_events += t.output_chunks as u64;
         if !s.tokens_from_usage {
             self.tokens_estimated += 1;
         }
@@ -229,6 +233,7 @@ impl Recorder {
         self.cache_from_server += other.cache_from_server;
         self.cache_estimated += other.cache_estimated;
         self.tokens_estimated += other.tokens_estimated;
+        self.output_events += other.output_events;
         self.first_start_ns = self.first_start_ns.min(other.first_start_ns);
         self.last_end_ns = self.last_end_ns.max(other.last_end_ns);
     }
@@ -241,6 +246,18 @@ impl Recorder {
             0.0
         }
     }
+}
+
+/// CPU time this process has used so far (user + system), in nanoseconds.
+pub fn process_cpu_ns() -> u64 {
+    // SAFETY: getrusage only writes into the provided struct.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Token counts for a request, from `usage` when the server sent it, else estimated.

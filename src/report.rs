@@ -62,6 +62,19 @@ pub struct Throughput {
     pub total_tokens_per_s: f64,
 }
 
+/// What the run cost the client process itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientCost {
+    /// User + system CPU of the parley process while the engine ran.
+    pub cpu_s: f64,
+    pub cpu_us_per_request: Option<f64>,
+    /// Per output-bearing SSE event received.
+    pub cpu_us_per_event: Option<f64>,
+    pub output_events: u64,
+    /// True when the built-in sim ran inside this process, so `cpu_s` includes the server's work.
+    pub includes_builtin_sim: bool,
+}
+
 /// Everything a run reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -87,10 +100,20 @@ pub struct Summary {
     /// `"server"` when every request carried `usage`, else `"estimated"` (output tokens counted
     /// as output-bearing chunks).
     pub token_source: &'static str,
+    pub client: ClientCost,
 }
 
 impl Summary {
-    pub fn new(config: RunConfig, rec: &Recorder, interrupted: bool) -> Summary {
+    /// `cpu_ns`: the client process's CPU time over the run; `with_sim`: the sim ran in-process.
+    pub fn new(
+        config: RunConfig,
+        rec: &Recorder,
+        interrupted: bool,
+        cpu_ns: u64,
+        with_sim: bool,
+    ) -> Summary {
+        let requests = rec.requests_succeeded + rec.requests_failed;
+        let per = |n: u64| (n > 0).then(|| cpu_ns as f64 / 1e3 / n as f64);
         let duration_s = rec.duration_s();
         let per_s = |x: f64| {
             if duration_s > 0.0 {
@@ -144,6 +167,13 @@ impl Summary {
                 "server"
             } else {
                 "estimated"
+            },
+            client: ClientCost {
+                cpu_s: cpu_ns as f64 / 1e9,
+                cpu_us_per_request: per(requests),
+                cpu_us_per_event: per(rec.output_events),
+                output_events: rec.output_events,
+                includes_builtin_sim: with_sim,
             },
         }
     }
@@ -248,6 +278,22 @@ impl Summary {
             &rows,
         ));
 
+        let _ = writeln!(
+            out,
+            "Client CPU: {:.3} s, {} µs per request, {} µs per output event{}",
+            self.client.cpu_s,
+            self.client
+                .cpu_us_per_request
+                .map_or("-".into(), |v| format!("{v:.1}")),
+            self.client
+                .cpu_us_per_event
+                .map_or("-".into(), |v| format!("{v:.2}")),
+            if self.client.includes_builtin_sim {
+                " (includes the built-in sim's work)"
+            } else {
+                ""
+            }
+        );
         if self.requests.failed > 0 {
             let mut line = format!("\nFailed requests: {}", self.requests.failed);
             for (k, v) in &self.requests.failures {

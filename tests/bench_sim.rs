@@ -83,6 +83,13 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
     let expected_rate = cached_sum as f64 / prompt_sum as f64;
     assert!((f(&s["cache_hit_rate"]) - expected_rate).abs() < 1e-12);
     assert!(expected_rate > 0.2, "later turns hit the prefix cache: {expected_rate}");
+    // Every content chunk the sim sent was seen as one output-bearing event.
+    let chunks: u64 = records.iter().map(|r| r["chunk_ns"].as_array().unwrap().len() as u64).sum();
+    assert_eq!(u(&s["client"]["output_events"]), chunks);
+    let cpu_s = f(&s["client"]["cpu_s"]);
+    assert!(cpu_s > 0.0);
+    assert!((f(&s["client"]["cpu_us_per_event"]) - cpu_s * 1e6 / chunks as f64).abs() < 1e-6);
+    assert_eq!(s["client"]["includes_builtin_sim"], false);
     // Turns/Req is the mean 1-based turn index.
     let depth: u64 = records.iter().map(|r| turn_of(r) + 1).sum();
     assert!((f(&s["turns_per_request_mean"]) - depth as f64 / n).abs() < 1e-9);
