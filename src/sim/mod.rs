@@ -30,6 +30,8 @@ mod server;
 pub mod stream;
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod tests;
 
 use std::io::Write;
