@@ -247,7 +247,7 @@ def test_strings(n, by_rank, seed=1234):
     return out
 
 
-def validate(raw_ranks, ranks, json_paths, n, golden_path):
+def validate(raw_ranks, ranks, json_paths, n, golden_path, golden_limit):
     import tiktoken
     from tokenizers import Tokenizer
 
@@ -275,8 +275,12 @@ def validate(raw_ranks, ranks, json_paths, n, golden_path):
     if golden_path:
         # A small subset for the Rust unit test (no Python needed there).
         with open(golden_path, "w", encoding="utf-8") as f:
-            short = [(s, ids) for s, ids in zip(strings, expected) if len(s) <= 60]
-            for s, ids in short[:400]:
+            if golden_limit:
+                pairs = [(s, ids) for s, ids in zip(strings, expected) if len(s) <= 60]
+                pairs = pairs[:golden_limit]
+            else:
+                pairs = list(zip(strings, expected))
+            for s, ids in pairs:
                 f.write(json.dumps({"text": s, "ids": ids}, ensure_ascii=True) + "\n")
         print(f"wrote {golden_path} ({os.path.getsize(golden_path)} bytes)")
     return ok
@@ -293,6 +297,9 @@ def main():
     ap.add_argument("--check-json", action="append", default=[],
                     help="extra tokenizer.json files to validate (e.g. dumped by the Rust side)")
     ap.add_argument("--golden", default=os.path.join(root, "assets", "qwen2-golden.jsonl"))
+    ap.add_argument("--golden-limit", type=int, default=400,
+                    help="strings (of <= 60 chars) in the golden file; 0 = all, any length "
+                         "(for PARLEY_GOLDEN, see src/tokenizer.rs)")
     a = ap.parse_args()
 
     raw = fetch_tiktoken(a.tiktoken)
@@ -313,7 +320,7 @@ def main():
         print(f"wrote {a.json} ({os.path.getsize(a.json)} bytes)")
     if a.validate:
         paths = ([a.json] if a.json else []) + a.check_json
-        if not validate(raw, ranks, paths, a.validate, a.golden):
+        if not validate(raw, ranks, paths, a.validate, a.golden, a.golden_limit):
             sys.exit("validation FAILED")
         print("validation OK")
 

@@ -2,21 +2,33 @@
 //! plus the ChatML-like rendering that the sim counts prompt tokens over.
 //!
 //! The builtin is Qwen2's byte-level BPE (151,643 ranks + `<|endoftext|>`, `<|im_start|>`,
-//! `<|im_end|>`), embedded as a compact merge table (`assets/qwen2-bpe.bin.gz`, built by
+//! `<|im_end|>`), embedded as a compact merge table (`assets/qwen2-bpe.bin.gz`, ≈ 0.5 MB, built by
 //! `scripts/build-builtin-tokenizer.py`; see `assets/README.md`). At load it is expanded into the
 //! same `tokenizers::Tokenizer` that Qwen2's `tokenizer.json` would give: Split on Qwen2's regex
 //! (Isolated), ByteLevel without regex, BPE whose merge order equals the rank order, ByteLevel
 //! decoder, no normalizer.
+//!
+//! **Fast path.** For tokenizers of exactly that shape (no normalizer; Split(regex, Isolated) then
+//! ByteLevel(no prefix space, no regex); BPE without dropout or affixes; plain added tokens — the
+//! builtin, Qwen2/2.5/3 and Llama-3 `tokenizer.json` files), [`Tokenizer::encode`] and
+//! [`Tokenizer::count`] run the same steps as `tokenizers` — leftmost-longest added-token split, the
+//! tokenizer's own compiled split regex, byte-level mapping, the tokenizer's own BPE model — but
+//! without building an `Encoding` (offsets, alignments, token strings), which is most of its cost.
+//! A pre-token that is a whole vocabulary token maps straight to its id when that is what BPE would
+//! give anyway (`ignore_merges`, or the builtin, whose every token is reachable through its own
+//! merges — checked by a unit test). `tests` compare both paths on tiktoken's reference ids.
+//! [`Tokenizer::encode_reference`] always uses the full `tokenizers` pipeline.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::utils::SysRegex;
+use tokenizers::{AddedToken, Model, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -35,21 +47,68 @@ pub const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]
 /// Letters in a [`Tokenizer::single_token_words`] word (after its leading space).
 const WORD_LETTERS: std::ops::RangeInclusive<usize> = 2..=12;
 
+/// GPT-2's byte → printable char table used by HF ByteLevel.
+const BYTE_CHARS: [char; 256] = {
+    let mut table = ['\0'; 256];
+    let mut n = 0u32;
+    let mut b = 0usize;
+    while b < 256 {
+        let printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        table[b] = if printable {
+            b as u8 as char
+        } else {
+            n += 1;
+            match char::from_u32(256 + n - 1) {
+                Some(c) => c,
+                None => '\0',
+            }
+        };
+        b += 1;
+    }
+    table
+};
+
 /// A loaded tokenizer. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     name: String,
     /// Sorted; computed once at load.
     allowed: Vec<u32>,
-    /// Computed on first use (it encodes every candidate word once).
+    /// Precomputed for the builtin; computed on first use for others.
     words: OnceLock<Vec<String>>,
+    fast: Option<FastPath>,
 }
 
 impl Tokenizer {
-    /// The builtin tokenizer (no download needed).
+    /// The builtin tokenizer (no download needed). Each call builds a new one (≈ 0.1 s); see
+    /// [`Tokenizer::builtin_shared`] to build it once per process.
     pub fn builtin() -> Result<Tokenizer, TokenizerError> {
-        let inner = build_builtin(BUILTIN_ASSET)?;
-        Ok(Self::wrap(inner, "builtin:qwen2".to_string()))
+        let Builtin {
+            inner,
+            allowed,
+            words,
+        } = build_builtin(BUILTIN_ASSET)?;
+        let fast = FastPath::new(&inner, true);
+        if fast.is_none() {
+            return Err(TokenizerError::Builtin("unexpected pipeline shape".into()));
+        }
+        Ok(Tokenizer {
+            inner,
+            name: "builtin:qwen2".to_string(),
+            allowed,
+            words: OnceLock::from(words),
+            fast,
+        })
+    }
+
+    /// The builtin tokenizer, built once per process and shared (e.g. by the sim and the client).
+    pub fn builtin_shared() -> Result<Arc<Tokenizer>, TokenizerError> {
+        static SHARED: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+        if let Some(t) = SHARED.get() {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(Self::builtin()?);
+        Ok(SHARED.get_or_init(|| t).clone())
     }
 
     /// A `tokenizer.json` file, or a directory that holds one (a local HF model directory).
@@ -81,7 +140,15 @@ impl Tokenizer {
             .with_truncation(None)
             .map_err(|e| err(format!("cannot disable truncation: {e}")))?;
         inner.with_padding(None);
-        Ok(Self::wrap(inner, path.display().to_string()))
+        let allowed = compute_allowed(&inner);
+        let fast = FastPath::new(&inner, false);
+        Ok(Tokenizer {
+            inner,
+            name: path.display().to_string(),
+            allowed,
+            words: OnceLock::new(),
+            fast,
+        })
     }
 
     /// `--tokenizer-path` semantics: `None` or `"builtin"` gives the builtin.
@@ -90,16 +157,6 @@ impl Tokenizer {
             None => Self::builtin(),
             Some(p) if p.as_os_str() == "builtin" => Self::builtin(),
             Some(p) => Self::from_path(p),
-        }
-    }
-
-    fn wrap(inner: tokenizers::Tokenizer, name: String) -> Tokenizer {
-        let allowed = compute_allowed(&inner);
-        Tokenizer {
-            inner,
-            name,
-            allowed,
-            words: OnceLock::new(),
         }
     }
 
@@ -113,9 +170,24 @@ impl Tokenizer {
         &self.inner
     }
 
+    /// Whether [`Tokenizer::encode`] / [`Tokenizer::count`] use the fast path (module docs).
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
     /// Token ids of `text`, without adding special tokens (special tokens written in the text,
     /// like `<|im_start|>`, are still recognised, as chat servers do).
     pub fn try_encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        let mut ids = Vec::with_capacity(text.len() / 4 + 1);
+        match &self.fast {
+            Some(f) => f.encode(&self.inner, text, &mut |id| ids.push(id))?,
+            None => return self.try_encode_reference(text),
+        }
+        Ok(ids)
+    }
+
+    /// Like [`Tokenizer::try_encode`] but always through the full `tokenizers` pipeline.
+    pub fn try_encode_reference(&self, text: &str) -> Result<Vec<u32>, String> {
         self.inner
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())
@@ -128,9 +200,62 @@ impl Tokenizer {
         self.try_encode(text).unwrap_or_default()
     }
 
+    /// [`Tokenizer::encode`] through the full `tokenizers` pipeline (slower; for validation).
+    pub fn encode_reference(&self, text: &str) -> Vec<u32> {
+        self.try_encode_reference(text).unwrap_or_default()
+    }
+
     /// Number of tokens in `text`, without adding special tokens.
     pub fn count(&self, text: &str) -> usize {
-        self.encode(text).len()
+        match &self.fast {
+            Some(f) => {
+                let mut n = 0;
+                match f.encode(&self.inner, text, &mut |_| n += 1) {
+                    Ok(()) => n,
+                    Err(_) => 0,
+                }
+            }
+            None => self.encode(text).len(),
+        }
+    }
+
+    /// [`Tokenizer::count`] for `text` = the concatenation of `single_token_words()[i]` for the
+    /// given indices (how synthetic prompts are built), exact and cheaper: it checks with the
+    /// tokenizer's own pre-tokenization that `text` splits into exactly those words and that no
+    /// added token occurs in it; each word alone is one token (checked when the list is made) and
+    /// pre-tokens are encoded independently, so the count is the number of words. If any check
+    /// fails, or the tokenizer has no fast path, this is `count(text)`.
+    pub fn count_words_text(
+        &self,
+        text: &str,
+        word_indices: impl IntoIterator<Item = usize>,
+    ) -> usize {
+        let Some(fast) = &self.fast else {
+            return self.count(text);
+        };
+        let Some((_, own)) = split_regex(&self.inner) else {
+            return self.count(text);
+        };
+        if text.bytes().any(|b| fast.added_first[b as usize]) {
+            return self.count(text);
+        }
+        let words = self.single_token_words();
+        let mut indices = word_indices.into_iter();
+        let (mut ok, mut n, mut prev) = (true, 0usize, 0usize);
+        fast.splitter.for_each(own, text, |start, end| {
+            ok &= start == prev
+                && indices
+                    .next()
+                    .and_then(|i| words.get(i))
+                    .is_some_and(|w| w.as_str() == &text[start..end]);
+            n += 1;
+            prev = end;
+        });
+        if ok && prev == text.len() && indices.next().is_none() {
+            n
+        } else {
+            self.count(text)
+        }
     }
 
     /// Text of `ids` (special tokens kept). Empty if an id is unknown to the tokenizer.
@@ -146,10 +271,270 @@ impl Tokenizer {
     /// Words that start with a space and are each exactly one token, so joining N of them gives
     /// text of exactly N tokens. The sim builds its replies from these.
     ///
-    /// Each is a space followed by 2–12 ASCII letters and encodes back to exactly its own token;
-    /// sorted by token id. Computed on first call (≈ one encode per candidate).
+    /// Each is a space followed by 2–12 ASCII letters and encodes to exactly its own token; sorted
+    /// by token id. For the builtin they are found at load; for other tokenizers on first call
+    /// (one decode + encode per candidate).
     pub fn single_token_words(&self) -> &[String] {
         self.words.get_or_init(|| compute_words(self))
+    }
+}
+
+/// The checked-at-load facts that make the fast path equal to the full pipeline.
+struct FastPath {
+    /// Added tokens (all plain: no strip/single-word/normalized flags), longest first.
+    added: Vec<(String, u32)>,
+    /// `added_first[b]`: some added token starts with byte `b`.
+    added_first: [bool; 256],
+    /// A pre-token that is a whole vocabulary token encodes to that token.
+    whole_token_shortcut: bool,
+    /// How to run the split regex.
+    splitter: Splitter,
+}
+
+/// The tokenizer's split regex, ideally on the `regex` crate (≈ 20× faster than `fancy-regex`).
+enum Splitter {
+    /// The tokenizer's own compiled `fancy-regex`.
+    Own,
+    /// The same pattern without fancy features, on the `regex` crate.
+    Plain(regex::Regex),
+    /// A pattern `A|\s+(?!\S)|\s+` (Qwen2, Llama-3, GPT-4's cl100k) as `A|\s+`, plus `(?:A)|(\s+)`
+    /// to tell which branch matched. When the `\s+` branch matched a run of ≥ 2 chars that is
+    /// followed by a non-space, the lookahead version would have stopped one char earlier (so
+    /// that the last space joins the next word): the match is shortened by its last char.
+    LookaheadFree {
+        find: regex::Regex,
+        tail: regex::Regex,
+    },
+}
+
+const LOOKAHEAD_TAIL: &str = r"|\s+(?!\S)|\s+";
+
+impl Splitter {
+    fn new(pattern: &str, own: &SysRegex, trusted: bool) -> Splitter {
+        let candidate = if let Some(a) = pattern.strip_suffix(LOOKAHEAD_TAIL) {
+            match (
+                regex::Regex::new(&format!(r"{a}|\s+")),
+                regex::Regex::new(&format!(r"(?:{a})|(\s+)")),
+            ) {
+                (Ok(find), Ok(tail)) => Splitter::LookaheadFree { find, tail },
+                _ => return Splitter::Own,
+            }
+        } else {
+            match regex::Regex::new(pattern) {
+                Ok(re) => Splitter::Plain(re),
+                Err(_) => return Splitter::Own,
+            }
+        };
+        // A user's pattern must split a battery of awkward strings exactly like its own regex.
+        if !trusted {
+            for s in SELF_CHECK {
+                let mut got = Vec::new();
+                candidate.for_each(own, s, |a, b| got.push((a, b)));
+                if got != own.find_iter(s).collect::<Vec<_>>() {
+                    return Splitter::Own;
+                }
+            }
+        }
+        candidate
+    }
+
+    /// Calls `f(start, end)` for each match of the split regex in `s`, in order (`own`: the
+    /// tokenizer's own compiled regex).
+    fn for_each(&self, own: &SysRegex, s: &str, mut f: impl FnMut(usize, usize)) {
+        let (find, tail) = match self {
+            Splitter::Own => {
+                own.find_iter(s).for_each(|(a, b)| f(a, b));
+                return;
+            }
+            Splitter::Plain(re) => {
+                re.find_iter(s).for_each(|m| f(m.start(), m.end()));
+                return;
+            }
+            Splitter::LookaheadFree { find, tail } => (find, tail),
+        };
+        let mut pos = 0;
+        let mut locs = tail.capture_locations();
+        while let Some(m) = find.find_at(s, pos) {
+            let (start, mut end) = (m.start(), m.end());
+            if end == start {
+                // Like fancy-regex's iterator, step over an empty match.
+                f(start, end);
+                pos = end + s[end..].chars().next().map_or(1, char::len_utf8);
+                if pos > s.len() {
+                    break;
+                }
+                continue;
+            }
+            let last = s[start..end].chars().next_back().unwrap_or('x');
+            // Only an all-whitespace match can come from the `\s+` branch.
+            if last.is_whitespace()
+                && end < s.len()
+                && end - start > last.len_utf8()
+                && tail.captures_read_at(&mut locs, s, start).is_some()
+                && locs.get(1).is_some()
+            {
+                end -= last.len_utf8();
+            }
+            f(start, end);
+            pos = end;
+        }
+    }
+}
+
+/// Strings on which a user's split pattern must agree with its fancy-regex original.
+const SELF_CHECK: &[&str] = &[
+    "Hello world, it's 2024!  I'LL   go\t\tnow.\n\n  x",
+    "   leading and trailing   ",
+    "a\u{a0}\u{a0}b \u{3000}\u{3000}c\r\n\r\n  d\n \n e",
+    "fn main() {\n    let x = 1_000;\n\treturn x;\n}\n",
+    "数据 тест naïve ﬁ 😀😀 \u{301}x 123456 ٣٤ ½",
+    " \t \n",
+    "''s 'S 're've'm'll'd 'x",
+];
+
+impl FastPath {
+    fn new(inner: &tokenizers::Tokenizer, builtin: bool) -> Option<FastPath> {
+        if inner.get_normalizer().is_some() {
+            return None;
+        }
+        let (pattern, own) = split_regex(inner)?;
+        let ModelWrapper::BPE(bpe) = inner.get_model() else {
+            return None;
+        };
+        let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+        if bpe.dropout.is_some()
+            || !empty(&bpe.continuing_subword_prefix)
+            || !empty(&bpe.end_of_word_suffix)
+        {
+            return None;
+        }
+        let mut added = Vec::new();
+        let mut added_first = [false; 256];
+        for (id, t) in inner.get_added_tokens_decoder() {
+            if t.lstrip || t.rstrip || t.single_word || t.normalized || t.content.is_empty() {
+                return None;
+            }
+            added_first[t.content.as_bytes()[0] as usize] = true;
+            added.push((t.content, id));
+        }
+        added.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        Some(FastPath {
+            added,
+            added_first,
+            whole_token_shortcut: builtin || bpe.ignore_merges,
+            splitter: Splitter::new(pattern, own, builtin),
+        })
+    }
+
+    fn encode(
+        &self,
+        inner: &tokenizers::Tokenizer,
+        text: &str,
+        out: &mut impl FnMut(u32),
+    ) -> Result<(), String> {
+        let (Some((_, regex)), ModelWrapper::BPE(bpe)) = (split_regex(inner), inner.get_model())
+        else {
+            return Err("fast path unavailable".to_string());
+        };
+        let mut buf = String::new();
+        let bytes = text.as_bytes();
+        let (mut seg, mut i) = (0, 0);
+        // Added tokens first (leftmost-longest, as tokenizers' AddedVocabulary), then each segment
+        // in between through the split regex and the model.
+        while i < bytes.len() {
+            if self.added_first[bytes[i] as usize] {
+                let rest = &bytes[i..];
+                if let Some((tok, id)) = self
+                    .added
+                    .iter()
+                    .find(|(t, _)| rest.starts_with(t.as_bytes()))
+                {
+                    self.segment(regex, bpe, &text[seg..i], &mut buf, out)?;
+                    out(*id);
+                    i += tok.len();
+                    seg = i;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        self.segment(regex, bpe, &text[seg..], &mut buf, out)
+    }
+
+    fn segment(
+        &self,
+        regex: &SysRegex,
+        bpe: &BPE,
+        seg: &str,
+        buf: &mut String,
+        out: &mut impl FnMut(u32),
+    ) -> Result<(), String> {
+        let mut prev = 0;
+        let mut result = Ok(());
+        let on_match = |start: usize, end: usize| {
+            if result.is_err() {
+                return;
+            }
+            if prev != start {
+                result = self.piece(bpe, &seg[prev..start], buf, out);
+            }
+            if result.is_ok() {
+                result = self.piece(bpe, &seg[start..end], buf, out);
+            }
+            prev = end;
+        };
+        self.splitter.for_each(regex, seg, on_match);
+        result?;
+        if prev != seg.len() {
+            self.piece(bpe, &seg[prev..], buf, out)?;
+        }
+        Ok(())
+    }
+
+    fn piece(
+        &self,
+        bpe: &BPE,
+        piece: &str,
+        buf: &mut String,
+        out: &mut impl FnMut(u32),
+    ) -> Result<(), String> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        buf.clear();
+        buf.extend(piece.bytes().map(|b| BYTE_CHARS[b as usize]));
+        if self.whole_token_shortcut {
+            if let Some(id) = bpe.token_to_id(buf) {
+                out(id);
+                return Ok(());
+            }
+        }
+        for t in bpe.tokenize(buf).map_err(|e| e.to_string())? {
+            out(t.id);
+        }
+        Ok(())
+    }
+}
+
+/// The compiled split regex of a `Sequence[Split(regex, Isolated), ByteLevel(no prefix, no
+/// regex)]` pre-tokenizer, the shape the fast path supports.
+fn split_regex(inner: &tokenizers::Tokenizer) -> Option<(&str, &SysRegex)> {
+    let Some(PreTokenizerWrapper::Sequence(seq)) = inner.get_pre_tokenizer() else {
+        return None;
+    };
+    match seq.as_ref() {
+        [PreTokenizerWrapper::Split(split), PreTokenizerWrapper::ByteLevel(bl)]
+            if split.behavior == SplitDelimiterBehavior::Isolated
+                && !split.invert
+                && !bl.add_prefix_space
+                && !bl.use_regex =>
+        {
+            match &split.pattern {
+                SplitPattern::Regex(p) => Some((p.as_str(), &split.regex)),
+                SplitPattern::String(_) => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -183,12 +568,13 @@ fn is_space_word(w: &str) -> bool {
         && b[1..].iter().all(u8::is_ascii_alphabetic)
 }
 
+/// The generic search: candidates by the model's own spelling ("Ġword", "▁word", " word": one
+/// marker char, then letters), kept if they decode to a space-led word that encodes back to
+/// exactly that token.
 fn compute_words(tok: &Tokenizer) -> Vec<String> {
     let vocab = tok.inner.get_vocab(false);
     let mut found: Vec<(u32, String)> = Vec::new();
     for (piece, id) in vocab {
-        // Cheap filter on the model's own spelling ("Ġword", "▁word", " word"): one marker char
-        // and then the letters. The decode/encode checks below are the real test.
         let mut chars = piece.chars();
         if chars.next().is_none() {
             continue;
@@ -209,25 +595,14 @@ fn compute_words(tok: &Tokenizer) -> Vec<String> {
     found.into_iter().map(|(_, w)| w).collect()
 }
 
-/// GPT-2's byte → printable char table used by HF ByteLevel.
-fn byte_level_chars() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut n = 0u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        table[b as usize] = if printable {
-            char::from(b)
-        } else {
-            let c = char::from_u32(256 + n).expect("below the surrogate range");
-            n += 1;
-            c
-        };
-    }
-    table
+struct Builtin {
+    inner: tokenizers::Tokenizer,
+    allowed: Vec<u32>,
+    words: Vec<String>,
 }
 
 /// Decodes the compact asset (format in `scripts/build-builtin-tokenizer.py`) into a tokenizer.
-fn build_builtin(asset: &[u8]) -> Result<tokenizers::Tokenizer, TokenizerError> {
+fn build_builtin(asset: &[u8]) -> Result<Builtin, TokenizerError> {
     let bad = |m: &str| TokenizerError::Builtin(m.to_string());
     let mut raw = Vec::with_capacity(1 << 21);
     flate2::read::GzDecoder::new(asset)
@@ -249,11 +624,10 @@ fn build_builtin(asset: &[u8]) -> Result<tokenizers::Tokenizer, TokenizerError> 
         p(0) | p(1) << 8 | p(2) << 16
     };
 
-    // Every token's bytes, as byte-level chars: ranks 0..255 are single bytes, rank r ≥ 256 is
-    // the concatenation of its two (lower-ranked) merge parts.
-    let table = byte_level_chars();
+    // Every token as byte-level chars: ranks 0..255 are single bytes, rank r ≥ 256 is the
+    // concatenation of its two (lower-ranked) merge parts.
     let mut tokens: Vec<String> = Vec::with_capacity(n);
-    tokens.extend(first.iter().map(|&b| table[b as usize].to_string()));
+    tokens.extend(first.iter().map(|&b| BYTE_CHARS[b as usize].to_string()));
     let mut merges: Vec<(String, String)> = Vec::with_capacity(m);
     for i in 0..m {
         let (l, r) = (part(0, i), part(1, i));
@@ -278,6 +652,21 @@ fn build_builtin(asset: &[u8]) -> Result<tokenizers::Tokenizer, TokenizerError> 
     if !cur.0.is_empty() {
         return Err(bad("trailing bytes"));
     }
+
+    // Byte-level spells a space as 'Ġ' and ASCII letters as themselves. That such a token encodes
+    // back to itself (and so joins exactly) is checked for every word by a unit test.
+    let space = BYTE_CHARS[b' ' as usize];
+    let words = tokens
+        .iter()
+        .filter_map(|t| {
+            let rest = t.strip_prefix(space)?;
+            let word = format!(" {rest}");
+            is_space_word(&word).then_some(word)
+        })
+        .collect();
+    let allowed = (0..n as u32)
+        .filter(|&id| !is_byte_fallback(&tokens[id as usize]))
+        .collect();
 
     let vocab: Vocab = tokens
         .into_iter()
@@ -304,19 +693,23 @@ fn build_builtin(asset: &[u8]) -> Result<tokenizers::Tokenizer, TokenizerError> 
         PreTokenizerWrapper::ByteLevel(byte_level),
     ]);
 
-    let mut tok = tokenizers::Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(pre));
-    tok.with_post_processor(Some(byte_level));
-    tok.with_decoder(Some(byte_level));
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre));
+    inner.with_post_processor(Some(byte_level));
+    inner.with_decoder(Some(byte_level));
     for (id, content) in specials {
-        tok.add_special_tokens(&[AddedToken::from(content.clone(), true)]);
-        if tok.token_to_id(&content) != Some(id) {
+        inner.add_special_tokens(&[AddedToken::from(content.clone(), true)]);
+        if inner.token_to_id(&content) != Some(id) {
             return Err(TokenizerError::Builtin(format!(
                 "special token {content} did not get id {id}"
             )));
         }
     }
-    Ok(tok)
+    Ok(Builtin {
+        inner,
+        allowed,
+        words,
+    })
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -358,7 +751,6 @@ mod tests {
     use super::*;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
-    use std::sync::OnceLock;
 
     fn tok() -> &'static Tokenizer {
         static T: OnceLock<Tokenizer> = OnceLock::new();
@@ -376,6 +768,7 @@ mod tests {
     fn builtin_shape() {
         let t = tok();
         assert_eq!(t.name(), "builtin:qwen2");
+        assert!(t.has_fast_path());
         assert_eq!(t.hf().get_vocab_size(false), 151_643);
         assert_eq!(t.hf().token_to_id("<|endoftext|>"), Some(151_643));
         assert_eq!(t.hf().token_to_id("<|im_start|>"), Some(151_644));
@@ -389,9 +782,14 @@ mod tests {
     /// Reference encodings produced by tiktoken with the original ranks and regex (written by
     /// `scripts/build-builtin-tokenizer.py --validate`): ASCII, unicode, code, whitespace,
     /// digits, random tokens/bytes, text with special tokens.
+    /// With `PARLEY_GOLDEN=file` (written by the script with `--golden-limit 0 --golden file`)
+    /// the file is checked as well.
     #[test]
     fn matches_tiktoken_golden() {
-        let golden = include_str!("../assets/qwen2-golden.jsonl");
+        let mut golden = include_str!("../assets/qwen2-golden.jsonl").to_string();
+        if let Ok(p) = std::env::var("PARLEY_GOLDEN") {
+            golden.push_str(&std::fs::read_to_string(p).unwrap());
+        }
         let mut n = 0;
         for line in golden.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -402,7 +800,13 @@ mod tests {
                 .iter()
                 .map(|x| x.as_u64().unwrap() as u32)
                 .collect();
-            assert_eq!(tok().encode(text), want, "text {text:?}");
+            assert_eq!(tok().encode(text), want, "fast path, text {text:?}");
+            assert_eq!(
+                tok().encode_reference(text),
+                want,
+                "tokenizers, text {text:?}"
+            );
+            assert_eq!(tok().count(text), want.len());
             n += 1;
         }
         assert!(n >= 300, "golden has {n} lines");
@@ -447,8 +851,9 @@ mod tests {
         let w = t.single_token_words();
         assert!(w.len() > 20_000, "only {} words", w.len());
         assert!(w.iter().all(|x| is_space_word(x)));
-        for x in w.iter().step_by(97) {
-            assert_eq!(t.count(x), 1, "{x:?}");
+        // Every word, through the full tokenizers pipeline.
+        for x in w {
+            assert_eq!(t.encode_reference(x).len(), 1, "{x:?}");
         }
         let mut rng = SmallRng::seed_from_u64(7);
         for _ in 0..300 {
@@ -458,7 +863,198 @@ mod tests {
                 s.push_str(&w[rng.random_range(0..w.len())]);
             }
             assert_eq!(t.count(&s), n, "{s:?}");
+            assert_eq!(t.encode_reference(&s).len(), n, "{s:?}");
         }
+    }
+
+    #[test]
+    fn generic_word_search_agrees_with_builtin_words() {
+        let t = tok();
+        assert_eq!(compute_words(t), t.single_token_words());
+    }
+
+    /// The fast path maps a pre-token that is a whole vocabulary token straight to it; valid
+    /// because BPE reaches every builtin token from its bytes.
+    #[test]
+    fn every_builtin_token_is_reachable_by_its_merges() {
+        let t = tok();
+        let ModelWrapper::BPE(bpe) = t.hf().get_model() else {
+            panic!("not BPE")
+        };
+        for id in 0..151_643u32 {
+            let s = bpe.id_to_token(id).unwrap();
+            let ids: Vec<u32> = bpe.tokenize(&s).unwrap().iter().map(|x| x.id).collect();
+            assert_eq!(ids, [id], "token {s:?}");
+        }
+    }
+
+    fn random_text(rng: &mut SmallRng, t: &Tokenizer) -> String {
+        const PIECES: &[&str] = &[
+            " ",
+            "  ",
+            "\n",
+            "\r\n",
+            "\t",
+            "\n\n ",
+            "a",
+            "Z",
+            "'s",
+            "'LL",
+            "1",
+            "42",
+            "3.5",
+            ",",
+            ".",
+            "!?",
+            "é",
+            "数据",
+            "😀",
+            "\u{a0}",
+            "\u{3000}",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|",
+            "|>",
+            "<|im_start",
+            "fn()",
+            "{}",
+            "\u{301}",
+            "ß",
+            "İ",
+        ];
+        let mut s = String::new();
+        for _ in 0..rng.random_range(0..60) {
+            match rng.random_range(0..4) {
+                0 => s.push_str(PIECES[rng.random_range(0..PIECES.len())]),
+                1 => s.push_str(&t.single_token_words()[rng.random_range(0..40_000)]),
+                2 => {
+                    let id = rng.random_range(0..151_643);
+                    s.push_str(&t.decode(&[id]));
+                }
+                _ => {
+                    if let Some(c) = char::from_u32(rng.random_range(0..0x2_0000)) {
+                        s.push(c);
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn fast_path_matches_tokenizers_on_random_text() {
+        let t = tok();
+        assert!(t.has_fast_path());
+        let mut rng = SmallRng::seed_from_u64(11);
+        for _ in 0..3000 {
+            let s = random_text(&mut rng, t);
+            let want = t.encode_reference(&s);
+            assert_eq!(t.encode(&s), want, "{s:?}");
+            assert_eq!(t.count(&s), want.len(), "{s:?}");
+        }
+    }
+
+    /// The regex-crate splitter (lookahead emulated) against the tokenizer's own fancy-regex, on
+    /// whitespace-heavy text where the `\s+(?!\S)` branch matters.
+    #[test]
+    fn lookahead_free_splitter_matches_fancy_regex() {
+        let t = tok();
+        let f = t.fast.as_ref().unwrap();
+        assert!(matches!(f.splitter, Splitter::LookaheadFree { .. }));
+        let (_, own) = split_regex(t.hf()).unwrap();
+        const WS: &[&str] = &[
+            " ", " ", " ", "\t", "\n", "\r", "\u{a0}", "\u{3000}", "\u{2009}", "\u{85}", "\u{b}",
+            "\u{c}", "a", "Zz", "1", "!", "'s", "é", "数", "\u{301}", "\u{200b}", ".\n",
+        ];
+        let mut rng = SmallRng::seed_from_u64(5);
+        for _ in 0..20_000 {
+            let s: String = (0..rng.random_range(0..24))
+                .map(|_| WS[rng.random_range(0..WS.len())])
+                .collect();
+            let mut got = Vec::new();
+            f.splitter.for_each(own, &s, |a, b| got.push((a, b)));
+            assert_eq!(got, own.find_iter(&s).collect::<Vec<_>>(), "{s:?}");
+        }
+        for s in SELF_CHECK {
+            let mut got = Vec::new();
+            f.splitter.for_each(own, s, |a, b| got.push((a, b)));
+            assert_eq!(got, own.find_iter(s).collect::<Vec<_>>(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn count_words_text_is_exact_and_falls_back() {
+        let t = tok();
+        let w = t.single_token_words();
+        let mut rng = SmallRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let idx: Vec<usize> = (0..rng.random_range(0..200))
+                .map(|_| rng.random_range(0..w.len()))
+                .collect();
+            let text: String = idx.iter().map(|&i| w[i].as_str()).collect();
+            assert_eq!(t.count_words_text(&text, idx.iter().copied()), idx.len());
+            assert_eq!(t.encode_reference(&text).len(), idx.len());
+        }
+        // Whatever the indices claim, the result is the text's true count.
+        let text = " alpha beta<|im_end|> gamma  delta\n";
+        let want = t.encode_reference(text).len();
+        assert_eq!(t.count_words_text(text, [0, 1, 2]), want);
+        let idx = [5, 6, 7];
+        let text: String = idx.iter().map(|&i| w[i].as_str()).collect();
+        let cases = [
+            (text.clone(), vec![5, 6]),
+            (text.clone(), vec![5, 6, 8]),
+            (text.clone(), vec![5, 6, 7, 7]),
+            (format!("{text}x"), idx.to_vec()),
+            (format!("{text} "), idx.to_vec()),
+            (format!("<|im_start|>{text}"), idx.to_vec()),
+        ];
+        for (s, i) in cases {
+            assert_eq!(
+                t.count_words_text(&s, i),
+                t.encode_reference(&s).len(),
+                "{s:?}"
+            );
+        }
+    }
+
+    /// User tokenizer.json files with other split patterns: one the `regex` crate runs as is, one
+    /// that needs fancy-regex (a lookahead that is not the usual tail). Both use the fast path
+    /// and must agree with the full pipeline.
+    #[test]
+    fn fast_path_with_other_split_patterns() {
+        let base: serde_json::Value =
+            serde_json::from_str(&tok().hf().to_string(false).unwrap()).unwrap();
+        let plain = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+        let fancy = format!("{QWEN2_PATTERN}|x(?=y)");
+        let dir = scratch_dir("patterns");
+        let mut rng = SmallRng::seed_from_u64(21);
+        for (name, pattern) in [("plain", plain), ("fancy", fancy.as_str())] {
+            let mut v = base.clone();
+            v["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern.into();
+            let file = dir.join(format!("{name}.json"));
+            std::fs::write(&file, v.to_string()).unwrap();
+            let t = Tokenizer::from_path(&file).unwrap();
+            let f = t.fast.as_ref().expect("fast path");
+            match name {
+                "plain" => assert!(matches!(f.splitter, Splitter::Plain(_))),
+                _ => assert!(matches!(f.splitter, Splitter::Own)),
+            }
+            for _ in 0..500 {
+                let s = random_text(&mut rng, tok());
+                assert_eq!(t.encode(&s), t.encode_reference(&s), "{name}: {s:?}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn builtin_shared_is_built_once() {
+        let a = Tokenizer::builtin_shared().unwrap();
+        let b = Tokenizer::builtin_shared().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.encode("Hello world"), vec![9707, 1879]);
     }
 
     #[test]
@@ -474,6 +1070,37 @@ mod tests {
         assert_eq!(by_dir.encode(text), tok().encode(text));
         assert_eq!(by_file.encode(text), tok().encode(text));
         assert_eq!(by_dir.allowed_ids(), tok().allowed_ids());
+        assert!(by_dir.has_fast_path());
+        assert!(matches!(
+            by_dir.fast.as_ref().unwrap().splitter,
+            Splitter::LookaheadFree { .. }
+        ));
+        assert_eq!(
+            by_dir.single_token_words()[..100],
+            tok().single_token_words()[..100]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A tokenizer.json outside the fast path's shape (here: with a normalizer) goes through the
+    /// full pipeline, and truncation configured in the file is ignored.
+    #[test]
+    fn from_path_general_pipeline() {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&tok().hf().to_string(false).unwrap()).unwrap();
+        v["normalizer"] = serde_json::json!({"type": "NFC"});
+        v["truncation"] = serde_json::json!({"direction": "Right", "max_length": 4,
+            "strategy": "LongestFirst", "stride": 0});
+        let dir = scratch_dir("nfc");
+        let file = dir.join("custom.json");
+        std::fs::write(&file, v.to_string()).unwrap();
+        let t = Tokenizer::from_path(&file).unwrap();
+        assert!(!t.has_fast_path());
+        let text = " one two three four five six";
+        assert_eq!(t.encode(text), tok().encode(text));
+        assert_eq!(t.count(text), 6);
+        // NFC: a decomposed "é" becomes the composed one.
+        assert_eq!(t.encode("e\u{301}"), tok().encode("\u{e9}"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -525,17 +1152,29 @@ mod tests {
             let t0 = std::time::Instant::now();
             let t = Tokenizer::builtin().unwrap();
             let load = t0.elapsed();
+            let w = t.single_token_words();
+            let mut rng = SmallRng::seed_from_u64(1);
+            let text: String = (0..8192)
+                .map(|_| w[rng.random_range(0..w.len())].as_str())
+                .collect();
             let t1 = std::time::Instant::now();
-            let words = t.single_token_words().len();
-            let words_t = t1.elapsed();
-            let text: String = t.single_token_words()[..4096].concat();
-            let t2 = std::time::Instant::now();
             let n = t.count(&text);
-            let enc = t2.elapsed();
+            let fast = t1.elapsed();
+            let t2 = std::time::Instant::now();
+            let n2 = t.encode_reference(&text).len();
+            let reference = t2.elapsed();
+            assert_eq!(n, n2);
+            let mixed = random_text(&mut rng, &t).repeat(50);
+            let t3 = std::time::Instant::now();
+            let m = t.count(&mixed);
+            let mixed_t = t3.elapsed();
+            let per = |d: std::time::Duration, n: usize| d.as_secs_f64() * 1e6 / n as f64;
             println!(
-                "builtin load {load:?}; single_token_words {words} in {words_t:?}; \
-                 encode {n} tokens in {enc:?} ({:.2} µs/token)",
-                enc.as_secs_f64() * 1e6 / n as f64
+                "builtin load {load:?}; {n} random words: count {:.3} µs/token, \
+                 tokenizers encode {:.3} µs/token; mixed text count {:.3} µs/token",
+                per(fast, n),
+                per(reference, n),
+                per(mixed_t, m)
             );
         }
         if let Ok(p) = std::env::var("PARLEY_DUMP_TOKENIZER_JSON") {

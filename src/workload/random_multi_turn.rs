@@ -1,7 +1,25 @@
 //! `random_multi_turn`: evalscope's synthetic multi-turn source. (Owned by the tokenizer work.)
+//!
+//! As evalscope (`plugin/datasets/multi_turn.py`): each conversation has `U[min_turns,
+//! max_turns]` user turns, each `U[min_prompt_tokens, max_prompt_tokens]` bare tokens long (no chat
+//! template counted), made of a contiguous slice of the vocabulary starting at a random offset.
+//! Where evalscope slices token ids and then decodes / re-encodes / truncates to converge on the
+//! length, we slice the tokenizer's [single-token words](Tokenizer::single_token_words) (wrapping
+//! around the list), so the text is `n` tokens by construction. Every turn is then counted with
+//! the tokenizer ([`Tokenizer::count_words_text`]: its own pre-tokenization must split the text
+//! into exactly the placed words, else a full count) and a mismatch is an error
+//! ([`SynthesisError::NotExact`]), never a silently wrong length.
+//!
+//! **Determinism.** Conversation `i` draws from its own `SmallRng` seeded from `(seed, i)`, so the
+//! output depends only on the parameters, the tokenizer and the `rand` version — not on how many
+//! threads build it. Conversations are built in parallel on `available_parallelism()` threads.
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::tokenizer::Tokenizer;
-use crate::workload::Conversation;
+use crate::workload::{message_json, Conversation, Turn};
 
 /// Parameters, already validated by the plan.
 #[derive(Clone, Debug)]
@@ -18,10 +36,340 @@ pub struct RandomMultiTurn {
 pub enum SynthesisError {
     #[error("could not synthesise a prompt of exactly {target} tokens (got {got})")]
     NotExact { target: u32, got: u32 },
+    #[error(
+        "tokenizer {tokenizer} has no single-token words (a space and 2-12 ASCII letters) to \
+         build prompts from"
+    )]
+    NoWords { tokenizer: String },
+    #[error("invalid random_multi_turn parameters: {0}")]
+    Invalid(String),
 }
 
+/// Below this many conversations per thread, threads cost more than they save.
+const MIN_CONVERSATIONS_PER_THREAD: usize = 8;
+
 impl RandomMultiTurn {
-    pub fn build(&self, _tok: &Tokenizer) -> Result<Vec<Conversation>, SynthesisError> {
-        unimplemented!()
+    pub fn build(&self, tok: &Tokenizer) -> Result<Vec<Conversation>, SynthesisError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.build_with_threads(tok, threads)
+    }
+
+    /// [`RandomMultiTurn::build`] on at most `threads` threads (the result does not depend on it).
+    pub fn build_with_threads(
+        &self,
+        tok: &Tokenizer,
+        threads: usize,
+    ) -> Result<Vec<Conversation>, SynthesisError> {
+        self.validate()?;
+        let words = tok.single_token_words();
+        if words.is_empty() && self.max_prompt_tokens > 0 {
+            return Err(SynthesisError::NoWords {
+                tokenizer: tok.name().to_string(),
+            });
+        }
+        let n = self.conversations;
+        let threads = threads.min(n.div_ceil(MIN_CONVERSATIONS_PER_THREAD)).max(1);
+        if threads == 1 {
+            return (0..n).map(|i| self.conversation(tok, words, i)).collect();
+        }
+        let chunk = n.div_ceil(threads);
+        let parts: Vec<Result<Vec<Conversation>, SynthesisError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .step_by(chunk)
+                .map(|lo| {
+                    let hi = (lo + chunk).min(n);
+                    s.spawn(move || (lo..hi).map(|i| self.conversation(tok, words, i)).collect())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut out = Vec::with_capacity(n);
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    fn validate(&self) -> Result<(), SynthesisError> {
+        let bad = |m: String| Err(SynthesisError::Invalid(m));
+        if self.min_turns == 0 || self.min_turns > self.max_turns {
+            return bad(format!(
+                "turns must satisfy 1 <= min ({}) <= max ({})",
+                self.min_turns, self.max_turns
+            ));
+        }
+        if self.min_prompt_tokens > self.max_prompt_tokens {
+            return bad(format!(
+                "prompt tokens must satisfy min ({}) <= max ({})",
+                self.min_prompt_tokens, self.max_prompt_tokens
+            ));
+        }
+        Ok(())
+    }
+
+    /// Conversation `index`, from its own RNG stream.
+    fn conversation(
+        &self,
+        tok: &Tokenizer,
+        words: &[String],
+        index: usize,
+    ) -> Result<Conversation, SynthesisError> {
+        let mut rng = SmallRng::seed_from_u64(stream_seed(self.seed, index as u64));
+        let turns = rng.random_range(self.min_turns..=self.max_turns);
+        let mut conv = Conversation {
+            turns: Vec::with_capacity(turns as usize),
+        };
+        let mut text = String::new();
+        for _ in 0..turns {
+            let target = rng.random_range(self.min_prompt_tokens..=self.max_prompt_tokens);
+            let offset = if words.is_empty() {
+                0
+            } else {
+                rng.random_range(0..words.len())
+            };
+            text.clear();
+            for k in 0..target as usize {
+                text.push_str(&words[(offset + k) % words.len()]);
+            }
+            let got = tok.count_words_text(
+                &text,
+                (0..target as usize).map(|k| (offset + k) % words.len()),
+            );
+            if got != target as usize {
+                return Err(SynthesisError::NotExact {
+                    target,
+                    got: got as u32,
+                });
+            }
+            conv.turns.push(Turn {
+                delta_json: Bytes::from(message_json("user", &text)),
+                delta_tokens: Some(target),
+                max_tokens: None,
+                delay_ns: 0,
+            });
+        }
+        Ok(conv)
+    }
+}
+
+/// The seed of conversation `index`'s stream: both inputs through splitmix64, so neighbouring
+/// seeds and indices give unrelated streams.
+fn stream_seed(seed: u64, index: u64) -> u64 {
+    fn splitmix64(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    splitmix64(splitmix64(seed) ^ index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    fn tok() -> &'static Tokenizer {
+        static T: OnceLock<Tokenizer> = OnceLock::new();
+        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
+    }
+
+    fn params(seed: u64) -> RandomMultiTurn {
+        RandomMultiTurn {
+            conversations: 40,
+            min_turns: 1,
+            max_turns: 6,
+            min_prompt_tokens: 1,
+            max_prompt_tokens: 700,
+            seed,
+        }
+    }
+
+    fn content(turn: &Turn) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&turn.delta_json).unwrap();
+        assert_eq!(v["role"], "user");
+        v["content"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn exact_token_counts_and_ranges() {
+        let p = params(1);
+        let convs = p.build(tok()).unwrap();
+        assert_eq!(convs.len(), p.conversations);
+        let mut turns_seen = std::collections::BTreeSet::new();
+        let mut total = 0;
+        for c in &convs {
+            assert!((1..=6).contains(&c.turns.len()));
+            turns_seen.insert(c.turns.len());
+            for t in &c.turns {
+                let n = t.delta_tokens.unwrap();
+                assert!((1..=700).contains(&n));
+                // Counted independently, through the full tokenizers pipeline.
+                assert_eq!(tok().encode_reference(&content(t)).len(), n as usize);
+                assert_eq!(t.max_tokens, None);
+                assert_eq!(t.delay_ns, 0);
+                total += 1;
+            }
+        }
+        assert!(total > 80, "{total} turns");
+        assert!(turns_seen.len() >= 4, "turn counts {turns_seen:?}");
+    }
+
+    #[test]
+    fn many_exact_lengths_including_range_ends() {
+        // Small range: both ends must occur; and lengths 0 and 1.
+        for (lo, hi) in [(0, 3), (1, 1), (255, 258), (4000, 4100)] {
+            let p = RandomMultiTurn {
+                conversations: 30,
+                min_turns: 2,
+                max_turns: 3,
+                min_prompt_tokens: lo,
+                max_prompt_tokens: hi,
+                seed: 9,
+            };
+            let convs = p.build(tok()).unwrap();
+            let lens: Vec<u32> = convs
+                .iter()
+                .flat_map(|c| c.turns.iter().map(|t| t.delta_tokens.unwrap()))
+                .collect();
+            assert!(lens.iter().all(|n| (lo..=hi).contains(n)));
+            if hi - lo < 8 {
+                assert!(
+                    lens.contains(&lo) && lens.contains(&hi),
+                    "{lo}..{hi}: {lens:?}"
+                );
+            }
+            for c in &convs {
+                for t in &c.turns {
+                    let text = content(t);
+                    assert_eq!(
+                        tok().encode_reference(&text).len() as u32,
+                        t.delta_tokens.unwrap()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn contiguous_word_slices() {
+        let words = tok().single_token_words();
+        let convs = params(3).build(tok()).unwrap();
+        let text = content(&convs[0].turns[0]);
+        let first = format!(" {}", text.split(' ').nth(1).unwrap());
+        let start = words.iter().position(|w| *w == first).unwrap();
+        let n = convs[0].turns[0].delta_tokens.unwrap() as usize;
+        let expect: String = (0..n)
+            .map(|k| words[(start + k) % words.len()].as_str())
+            .collect();
+        assert_eq!(text, expect);
+    }
+
+    #[test]
+    fn deterministic_per_seed_and_thread_count() {
+        let key = |cs: &[Conversation]| -> Vec<(Bytes, Option<u32>)> {
+            cs.iter()
+                .flat_map(|c| {
+                    c.turns
+                        .iter()
+                        .map(|t| (t.delta_json.clone(), t.delta_tokens))
+                })
+                .collect()
+        };
+        let a = key(&params(42).build_with_threads(tok(), 1).unwrap());
+        let b = key(&params(42).build_with_threads(tok(), 3).unwrap());
+        let c = key(&params(42).build(tok()).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        let d = key(&params(43).build(tok()).unwrap());
+        assert_ne!(a, d);
+        // Conversations differ from one another too.
+        let convs = params(42).build(tok()).unwrap();
+        assert_ne!(convs[0].turns[0].delta_json, convs[1].turns[0].delta_json);
+    }
+
+    #[test]
+    fn invalid_parameters_are_errors() {
+        let mut p = params(1);
+        p.min_turns = 0;
+        assert!(matches!(p.build(tok()), Err(SynthesisError::Invalid(_))));
+        let mut p = params(1);
+        p.min_prompt_tokens = 10;
+        p.max_prompt_tokens = 9;
+        assert!(matches!(p.build(tok()), Err(SynthesisError::Invalid(_))));
+        let mut p = params(1);
+        p.conversations = 0;
+        assert!(p.build(tok()).unwrap().is_empty());
+    }
+
+    fn word_level(dir_name: &str, vocab: &str) -> Tokenizer {
+        let dir =
+            std::env::temp_dir().join(format!("parley-rmt-{}-{dir_name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = format!(
+            r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+            "normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,
+            "model":{{"type":"WordLevel","vocab":{vocab},"unk_token":"[UNK]"}}}}"#
+        );
+        std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+        let t = Tokenizer::from_path(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        t
+    }
+
+    #[test]
+    fn tokenizer_without_words_is_an_error() {
+        let t = word_level("nowords", r#"{"a":0,"[UNK]":1}"#);
+        let e = params(1).build(&t).unwrap_err();
+        assert!(matches!(e, SynthesisError::NoWords { .. }), "{e}");
+    }
+
+    /// A tokenizer whose single-token words do not join (no pre-tokenizer: the whole text is
+    /// one "word") must give NotExact, not a wrong length.
+    #[test]
+    fn non_composable_tokenizer_is_not_exact() {
+        let t = word_level("nojoin", r#"{" ab":0," cd":1," ab cd":2,"[UNK]":3}"#);
+        assert_eq!(t.single_token_words(), [" ab", " cd"]);
+        let mut p = params(1);
+        p.min_prompt_tokens = 2;
+        p.max_prompt_tokens = 2;
+        let e = p.build(&t).unwrap_err();
+        assert!(
+            matches!(e, SynthesisError::NotExact { target: 2, got: 1 }),
+            "{e}"
+        );
+    }
+
+    /// `cargo test --profile bench-fast --lib random_multi_turn -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn synthesis_time() {
+        let p = RandomMultiTurn {
+            conversations: 100,
+            min_turns: 5,
+            max_turns: 5,
+            min_prompt_tokens: 512,
+            max_prompt_tokens: 512,
+            seed: 1,
+        };
+        let tok = tok();
+        for threads in [1, 2] {
+            for _ in 0..3 {
+                let t0 = std::time::Instant::now();
+                let convs = p.build_with_threads(tok, threads).unwrap();
+                let el = t0.elapsed();
+                let turns: usize = convs.iter().map(|c| c.turns.len()).sum();
+                println!("{threads} thread(s): 100 conversations x 5 turns x 512 tokens ({turns} turns) in {el:?}");
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let t = Tokenizer::builtin().unwrap();
+        let load = t0.elapsed();
+        let t1 = std::time::Instant::now();
+        p.build(&t).unwrap();
+        println!("cold: load {load:?} + first build {:?}", t1.elapsed());
     }
 }
