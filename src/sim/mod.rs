@@ -1,10 +1,54 @@
-//! `parley sim`: a simulated OpenAI-compatible server. (Owned by the sim work.)
+//! `parley sim`: a simulated OpenAI-compatible server — the default benchmark target and the
+//! ground truth of every integration test — so it is honest, deterministic and cheap per event.
+//!
+//! What it models, and where:
+//! - [`request`]: the request bodies it accepts (chat and completions, streaming or not) and the
+//!   output-length rules (`ignore_eos`, `max_tokens`, `min_tokens`).
+//! - [`prompt`]: prompt tokens as a chat server counts them (the rendering of
+//!   [`crate::tokenizer::render_chat`], tokenized), with per-message encodings cached.
+//! - [`cache`]: vLLM's automatic prefix cache (chained block hashes, LRU, one per server).
+//! - [`stream`]: the timing model on absolute deadlines — first token at
+//!   `t0 + ttft_base + ttft_per_uncached_token × (prompt − cached)`, token `i` at
+//!   `first + i × itl` — and the vLLM-shaped SSE stream or JSON reply.
+//! - [`reply`]: reply text of exactly N tokens, deterministic from the seed and the request.
+//! - [`metrics`]: `GET /metrics` with vLLM's names. [`record`]: `--record`, one JSON line per
+//!   request with the server's own timestamps.
+//! - [`server`]: executors, listeners, connections, routing.
+//!
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
+//! `GET /health`, `GET /metrics`.
 
-use std::net::SocketAddr;
+pub mod cache;
+mod config;
+pub mod metrics;
+pub mod pmqos;
+pub mod prompt;
+pub mod record;
+pub mod reply;
+pub mod request;
+mod server;
+pub mod stream;
+
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
-use crate::tokenizer::Tokenizer;
+use glommio::ExecutorJoinHandle;
+
+use crate::tokenizer::{Tokenizer, TokenizerError};
+use config::Config;
+use pmqos::PmQos;
+use record::RecordWriter;
+use reply::ReplyWords;
+use server::Shared;
 
 /// Flags of `parley sim` (also used to start the in-process sim when `parley bench` has no URL).
 #[derive(Clone, Debug, clap::Args)]
@@ -15,12 +59,125 @@ pub struct SimArgs {
     /// Port to listen on (0 picks a free one and prints it).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// Number of executor threads, each with its own listener on the same port (SO_REUSEPORT;
+    /// the kernel spreads connections over them).
+    #[arg(long, default_value_t = 1)]
+    pub cores: usize,
     /// Tokenizer used to count prompt tokens: a tokenizer.json, an HF model directory, or "builtin".
     #[arg(long)]
     pub tokenizer_path: Option<PathBuf>,
-    /// Write one JSON line per request with the server's own view of it.
+    /// Model name served (in /v1/models and every response's "model").
+    #[arg(long, default_value = "parley-sim")]
+    pub model: String,
+    /// KV-cache block size in tokens: cached_tokens is always a multiple of it.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Prefix cache capacity in tokens (rounded down to whole blocks), shared by all executors;
+    /// least recently used blocks are evicted first.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub cache_capacity_tokens: u64,
+    /// Time to first token for a fully cached prompt, in milliseconds (fractions allowed).
+    #[arg(long, default_value_t = 20.0)]
+    pub ttft_base_ms: f64,
+    /// Prefill cost of each prompt token not found in the prefix cache, in microseconds; added
+    /// to --ttft-base-ms.
+    #[arg(long, default_value_t = 10.0)]
+    pub ttft_per_uncached_token_us: f64,
+    /// Time between output tokens, in milliseconds (fractions allowed; 0 = as fast as possible).
+    #[arg(long, default_value_t = 10.0)]
+    pub itl_ms: f64,
+    /// Output tokens per content chunk, as loaded servers merge tokens. A chunk goes out at the
+    /// deadline of its last token.
+    #[arg(long, default_value_t = 1)]
+    pub tokens_per_chunk: u32,
+    /// Output length when ignore_eos is not set (the simulated model "stops" there, finish_reason
+    /// "stop"), capped by max_tokens; with ignore_eos but no max_tokens, the output length too.
+    #[arg(long, default_value_t = 64)]
+    pub default_output_tokens: u32,
+    /// Seed of the reply text: the same seed and request give the same reply.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write one JSON line per generation request with the server's own view of it (see
+    /// `sim::record::Record` for the fields).
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Fail every N-th generation request with HTTP 500 and an error body, before any stream:
+    /// requests are numbered 1, 2, 3… in arrival order over all executors and request k fails
+    /// when k is a multiple of N (so the first failure is request N). 0 = never.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub fail_every: u64,
+    /// Less common flags (boxed to keep `SimArgs` small).
+    #[command(flatten, next_help_heading = "Advanced")]
+    pub advanced: Box<SimAdvancedArgs>,
+}
+
+/// Less common flags of `parley sim`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimAdvancedArgs {
+    /// Pin executor i to the i-th CPU of this comma-separated list (cycling if shorter than
+    /// --cores). Unpinned by default: the client pins its own cores.
+    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+    pub pin_cpus: Vec<usize>,
+    /// Reject requests whose "model" is not --model with a 404, as vLLM does. By default any
+    /// model name is accepted.
+    #[arg(long)]
+    pub strict_model: bool,
+    /// Do not add the blocks a reply completes to the prefix cache. By default they are added,
+    /// as vLLM does, so the next turn (history + reply) hits them.
+    #[arg(long)]
+    pub no_cache_output_tokens: bool,
+    /// Per-executor cache of message token ids, in tokens: a turn that resends a long history
+    /// only tokenizes its new messages.
+    #[arg(long, default_value_t = 4_000_000)]
+    pub encode_cache_tokens: u64,
+    /// Context length: a prompt plus max_tokens beyond it is rejected with a 400, as vLLM does.
+    #[arg(long, default_value_t = 131_072)]
+    pub max_model_len: u64,
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Do not hold a 0 µs PM-QoS request on /dev/cpu_dma_latency. By default the sim holds one
+    /// while it runs (if permitted) so its timers fire on time on an idle machine.
+    #[arg(long)]
+    pub no_pm_qos: bool,
+}
+
+impl Default for SimAdvancedArgs {
+    fn default() -> Self {
+        SimAdvancedArgs {
+            pin_cpus: Vec::new(),
+            strict_model: false,
+            no_cache_output_tokens: false,
+            encode_cache_tokens: 4_000_000,
+            max_model_len: 131_072,
+            max_body_bytes: 64 << 20,
+            no_pm_qos: false,
+        }
+    }
+}
+
+impl Default for SimArgs {
+    /// The same values as the flags' defaults.
+    fn default() -> Self {
+        SimArgs {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            cores: 1,
+            tokenizer_path: None,
+            model: "parley-sim".into(),
+            block_size: 16,
+            cache_capacity_tokens: 1_000_000,
+            ttft_base_ms: 20.0,
+            ttft_per_uncached_token_us: 10.0,
+            itl_ms: 10.0,
+            tokens_per_chunk: 1,
+            default_output_tokens: 64,
+            seed: 0,
+            record: None,
+            fail_every: 0,
+            advanced: Box::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,26 +187,157 @@ pub enum SimError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot resolve --host {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("invalid {flag}: {reason}")]
+    InvalidArg { flag: &'static str, reason: String },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("reply words: {0}")]
+    Words(String),
+    #[error("record file {path}: {source}")]
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sim executor: {0}")]
+    Executor(String),
 }
 
 /// A running sim; dropping it does not stop it, call [`SimHandle::shutdown`].
 pub struct SimHandle {
     pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    executors: Vec<ExecutorJoinHandle<()>>,
+    writer: Option<RecordWriter>,
+    _pm_qos: PmQos,
 }
 
 impl SimHandle {
-    /// Stops the executors and flushes the record file.
+    /// Stops the executors and flushes the record file (errors go to stderr; see
+    /// [`SimHandle::stop`] to get them).
     pub fn shutdown(self) {
-        unimplemented!()
+        if let Err(e) = self.stop() {
+            eprintln!("parley sim: {e}");
+        }
+    }
+
+    /// Stops the executors (in-flight replies are cut and recorded as aborted), then flushes and
+    /// closes the record file.
+    pub fn stop(mut self) -> Result<(), SimError> {
+        self.stop.store(true, Ordering::Release);
+        let mut result = Ok(());
+        for ex in self.executors.drain(..) {
+            if let Err(e) = ex.join() {
+                result = Err(SimError::Executor(e.to_string()));
+            }
+        }
+        if let Some(w) = self.writer.take() {
+            w.finish()?;
+        }
+        result
     }
 }
 
+/// How long to wait for an executor to report that it listens.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Starts the sim on its own executor threads and returns once it is listening.
-pub fn spawn(_args: &SimArgs, _tokenizer: Arc<Tokenizer>) -> Result<SimHandle, SimError> {
-    unimplemented!()
+pub fn spawn(args: &SimArgs, tokenizer: Arc<Tokenizer>) -> Result<SimHandle, SimError> {
+    let cfg = Config::from_args(args)?;
+    let addr = (args.host.as_str(), args.port)
+        .to_socket_addrs()
+        .map_err(|e| SimError::Resolve {
+            host: args.host.clone(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| SimError::Resolve {
+            host: args.host.clone(),
+            reason: "no address".into(),
+        })?;
+    let words = ReplyWords::new(&tokenizer)?;
+    let pm_qos = if cfg.pm_qos {
+        PmQos::hold()
+    } else {
+        PmQos::none()
+    };
+    let (writer, sender) = match &args.record {
+        Some(path) => {
+            let (w, s) = RecordWriter::start(path)?;
+            (Some(w), Some(s))
+        }
+        None => (None, None),
+    };
+    let cores = cfg.cores;
+    let shared = Arc::new(Shared::new(cfg, tokenizer, words, sender));
+    let mut handle = SimHandle {
+        addr,
+        stop: Arc::new(AtomicBool::new(false)),
+        executors: Vec::with_capacity(cores),
+        writer,
+        _pm_qos: pm_qos,
+    };
+    for i in 0..cores {
+        // The first executor binds the requested port (maybe 0); the others bind the one it got.
+        match start_one(i, &shared, &mut handle) {
+            Ok(bound) => handle.addr = bound,
+            Err(e) => {
+                let _ = handle.stop();
+                return Err(e);
+            }
+        }
+    }
+    Ok(handle)
 }
 
-/// Runs `parley sim` in the foreground until SIGINT/SIGTERM.
-pub fn run(_args: &SimArgs) -> Result<(), SimError> {
-    unimplemented!()
+fn start_one(
+    i: usize,
+    shared: &Arc<Shared>,
+    handle: &mut SimHandle,
+) -> Result<SocketAddr, SimError> {
+    let (tx, rx) = mpsc::channel();
+    let ex = server::start_executor(i, shared.clone(), handle.addr, handle.stop.clone(), tx)?;
+    match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(bound)) => {
+            handle.executors.push(ex);
+            Ok(bound)
+        }
+        Ok(Err(e)) => {
+            let _ = ex.join();
+            Err(e)
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // The executor ended without reporting: its join result says why.
+            let why = match ex.join() {
+                Err(e) => e.to_string(),
+                Ok(()) => "it ended before listening".into(),
+            };
+            Err(SimError::Executor(why))
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(SimError::Executor(format!(
+            "executor {i} did not start listening within {READY_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// `parley sim`: serves until SIGINT/SIGTERM, printing `parley sim listening on http://ADDR`.
+pub fn run(args: &SimArgs) -> Result<(), SimError> {
+    let tokenizer = Arc::new(Tokenizer::load(args.tokenizer_path.as_deref())?);
+    // Before announcing the address: a test may signal us as soon as it reads it.
+    crate::signal::install();
+    let handle = spawn(args, tokenizer)?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "parley sim listening on http://{}", handle.addr);
+        let _ = out.flush();
+    }
+    if !handle._pm_qos.active() && !args.advanced.no_pm_qos {
+        eprintln!(
+            "parley sim: note: could not hold /dev/cpu_dma_latency (needs root); timers may fire \
+             late on an idle machine"
+        );
+    }
+    crate::signal::wait_for_interrupt();
+    handle.stop()
 }
