@@ -12,13 +12,19 @@ fn hashes(r: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| h.as_str().map(str::to_string).unwrap_or_else(|| h.to_string()))
+        .map(|h| {
+            h.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| h.to_string())
+        })
         .collect()
 }
 
 fn reply_hash(r: &Value) -> String {
     let h = &r["reply_hash"];
-    h.as_str().map(str::to_string).unwrap_or_else(|| h.to_string())
+    h.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| h.to_string())
 }
 
 /// Turn k carries exactly [u1, a1_live, …, uk]: every assistant message is the sim's own reply
@@ -29,11 +35,30 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
     let sim = Sim::start(&["--ttft-base-ms", "1", "--itl-ms", "1", "--seed", "7"]);
     let url = sim.url();
     let run = bench(&[
-        "--url", &url, "--model", "parley-sim", "--dataset", "random_multi_turn",
-        "--number", "12", "--parallel", "4", "--cores", "1",
-        "--min-turns", "2", "--max-turns", "4",
-        "--min-prompt-length", "20", "--max-prompt-length", "40",
-        "--max-tokens", "16", "--extra-args", r#"{"ignore_eos": true}"#,
+        "--url",
+        &url,
+        "--model",
+        "parley-sim",
+        "--dataset",
+        "random_multi_turn",
+        "--number",
+        "12",
+        "--parallel",
+        "4",
+        "--cores",
+        "1",
+        "--min-turns",
+        "2",
+        "--max-turns",
+        "4",
+        "--min-prompt-length",
+        "20",
+        "--max-prompt-length",
+        "40",
+        "--max-tokens",
+        "16",
+        "--extra-args",
+        r#"{"ignore_eos": true}"#,
     ]);
     let records = sim.stop();
     let s = &run.summary;
@@ -46,20 +71,51 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
     assert_eq!(convs.len(), 12, "exactly --number conversations claimed");
     let mut user_lengths = BTreeSet::new();
     for (conv, turns) in &convs {
-        assert!((2..=4).contains(&turns.len()), "conversation {conv}: {} turns", turns.len());
+        assert!(
+            (2..=4).contains(&turns.len()),
+            "conversation {conv}: {} turns",
+            turns.len()
+        );
         for (k, r) in turns.iter().enumerate() {
-            assert_eq!(turn_of(r), k as u64, "conversation {conv}: turns 0..n in order");
+            assert_eq!(
+                turn_of(r),
+                k as u64,
+                "conversation {conv}: turns 0..n in order"
+            );
             let h = hashes(r);
-            let roles: Vec<&str> = r["message_roles"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
-            assert_eq!(h.len(), 2 * k + 1, "turn {k} of conversation {conv} sends 2k+1 messages");
+            let roles: Vec<&str> = r["message_roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap())
+                .collect();
+            assert_eq!(
+                h.len(),
+                2 * k + 1,
+                "turn {k} of conversation {conv} sends 2k+1 messages"
+            );
             for (i, role) in roles.iter().enumerate() {
                 assert_eq!(*role, if i % 2 == 0 { "user" } else { "assistant" });
             }
             for i in 0..k {
-                assert_eq!(h[2 * i + 1], reply_hash(&turns[i]), "conv {conv} turn {k}: message {} is the live reply of turn {i}", 2 * i + 1);
-                assert_eq!(h[2 * i], hashes(&turns[i])[2 * i], "conv {conv}: user turn {i} is resent unchanged");
+                assert_eq!(
+                    h[2 * i + 1],
+                    reply_hash(&turns[i]),
+                    "conv {conv} turn {k}: message {} is the live reply of turn {i}",
+                    2 * i + 1
+                );
+                assert_eq!(
+                    h[2 * i],
+                    hashes(&turns[i])[2 * i],
+                    "conv {conv}: user turn {i} is resent unchanged"
+                );
             }
-            let tokens: Vec<u64> = r["message_tokens"].as_array().unwrap().iter().map(u).collect();
+            let tokens: Vec<u64> = r["message_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(u)
+                .collect();
             for (i, t) in tokens.iter().enumerate() {
                 if i % 2 == 0 {
                     assert!((20..=40).contains(t), "user message of {t} tokens");
@@ -71,7 +127,10 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
             assert_eq!(u(&r["completion_tokens"]), 16);
         }
     }
-    assert!(user_lengths.len() > 5, "lengths vary over [min, max]: {user_lengths:?}");
+    assert!(
+        user_lengths.len() > 5,
+        "lengths vary over [min, max]: {user_lengths:?}"
+    );
 
     // Token and cache figures equal the sim's truth.
     let prompt_sum: u64 = records.iter().map(|r| u(&r["prompt_tokens"])).sum();
@@ -82,9 +141,15 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
     assert_eq!(s["cache_hit_source"], "server");
     let expected_rate = cached_sum as f64 / prompt_sum as f64;
     assert!((f(&s["cache_hit_rate"]) - expected_rate).abs() < 1e-12);
-    assert!(expected_rate > 0.2, "later turns hit the prefix cache: {expected_rate}");
+    assert!(
+        expected_rate > 0.2,
+        "later turns hit the prefix cache: {expected_rate}"
+    );
     // Every content chunk the sim sent was seen as one output-bearing event.
-    let chunks: u64 = records.iter().map(|r| r["chunk_ns"].as_array().unwrap().len() as u64).sum();
+    let chunks: u64 = records
+        .iter()
+        .map(|r| r["chunk_ns"].as_array().unwrap().len() as u64)
+        .sum();
     assert_eq!(u(&s["client"]["output_events"]), chunks);
     let cpu_s = f(&s["client"]["cpu_s"]);
     assert!(cpu_s > 0.0);
@@ -106,12 +171,38 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 #[test]
 fn ttft_and_itl_match_the_configured_model() {
     let dma = CpuDmaLatency::hold();
-    let sim = Sim::start(&["--ttft-base-ms", "30", "--ttft-per-uncached-token-us", "0", "--itl-ms", "10"]);
+    let sim = Sim::start(&[
+        "--ttft-base-ms",
+        "30",
+        "--ttft-per-uncached-token-us",
+        "0",
+        "--itl-ms",
+        "10",
+    ]);
     let url = sim.url();
     let run = bench(&[
-        "--url", &url, "--model", "parley-sim", "--number", "16", "--parallel", "8", "--cores", "1",
-        "--min-turns", "2", "--max-turns", "2", "--min-prompt-length", "16", "--max-prompt-length", "16",
-        "--max-tokens", "20", "--extra-args", r#"{"ignore_eos": true}"#,
+        "--url",
+        &url,
+        "--model",
+        "parley-sim",
+        "--number",
+        "16",
+        "--parallel",
+        "8",
+        "--cores",
+        "1",
+        "--min-turns",
+        "2",
+        "--max-turns",
+        "2",
+        "--min-prompt-length",
+        "16",
+        "--max-prompt-length",
+        "16",
+        "--max-tokens",
+        "20",
+        "--extra-args",
+        r#"{"ignore_eos": true}"#,
     ]);
     let records = sim.stop();
     let s = &run.summary;
@@ -121,11 +212,20 @@ fn ttft_and_itl_match_the_configured_model() {
     // 3 ms (TTFT) and 1.5 ms (ITL median) allow for this VM's timers with cpu_dma_latency held.
     let slack = if dma.held() { 1.0 } else { 3.0 };
     let ttft_p50 = f(&s["ttft_ms"]["p50"]);
-    assert!((29.9..33.0 * slack).contains(&ttft_p50), "TTFT p50 {ttft_p50} ms vs model 30 ms");
+    assert!(
+        (29.9..33.0 * slack).contains(&ttft_p50),
+        "TTFT p50 {ttft_p50} ms vs model 30 ms"
+    );
     let itl_p50 = f(&s["itl_ms"]["p50"]);
-    assert!((8.5..11.5 * slack).contains(&itl_p50), "ITL p50 {itl_p50} ms vs model 10 ms");
+    assert!(
+        (8.5..11.5 * slack).contains(&itl_p50),
+        "ITL p50 {itl_p50} ms vs model 10 ms"
+    );
     let tpot_mean = f(&s["tpot_ms"]["mean"]);
-    assert!((9.0..11.5 * slack).contains(&tpot_mean), "TPOT {tpot_mean} ms vs model 10 ms");
+    assert!(
+        (9.0..11.5 * slack).contains(&tpot_mean),
+        "TPOT {tpot_mean} ms vs model 10 ms"
+    );
 
     // Against the sim's record: the client's figures track the server's send times.
     let truth_ttft: Vec<f64> = records
@@ -136,15 +236,27 @@ fn ttft_and_itl_match_the_configured_model() {
         .iter()
         .flat_map(|r| {
             let c: Vec<u64> = r["chunk_ns"].as_array().unwrap().iter().map(u).collect();
-            c.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6).collect::<Vec<_>>()
+            c.windows(2)
+                .map(|w| (w[1] - w[0]) as f64 / 1e6)
+                .collect::<Vec<_>>()
         })
         .collect();
     let truth_ttft_p50 = percentile(truth_ttft, 0.5);
     let truth_itl_p99 = percentile(truth_itl.clone(), 0.99);
-    assert_eq!(truth_itl.len() as u64, u(&s["itl_ms"]["count"]), "one ITL per gap between content chunks");
-    assert!((ttft_p50 - truth_ttft_p50).abs() < 2.0 * slack, "client TTFT p50 {ttft_p50} vs sim {truth_ttft_p50}");
+    assert_eq!(
+        truth_itl.len() as u64,
+        u(&s["itl_ms"]["count"]),
+        "one ITL per gap between content chunks"
+    );
+    assert!(
+        (ttft_p50 - truth_ttft_p50).abs() < 2.0 * slack,
+        "client TTFT p50 {ttft_p50} vs sim {truth_ttft_p50}"
+    );
     let itl_p99 = f(&s["itl_ms"]["p99"]);
-    assert!((itl_p99 - truth_itl_p99).abs() < 2.0 * slack, "client ITL p99 {itl_p99} vs sim {truth_itl_p99}");
+    assert!(
+        (itl_p99 - truth_itl_p99).abs() < 2.0 * slack,
+        "client ITL p99 {itl_p99} vs sim {truth_itl_p99}"
+    );
 }
 
 /// A turn the sim fails is counted, its conversation is abandoned (no later turn is sent), and
@@ -154,34 +266,78 @@ fn failed_turns_abandon_their_conversation() {
     let sim = Sim::start(&["--ttft-base-ms", "1", "--itl-ms", "1", "--fail-every", "4"]);
     let url = sim.url();
     let run = bench(&[
-        "--url", &url, "--model", "parley-sim", "--number", "10", "--parallel", "2", "--cores", "1",
-        "--min-turns", "3", "--max-turns", "3", "--max-tokens", "4",
+        "--url",
+        &url,
+        "--model",
+        "parley-sim",
+        "--number",
+        "10",
+        "--parallel",
+        "2",
+        "--cores",
+        "1",
+        "--min-turns",
+        "3",
+        "--max-turns",
+        "3",
+        "--max-tokens",
+        "4",
     ]);
     let records = sim.stop();
     let s = &run.summary;
     let failed: Vec<&Value> = records.iter().filter(|r| r["failed"] == true).collect();
     assert!(!failed.is_empty());
     assert_eq!(u(&s["requests"]["failed"]), failed.len() as u64);
-    assert_eq!(u(&s["requests"]["failures"]["http_500"]), failed.len() as u64);
+    assert_eq!(
+        u(&s["requests"]["failures"]["http_500"]),
+        failed.len() as u64
+    );
     assert_eq!(u(&s["requests"]["total"]), records.len() as u64);
     assert_eq!(u(&s["conversations"]["abandoned"]), failed.len() as u64);
-    assert_eq!(u(&s["conversations"]["completed"]) + u(&s["conversations"]["abandoned"]), 10);
+    assert_eq!(
+        u(&s["conversations"]["completed"]) + u(&s["conversations"]["abandoned"]),
+        10
+    );
     for (conv, turns) in by_conversation(&records) {
         if let Some(pos) = turns.iter().position(|r| r["failed"] == true) {
-            assert_eq!(pos + 1, turns.len(), "conversation {conv} sent a turn after its failure");
+            assert_eq!(
+                pos + 1,
+                turns.len(),
+                "conversation {conv} sent a turn after its failure"
+            );
         } else {
             assert_eq!(turns.len(), 3);
         }
     }
-    assert!(run.stdout.contains("http_500="), "console names the failure cause");
+    assert!(
+        run.stdout.contains("http_500="),
+        "console names the failure cause"
+    );
 }
 
 /// Without --url, bench starts the built-in sim and writes a complete summary.json.
 #[test]
 fn default_run_uses_builtin_sim_and_writes_every_key() {
-    let run = bench(&["--number", "4", "--parallel", "2", "--max-turns", "2", "--max-tokens", "8"]);
+    let run = bench(&[
+        "--number",
+        "4",
+        "--parallel",
+        "2",
+        "--max-turns",
+        "2",
+        "--max-tokens",
+        "8",
+    ]);
     let s = &run.summary;
-    for key in ["requests", "conversations", "duration_s", "throughput", "turns_per_request_mean", "cache_hit_rate", "cache_hit_source"] {
+    for key in [
+        "requests",
+        "conversations",
+        "duration_s",
+        "throughput",
+        "turns_per_request_mean",
+        "cache_hit_rate",
+        "cache_hit_source",
+    ] {
         assert!(!s[key].is_null(), "summary.json lacks {key}");
     }
     for key in ["total", "succeeded", "failed"] {
@@ -190,10 +346,23 @@ fn default_run_uses_builtin_sim_and_writes_every_key() {
     for key in ["completed", "abandoned"] {
         assert!(s["conversations"][key].is_u64(), "conversations.{key}");
     }
-    for key in ["requests_per_s", "output_tokens_per_s", "total_tokens_per_s"] {
+    for key in [
+        "requests_per_s",
+        "output_tokens_per_s",
+        "total_tokens_per_s",
+    ] {
         assert!(f(&s["throughput"][key]) > 0.0, "throughput.{key}");
     }
-    for dist in ["ttft_ms", "itl_ms", "tpot_ms", "latency_ms", "input_tokens", "output_tokens", "first_turn_ttft_ms", "subsequent_turn_ttft_ms"] {
+    for dist in [
+        "ttft_ms",
+        "itl_ms",
+        "tpot_ms",
+        "latency_ms",
+        "input_tokens",
+        "output_tokens",
+        "first_turn_ttft_ms",
+        "subsequent_turn_ttft_ms",
+    ] {
         for stat in ["mean", "p50", "p90", "p99", "max"] {
             assert!(s[dist][stat].is_number(), "{dist}.{stat}");
         }
@@ -201,8 +370,18 @@ fn default_run_uses_builtin_sim_and_writes_every_key() {
     assert_eq!(u(&s["conversations"]["completed"]), 4);
     let rate = f(&s["cache_hit_rate"]);
     assert!((0.0..=1.0).contains(&rate));
-    for heading in ["Performance Overview", "Per-Request Metrics", "TTFT (ms)", "Cache Hit (%)", "Subsequent-turn TTFT (ms)"] {
-        assert!(run.stdout.contains(heading), "console lacks {heading}:\n{}", run.stdout);
+    for heading in [
+        "Performance Overview",
+        "Per-Request Metrics",
+        "TTFT (ms)",
+        "Cache Hit (%)",
+        "Subsequent-turn TTFT (ms)",
+    ] {
+        assert!(
+            run.stdout.contains(heading),
+            "console lacks {heading}:\n{}",
+            run.stdout
+        );
     }
 }
 
@@ -212,9 +391,25 @@ fn non_streaming_turns_work() {
     let sim = Sim::start(&["--ttft-base-ms", "2", "--itl-ms", "1"]);
     let url = sim.url();
     let run = bench(&[
-        "--url", &url, "--model", "parley-sim", "--number", "3", "--parallel", "3", "--cores", "1",
-        "--min-turns", "2", "--max-turns", "2", "--max-tokens", "5", "--no-stream",
-        "--extra-args", r#"{"ignore_eos": true}"#,
+        "--url",
+        &url,
+        "--model",
+        "parley-sim",
+        "--number",
+        "3",
+        "--parallel",
+        "3",
+        "--cores",
+        "1",
+        "--min-turns",
+        "2",
+        "--max-turns",
+        "2",
+        "--max-tokens",
+        "5",
+        "--no-stream",
+        "--extra-args",
+        r#"{"ignore_eos": true}"#,
     ]);
     let records = sim.stop();
     let s = &run.summary;

@@ -139,7 +139,10 @@ pub fn bench_err(args: &[&str]) -> String {
         .expect("run parley bench");
     assert!(!output.status.success(), "expected failure for {args:?}");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "panic instead of an error: {stderr}"
+    );
     stderr
 }
 
@@ -168,7 +171,7 @@ pub fn by_conversation(records: &[Value]) -> BTreeMap<u64, Vec<Value>> {
         map.entry(conv).or_default().push(r.clone());
     }
     for turns in map.values_mut() {
-        turns.sort_by_key(|r| turn_of(r));
+        turns.sort_by_key(turn_of);
     }
     map
 }
