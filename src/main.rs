@@ -29,16 +29,6 @@ fn main() {
     }
 }
 
-/// The sim's flags at their defaults, as if `parley sim` had been run bare.
-fn default_sim_args() -> sim::SimArgs {
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        sim: sim::SimArgs,
-    }
-    Wrapper::parse_from(["parley-sim"]).sim
-}
-
 fn bench(args: &BenchArgs) -> Result<()> {
     signal::install();
     let plan = BenchPlan::build(args)?;
@@ -50,7 +40,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
             addr, host, path, ..
         } => (*addr, host.clone(), path.clone()),
         Target::BuiltinSim => {
-            let mut sim_args = default_sim_args();
+            let mut sim_args = sim::SimArgs::default();
             sim_args.port = 0;
             let handle = sim::spawn(&sim_args, plan.tokenizer.clone())
                 .context("starting the built-in sim")?;

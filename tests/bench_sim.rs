@@ -433,3 +433,124 @@ fn bad_flags_are_clear_errors() {
     let e = bench_err(&["--dataset", "nope"]);
     assert!(e.contains("nope"), "{e}");
 }
+
+/// A server that reports no `cached_tokens`: the cache-hit rate is evalscope's estimate (previous
+/// prompt + previous completion of the same conversation) and says so.
+#[test]
+fn cache_hit_rate_is_estimated_without_cached_tokens() {
+    let sim = Sim::start(&[
+        "--ttft-base-ms",
+        "1",
+        "--itl-ms",
+        "1",
+        "--usage",
+        "no-cached",
+    ]);
+    let url = sim.url();
+    let run = bench(&[
+        "--url",
+        &url,
+        "--model",
+        "parley-sim",
+        "--number",
+        "6",
+        "--parallel",
+        "3",
+        "--cores",
+        "1",
+        "--min-turns",
+        "2",
+        "--max-turns",
+        "3",
+        "--max-tokens",
+        "8",
+        "--extra-args",
+        r#"{"ignore_eos": true}"#,
+    ]);
+    let records = sim.stop();
+    let s = &run.summary;
+    assert_eq!(s["cache_hit_source"], "estimated");
+    assert_eq!(s["token_source"], "server");
+    let (mut cached, mut prompt) = (0u64, 0u64);
+    for turns in by_conversation(&records).values() {
+        for (k, r) in turns.iter().enumerate() {
+            prompt += u(&r["prompt_tokens"]);
+            if k > 0 {
+                cached += u(&turns[k - 1]["prompt_tokens"]) + u(&turns[k - 1]["completion_tokens"]);
+            }
+        }
+    }
+    assert!((f(&s["cache_hit_rate"]) - cached as f64 / prompt as f64).abs() < 1e-12);
+    assert!(
+        run.stdout.contains("Cache Hit (%) (est.)"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// A server that sends no usage at all: output tokens are the output-bearing chunks, input tokens
+/// the bare tokens of the messages sent, and both are labelled estimated.
+#[test]
+fn token_counts_are_estimated_without_usage() {
+    let sim = Sim::start(&[
+        "--ttft-base-ms",
+        "1",
+        "--itl-ms",
+        "1",
+        "--usage",
+        "none",
+        "--tokens-per-chunk",
+        "2",
+    ]);
+    let url = sim.url();
+    let run = bench(&[
+        "--url",
+        &url,
+        "--model",
+        "parley-sim",
+        "--number",
+        "4",
+        "--parallel",
+        "2",
+        "--cores",
+        "1",
+        "--min-turns",
+        "2",
+        "--max-turns",
+        "2",
+        "--min-prompt-length",
+        "10",
+        "--max-prompt-length",
+        "30",
+        "--max-tokens",
+        "12",
+        "--extra-args",
+        r#"{"ignore_eos": true}"#,
+    ]);
+    let records = sim.stop();
+    let s = &run.summary;
+    assert_eq!(s["token_source"], "estimated");
+    assert_eq!(u(&s["requests"]["succeeded"]), 8);
+    let chunks = |r: &Value| r["chunk_ns"].as_array().unwrap().len() as u64;
+    // 12 tokens in chunks of 2: 6 output-bearing events per request.
+    assert_eq!(f(&s["output_tokens"]["mean"]), 6.0);
+    let mut input = 0u64;
+    for turns in by_conversation(&records).values() {
+        for (k, r) in turns.iter().enumerate() {
+            let tokens: Vec<u64> = r["message_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(u)
+                .collect();
+            input += tokens.iter().step_by(2).sum::<u64>();
+            input += turns[..k].iter().map(chunks).sum::<u64>();
+        }
+    }
+    assert!((f(&s["input_tokens"]["mean"]) - input as f64 / 8.0).abs() < 1e-9);
+    assert!(
+        run.stdout.contains("Output Tokens (est.)"),
+        "{}",
+        run.stdout
+    );
+}

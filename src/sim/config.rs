@@ -25,6 +25,7 @@ pub(crate) struct Config {
     pub(crate) seed: u64,
     pub(crate) fail_every: u64,
     pub(crate) pm_qos: bool,
+    pub(crate) usage: super::UsageMode,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> SimError {
@@ -100,6 +101,7 @@ impl Config {
             seed: a.seed,
             fail_every: a.fail_every,
             pm_qos: !a.advanced.no_pm_qos,
+            usage: a.advanced.usage,
         })
     }
 }

@@ -140,6 +140,20 @@ pub struct SimAdvancedArgs {
     /// while it runs (if permitted) so its timers fire on time on an idle machine.
     #[arg(long)]
     pub no_pm_qos: bool,
+    /// What usage to report, to imitate servers that report less: `full` (with
+    /// `prompt_tokens_details.cached_tokens`, as vLLM with --enable-prompt-tokens-details),
+    /// `no-cached` (usage without `prompt_tokens_details`), `none` (no usage at all, even when
+    /// `stream_options.include_usage` asks for it).
+    #[arg(long, value_enum, default_value_t = UsageMode::Full)]
+    pub usage: UsageMode,
+}
+
+/// See `--usage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageMode {
+    Full,
+    NoCached,
+    None,
 }
 
 impl Default for SimAdvancedArgs {
@@ -152,6 +166,7 @@ impl Default for SimAdvancedArgs {
             max_model_len: 131_072,
             max_body_bytes: 64 << 20,
             no_pm_qos: false,
+            usage: UsageMode::Full,
         }
     }
 }

@@ -596,10 +596,17 @@ async fn generate(
         reply: ReplyGen::new(cfg.seed, request_key),
         chain: cfg.cache_output_tokens.then_some(tail),
         record,
+        report_cached: cfg.usage == super::UsageMode::Full,
+        report_usage: cfg.usage != super::UsageMode::None,
     };
     let run = Run::new(shared.clone(), spec);
     if parsed.stream {
-        let body = SseBody::new(run, parsed.include_usage, parsed.continuous_usage);
+        let usage = cfg.usage != super::UsageMode::None;
+        let body = SseBody::new(
+            run,
+            parsed.include_usage && usage,
+            parsed.continuous_usage && usage,
+        );
         let mut r = Response::new(SimBody::Sse(Box::new(body)));
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

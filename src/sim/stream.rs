@@ -45,6 +45,10 @@ pub(crate) struct RunSpec {
     /// Where the prompt's block chain stopped, when output blocks are to be cached.
     pub(crate) chain: Option<ChainTail>,
     pub(crate) record: Option<Box<Record>>,
+    /// Report `prompt_tokens_details.cached_tokens` in usage (`--usage full`).
+    pub(crate) report_cached: bool,
+    /// Report usage at all (`--usage` other than `none`).
+    pub(crate) report_usage: bool,
 }
 
 /// A running generation request.
@@ -159,15 +163,23 @@ impl Drop for Run {
 }
 
 /// Appends the `usage` object.
-fn put_usage(out: &mut BytesMut, prompt: u64, completion: u64, cached: u64) {
+fn put_usage(out: &mut BytesMut, prompt: u64, completion: u64, cached: Option<u64>) {
     use std::fmt::Write;
     // Writing into a BytesMut cannot fail.
     let _ = write!(
         out,
-        "{{\"prompt_tokens\":{prompt},\"total_tokens\":{},\"completion_tokens\":{completion},\
-         \"prompt_tokens_details\":{{\"cached_tokens\":{cached}}}}}",
+        "{{\"prompt_tokens\":{prompt},\"total_tokens\":{},\"completion_tokens\":{completion}",
         prompt + completion
     );
+    match cached {
+        Some(cached) => {
+            let _ = write!(
+                out,
+                ",\"prompt_tokens_details\":{{\"cached_tokens\":{cached}}}}}"
+            );
+        }
+        None => out.put_slice(b"}"),
+    }
 }
 
 /// The per-request start of every event: `data: {"id":…,"object":…,"created":…,"model":…,`.
@@ -298,7 +310,7 @@ impl SseBody {
             let (p, c, k) = (
                 s.prompt_tokens,
                 u64::from(self.run.produced),
-                s.cached_tokens,
+                s.report_cached.then_some(s.cached_tokens),
             );
             put_usage(&mut self.buf, p, c, k);
             self.buf.put_slice(b"}\n\n");
@@ -348,7 +360,7 @@ impl Body for SseBody {
                         let (p, c, k) = (
                             s.prompt_tokens,
                             u64::from(this.run.produced),
-                            s.cached_tokens,
+                            s.report_cached.then_some(s.cached_tokens),
                         );
                         this.buf.reserve(this.head.len() + 160);
                         this.buf.put_slice(&this.head);
@@ -411,8 +423,16 @@ pub(crate) fn full_reply(mut run: Run) -> Bytes {
     out.put_slice(b"\"logprobs\":null,\"finish_reason\":\"");
     out.put_slice(s.plan.finish_reason.as_bytes());
     out.put_slice(b"\",\"stop_reason\":null}],\"usage\":");
-    let (p, c, k) = (s.prompt_tokens, u64::from(run.produced), s.cached_tokens);
-    put_usage(&mut out, p, c, k);
+    let (p, c, k) = (
+        s.prompt_tokens,
+        u64::from(run.produced),
+        s.report_cached.then_some(s.cached_tokens),
+    );
+    if s.report_usage {
+        put_usage(&mut out, p, c, k);
+    } else {
+        out.put_slice(b"null");
+    }
     out.put_slice(b"}");
     let at = now_ns();
     run.note_sent(at);
