@@ -40,8 +40,10 @@ fn bench(args: &BenchArgs) -> Result<()> {
             addr, host, path, ..
         } => (*addr, host.clone(), path.clone()),
         Target::BuiltinSim => {
-            let mut sim_args = sim::SimArgs::default();
-            sim_args.port = 0;
+            let sim_args = sim::SimArgs {
+                port: 0,
+                ..Default::default()
+            };
             let handle = sim::spawn(&sim_args, plan.tokenizer.clone())
                 .context("starting the built-in sim")?;
             let addr = handle.addr;
