@@ -554,3 +554,82 @@ fn token_counts_are_estimated_without_usage() {
         run.stdout
     );
 }
+
+/// Ctrl-C stops claiming conversations, lets in-flight turns finish and still writes the report
+/// for what was measured.
+#[test]
+fn interrupt_still_writes_the_report() {
+    let sim = Sim::start(&["--ttft-base-ms", "5", "--itl-ms", "5"]);
+    let url = sim.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = parley()
+        .args([
+            "bench",
+            "--url",
+            &url,
+            "--model",
+            "parley-sim",
+            "--number",
+            "1000",
+            "--parallel",
+            "2",
+            "--cores",
+            "1",
+            "--min-turns",
+            "3",
+            "--max-turns",
+            "3",
+            "--max-tokens",
+            "20",
+            "--extra-args",
+            r#"{"ignore_eos": true}"#,
+            "--quiet",
+            "--name",
+            "t",
+            "--outputs-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bench did not stop after SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let records = sim.stop();
+    let path = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("t/summary.json");
+    let s: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(s["interrupted"], true);
+    let completed = u(&s["conversations"]["completed"]);
+    assert!(completed > 0 && completed < 1000, "{completed}");
+    // Every request the sim saw is accounted for, none failed: in-flight turns finished.
+    assert_eq!(u(&s["requests"]["total"]), records.len() as u64);
+    assert_eq!(u(&s["requests"]["failed"]), 0);
+    assert_eq!(u(&s["requests"]["succeeded"]), records.len() as u64);
+    // Completed conversations sent all 3 turns; interrupted ones (at most one per slot) fewer.
+    let by_conv = by_conversation(&records);
+    let full = by_conv.values().filter(|t| t.len() == 3).count() as u64;
+    assert_eq!(full, completed);
+    assert_eq!(
+        by_conv.len() as u64,
+        completed + u(&s["conversations"]["interrupted"])
+    );
+    assert!(u(&s["conversations"]["interrupted"]) <= 2);
+}
