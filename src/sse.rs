@@ -420,7 +420,7 @@ fn find_eol_swar(hay: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[derive(Debug, PartialEq)]
@@ -754,16 +754,16 @@ mod tests {
         assert_eq!(find_eol_swar(&hay), None);
     }
 
-    /// xorshift64*: deterministic and dependency-free.
-    struct Rng(u64);
+    /// xorshift64*: deterministic and dependency-free (shared with the chunk parser's tests).
+    pub(crate) struct Rng(pub(crate) u64);
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
         }
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
     }
