@@ -59,6 +59,8 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
         "16",
         "--extra-args",
         r#"{"ignore_eos": true}"#,
+        "--seed",
+        "7",
     ]);
     let records = sim.stop();
     let s = &run.summary;
@@ -131,6 +133,42 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
         user_lengths.len() > 5,
         "lengths vary over [min, max]: {user_lengths:?}"
     );
+
+    // The user turns are exactly the synthesized ones for this seed, in claim order: same text
+    // (hash) and same exact token count, conversation c being pool entry c.
+    let tokenizer = parley::tokenizer::Tokenizer::builtin().unwrap();
+    let pool = parley::workload::random_multi_turn::RandomMultiTurn {
+        conversations: 12,
+        min_turns: 2,
+        max_turns: 4,
+        min_prompt_tokens: 20,
+        max_prompt_tokens: 40,
+        seed: 7,
+    }
+    .build(&tokenizer)
+    .unwrap();
+    for (conv, turns) in &convs {
+        let planned = &pool[*conv as usize].turns;
+        assert_eq!(turns.len(), planned.len(), "conversation {conv}");
+        let last = turns.last().unwrap();
+        let tokens: Vec<u64> = last["message_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(u)
+            .collect();
+        for (i, turn) in planned.iter().enumerate() {
+            let msg: Value = serde_json::from_slice(&turn.delta_json).unwrap();
+            let text = msg["content"].as_str().unwrap();
+            let hash = parley::sim::record::hash_hex(parley::sim::record::content_hash(text));
+            assert_eq!(
+                hashes(last)[2 * i],
+                hash,
+                "conversation {conv} user turn {i}"
+            );
+            assert_eq!(tokens[2 * i], turn.delta_tokens.unwrap() as u64);
+        }
+    }
 
     // Token and cache figures equal the sim's truth.
     let prompt_sum: u64 = records.iter().map(|r| u(&r["prompt_tokens"])).sum();
