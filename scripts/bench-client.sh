@@ -48,7 +48,8 @@ print(f"{name:10s} streams={s['config']['parallel']:<5d} events/s={c['output_eve
       f"cpu/event={c['cpu_us_per_event']:.2f}us cpu/req={c['cpu_us_per_request']:.1f}us rss={rss_mib:.0f}MiB "
       f"ttft p50/p99={s['ttft_ms']['p50']:.2f}/{s['ttft_ms']['p99']:.2f}ms (sim {pct(ttft,50):.2f}/{pct(ttft,99):.2f}) "
       f"itl p50/p99={s['itl_ms']['p50']:.2f}/{s['itl_ms']['p99']:.2f}ms (sim {pct(itl,50):.2f}/{pct(itl,99):.2f}) "
-      f"ok={s['requests']['succeeded']}/{s['requests']['total']}")
+      f"ok={s['requests']['succeeded']}/{s['requests']['total']} "
+      f"busy={c['cores'][0]['busy_pct']:.0f}%{' SATURATED' if c['saturated'] else ''}")
 PY
 }
 

@@ -90,6 +90,24 @@ pub struct Success<'a> {
     pub cache_source: CacheSource,
 }
 
+/// How busy one engine core was: its executor thread's CPU time (user + system, so kernel work
+/// for its sockets counts) over the wall time it ran.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoreLoad {
+    pub cpu_ns: u64,
+    pub wall_ns: u64,
+}
+
+impl CoreLoad {
+    pub fn busy_fraction(&self) -> f64 {
+        if self.wall_ns == 0 {
+            0.0
+        } else {
+            self.cpu_ns as f64 / self.wall_ns as f64
+        }
+    }
+}
+
 /// Everything one core measured.
 #[derive(Clone, Debug)]
 pub struct Recorder {
@@ -121,6 +139,8 @@ pub struct Recorder {
     pub output_events: u64,
     pub first_start_ns: u64,
     pub last_end_ns: u64,
+    /// One entry per engine core (in core order after merging).
+    pub core_loads: Vec<CoreLoad>,
 }
 
 impl Default for Recorder {
@@ -155,6 +175,7 @@ impl Recorder {
             output_events: 0,
             first_start_ns: u64::MAX,
             last_end_ns: 0,
+            core_loads: Vec::new(),
         }
     }
 
@@ -236,6 +257,7 @@ impl Recorder {
         self.output_events += other.output_events;
         self.first_start_ns = self.first_start_ns.min(other.first_start_ns);
         self.last_end_ns = self.last_end_ns.max(other.last_end_ns);
+        self.core_loads.extend_from_slice(&other.core_loads);
     }
 
     /// Wall time from the first request's start to the last response's end, in seconds.
@@ -246,6 +268,17 @@ impl Recorder {
             0.0
         }
     }
+}
+
+/// CPU time the calling thread has used so far (user + system), in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// CPU time this process has used so far (user + system), in nanoseconds.

@@ -73,7 +73,25 @@ pub struct ClientCost {
     pub output_events: u64,
     /// True when the built-in sim ran inside this process, so `cpu_s` includes the server's work.
     pub includes_builtin_sim: bool,
+    /// Per engine core: its executor thread's CPU time and wall time over the run.
+    pub cores: Vec<CoreCost>,
+    /// Some engine core was busy ≥ 90 % of its run: the client may have been the bottleneck,
+    /// and its latency figures may include time responses waited for it.
+    pub saturated: bool,
 }
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CoreCost {
+    /// User + system CPU of the core's executor thread.
+    pub cpu_s: f64,
+    /// Wall time from the executor's start to its last slot finishing.
+    pub wall_s: f64,
+    /// `100 · cpu_s / wall_s`.
+    pub busy_pct: f64,
+}
+
+/// Busy share of a core's wall time at or above which the client counts as saturated.
+pub const SATURATED_BUSY_FRACTION: f64 = 0.9;
 
 /// Everything a run reports.
 #[derive(Clone, Debug, Serialize)]
@@ -174,6 +192,19 @@ impl Summary {
                 cpu_us_per_event: per(rec.output_events),
                 output_events: rec.output_events,
                 includes_builtin_sim: with_sim,
+                cores: rec
+                    .core_loads
+                    .iter()
+                    .map(|c| CoreCost {
+                        cpu_s: c.cpu_ns as f64 / 1e9,
+                        wall_s: c.wall_ns as f64 / 1e9,
+                        busy_pct: 100.0 * c.busy_fraction(),
+                    })
+                    .collect(),
+                saturated: rec
+                    .core_loads
+                    .iter()
+                    .any(|c| c.busy_fraction() >= SATURATED_BUSY_FRACTION),
             },
         }
     }
@@ -280,7 +311,7 @@ impl Summary {
 
         let _ = writeln!(
             out,
-            "Client CPU: {:.3} s, {} µs per request, {} µs per output event{}",
+            "Client CPU: {:.3} s, {} µs per request, {} µs per output event, cores busy {}{}",
             self.client.cpu_s,
             self.client
                 .cpu_us_per_request
@@ -288,12 +319,32 @@ impl Summary {
             self.client
                 .cpu_us_per_event
                 .map_or("-".into(), |v| format!("{v:.2}")),
+            self.client
+                .cores
+                .iter()
+                .map(|c| format!("{:.0}%", c.busy_pct))
+                .collect::<Vec<_>>()
+                .join(" "),
             if self.client.includes_builtin_sim {
                 " (includes the built-in sim's work)"
             } else {
                 ""
             }
         );
+        if self.client.saturated {
+            let busiest = self
+                .client
+                .cores
+                .iter()
+                .map(|c| c.busy_pct)
+                .fold(0.0, f64::max);
+            let _ = writeln!(
+                out,
+                "WARNING: a client core was busy {busiest:.0}% of the run: parley itself may have \
+                 been the bottleneck, and TTFT/ITL/latency may include time responses waited for it. \
+                 Add --cores or lower the load."
+            );
+        }
         if self.requests.failed > 0 {
             let mut line = format!("\nFailed requests: {}", self.requests.failed);
             for (k, v) in &self.requests.failures {
@@ -366,6 +417,54 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::CoreLoad;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            url: "u".into(),
+            model: "m".into(),
+            dataset: "d".into(),
+            parallel: 1,
+            number: 1,
+            cores: 2,
+            stream: true,
+            tokenizer: "t".into(),
+            seed: 0,
+            min_turns: 1,
+            max_turns: 1,
+            min_prompt_length: 1,
+            max_prompt_length: 1,
+            max_tokens: 1,
+            extra_args: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn saturation_is_flagged_from_core_busy_share() {
+        let mut rec = Recorder::new();
+        rec.core_loads = vec![
+            CoreLoad {
+                cpu_ns: 300,
+                wall_ns: 1_000,
+            },
+            CoreLoad {
+                cpu_ns: 890,
+                wall_ns: 1_000,
+            },
+        ];
+        let s = Summary::new(config(), &rec, false, 0, false);
+        assert!(!s.client.saturated);
+        assert_eq!(s.client.cores[1].busy_pct, 89.0);
+        assert!(!s.render().contains("WARNING"));
+        rec.core_loads[0].cpu_ns = 950;
+        let s = Summary::new(config(), &rec, false, 0, false);
+        assert!(s.client.saturated);
+        assert!(
+            s.render().contains("WARNING: a client core was busy 95%"),
+            "{}",
+            s.render()
+        );
+    }
 
     #[test]
     fn table_aligns_columns() {

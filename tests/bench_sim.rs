@@ -193,6 +193,18 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
     assert!(cpu_s > 0.0);
     assert!((f(&s["client"]["cpu_us_per_event"]) - cpu_s * 1e6 / chunks as f64).abs() < 1e-6);
     assert_eq!(s["client"]["includes_builtin_sim"], false);
+    // One engine core (--cores 1): its thread's CPU is part of the process's, and it ran for
+    // the whole measured span.
+    let cores = s["client"]["cores"].as_array().unwrap();
+    assert_eq!(cores.len(), 1);
+    let core_cpu_s = f(&cores[0]["cpu_s"]);
+    assert!(
+        core_cpu_s > 0.0 && core_cpu_s <= cpu_s + 0.01,
+        "{core_cpu_s} vs {cpu_s}"
+    );
+    assert!(f(&cores[0]["wall_s"]) >= f(&s["duration_s"]) * 0.99);
+    let busy = f(&cores[0]["busy_pct"]);
+    assert!((busy - 100.0 * core_cpu_s / f(&cores[0]["wall_s"])).abs() < 1e-6);
     // Turns/Req is the mean 1-based turn index.
     let depth: u64 = records.iter().map(|r| turn_of(r) + 1).sum();
     assert!((f(&s["turns_per_request_mean"]) - depth as f64 / n).abs() < 1e-9);
@@ -245,6 +257,9 @@ fn ttft_and_itl_match_the_configured_model() {
     let records = sim.stop();
     let s = &run.summary;
     assert_eq!(u(&s["requests"]["succeeded"]), 32);
+    // 8 streams at 10 ms per token keep a core far from busy: no saturation warning.
+    assert_eq!(s["client"]["saturated"], false);
+    assert!(!run.stdout.contains("WARNING"));
 
     // Against the model: TTFT = 30 ms, ITL = 10 ms. Loopback and wake-up jitter only add time;
     // 3 ms (TTFT) and 1.5 ms (ITL median) allow for this VM's timers with cpu_dma_latency held.
