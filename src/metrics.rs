@@ -270,17 +270,6 @@ impl Recorder {
     }
 }
 
-/// CPU time the calling thread has used so far (user + system), in nanoseconds.
-pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// CPU time this process has used so far (user + system), in nanoseconds.
 pub fn process_cpu_ns() -> u64 {
     // SAFETY: getrusage only writes into the provided struct.

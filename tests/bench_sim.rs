@@ -33,20 +33,13 @@ fn reply_hash(r: &Value) -> String {
 #[test]
 fn multi_turn_history_lengths_and_cache_match_the_sim() {
     let sim = Sim::start(&["--ttft-base-ms", "1", "--itl-ms", "1", "--seed", "7"]);
-    let url = sim.url();
-    let run = bench(&[
-        "--url",
-        &url,
-        "--model",
-        "parley-sim",
+    let run = sim.bench(&[
         "--dataset",
         "random_multi_turn",
         "--number",
         "12",
         "--parallel",
         "4",
-        "--cores",
-        "1",
         "--min-turns",
         "2",
         "--max-turns",
@@ -229,18 +222,11 @@ fn ttft_and_itl_match_the_configured_model() {
         "--itl-ms",
         "10",
     ]);
-    let url = sim.url();
-    let run = bench(&[
-        "--url",
-        &url,
-        "--model",
-        "parley-sim",
+    let run = sim.bench(&[
         "--number",
         "16",
         "--parallel",
         "8",
-        "--cores",
-        "1",
         "--min-turns",
         "2",
         "--max-turns",
@@ -317,18 +303,11 @@ fn ttft_and_itl_match_the_configured_model() {
 #[test]
 fn failed_turns_abandon_their_conversation() {
     let sim = Sim::start(&["--ttft-base-ms", "1", "--itl-ms", "1", "--fail-every", "4"]);
-    let url = sim.url();
-    let run = bench(&[
-        "--url",
-        &url,
-        "--model",
-        "parley-sim",
+    let run = sim.bench(&[
         "--number",
         "10",
         "--parallel",
         "2",
-        "--cores",
-        "1",
         "--min-turns",
         "3",
         "--max-turns",
@@ -442,18 +421,11 @@ fn default_run_uses_builtin_sim_and_writes_every_key() {
 #[test]
 fn non_streaming_turns_work() {
     let sim = Sim::start(&["--ttft-base-ms", "2", "--itl-ms", "1"]);
-    let url = sim.url();
-    let run = bench(&[
-        "--url",
-        &url,
-        "--model",
-        "parley-sim",
+    let run = sim.bench(&[
         "--number",
         "3",
         "--parallel",
         "3",
-        "--cores",
-        "1",
         "--min-turns",
         "2",
         "--max-turns",
@@ -499,18 +471,11 @@ fn cache_hit_rate_is_estimated_without_cached_tokens() {
         "--usage",
         "no-cached",
     ]);
-    let url = sim.url();
-    let run = bench(&[
-        "--url",
-        &url,
-        "--model",
-        "parley-sim",
+    let run = sim.bench(&[
         "--number",
         "6",
         "--parallel",
         "3",
-        "--cores",
-        "1",
         "--min-turns",
         "2",
         "--max-turns",
@@ -555,18 +520,11 @@ fn token_counts_are_estimated_without_usage() {
         "--tokens-per-chunk",
         "2",
     ]);
-    let url = sim.url();
-    let run = bench(&[
-        "--url",
-        &url,
-        "--model",
-        "parley-sim",
+    let run = sim.bench(&[
         "--number",
         "4",
         "--parallel",
         "2",
-        "--cores",
-        "1",
         "--min-turns",
         "2",
         "--max-turns",

@@ -178,7 +178,7 @@ pub fn run(
 }
 
 async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize) -> Recorder {
-    let (cpu_start_ns, wall_start_ns) = (metrics::thread_cpu_ns(), clock::now_ns());
+    let (cpu_start_ns, wall_start_ns) = (clock::thread_cpu_ns(), clock::now_ns());
     let recorder = Rc::new(RefCell::new(Recorder::new()));
     let tasks: Vec<_> = (0..n_slots)
         .map(|_| glommio::spawn_local(run_slot(shared.clone(), core, recorder.clone())))
@@ -190,7 +190,7 @@ async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize) -> Recorder
         .expect("every slot task has finished")
         .into_inner();
     recorder.core_loads.push(metrics::CoreLoad {
-        cpu_ns: metrics::thread_cpu_ns() - cpu_start_ns,
+        cpu_ns: clock::thread_cpu_ns() - cpu_start_ns,
         wall_ns: clock::now_ns() - wall_start_ns,
     });
     shared.progress[core].done.store(true, Ordering::Release);

@@ -65,6 +65,14 @@ impl Sim {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `parley bench` against this sim on one engine core, plus `args`.
+    pub fn bench(&self, args: &[&str]) -> Bench {
+        let url = self.url();
+        let mut full = vec!["--url", &url, "--model", "parley-sim", "--cores", "1"];
+        full.extend_from_slice(args);
+        bench(&full)
+    }
+
     /// Stops the sim (SIGTERM, so it flushes its record) and returns the recorded requests.
     pub fn stop(mut self) -> Vec<Value> {
         // SAFETY: plain kill(2) on our own child.
