@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::sim::SimArgs;
+use crate::workload::ContextMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,39 +83,149 @@ pub struct BenchArgs {
     pub cores: Option<u32>,
 
     // ----- workload -----
-    /// Conversation source. Only `random_multi_turn` for now: synthetic user turns of exact token
-    /// lengths.
-    #[arg(long, default_value = "random_multi_turn", help_heading = "Workload")]
-    pub dataset: String,
+    /// Conversation source (see docs/datasets.md). Synthetic: random_multi_turn (default),
+    /// synthetic (AIPerf-style; chosen automatically when an AIPerf synthetic flag is given).
+    /// Files: custom_multi_turn, share_gpt_zh_multi_turn, share_gpt_en_multi_turn, swe_smith,
+    /// trie_agentic_coding, trie_code_qa, trie_office_work, multi_turn, single_turn,
+    /// mooncake_trace, bailian_trace.
+    #[arg(long, visible_alias = "custom-dataset-type", help_heading = "Workload")]
+    pub dataset: Option<String>,
 
     /// Dataset file, for file-based sources.
-    #[arg(long, help_heading = "Workload")]
+    #[arg(long, visible_alias = "input-file", help_heading = "Workload")]
     pub dataset_path: Option<PathBuf>,
+
+    /// Skip the first N conversations of the dataset (synthetic sources: of the sequence the
+    /// seed defines), e.g. to split one dataset over several client boxes.
+    #[arg(long, default_value_t = 0, help_heading = "Workload")]
+    pub dataset_offset: u64,
+
+    /// `I/N`: keep every N-th conversation starting at I (0-based), after --dataset-offset, so
+    /// N boxes running I = 0..N-1 split one dataset without overlap.
+    #[arg(long, value_parser = parse_shard, help_heading = "Workload")]
+    pub shard: Option<(u64, u64)>,
+
+    /// Leave out invalid dataset entries (the report counts them) instead of stopping before
+    /// the run with a list of them.
+    #[arg(long, help_heading = "Workload")]
+    pub skip_invalid: bool,
+
+    /// How history is built: live = earlier turns plus the model's real replies (default);
+    /// canned = the dataset's recorded replies instead; verbatim = the dataset's message arrays
+    /// sent as they are. Default: what the dataset implies (live for deltas).
+    #[arg(long, value_enum, help_heading = "Workload")]
+    pub context_mode: Option<ContextMode>,
+
+    /// Source-specific options as a JSON object (evalscope), e.g. swe_smith's
+    /// '{"first_turn_length": 8192, "subsequent_turn_length": 1024}'.
+    #[arg(long, visible_alias = "multi-turn-args", help_heading = "Workload")]
+    pub dataset_args: Option<String>,
 
     /// Tokenizer for synthesis: a tokenizer.json, a local HF model directory, or `builtin`
     /// (Qwen2's BPE, shipped in the binary).
-    #[arg(long, help_heading = "Workload")]
+    #[arg(long, visible_alias = "tokenizer", help_heading = "Workload")]
     pub tokenizer_path: Option<PathBuf>,
 
-    /// Fewest user turns per conversation (random_multi_turn: uniform in [min, max]).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
-    pub min_turns: u32,
+    /// Fewest user turns per conversation (random_multi_turn: uniform in [min, max]; default 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
+    pub min_turns: Option<u32>,
 
-    /// Most user turns per conversation.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
-    pub max_turns: u32,
+    /// Most user turns per conversation (random_multi_turn default 4); file datasets are
+    /// truncated to it when given.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
+    pub max_turns: Option<u32>,
 
-    /// Fewest tokens per synthetic user turn.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
-    pub min_prompt_length: u32,
+    /// Fewest tokens per synthetic user turn (random_multi_turn, default 64); for share_gpt and
+    /// custom_multi_turn, the first user message's lower length bound.
+    #[arg(long, help_heading = "Workload")]
+    pub min_prompt_length: Option<u32>,
 
-    /// Most tokens per synthetic user turn.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
-    pub max_prompt_length: u32,
+    /// Most tokens per synthetic user turn (random_multi_turn, default 256); for share_gpt and
+    /// custom_multi_turn, the first user message's upper length bound.
+    #[arg(long, help_heading = "Workload")]
+    pub max_prompt_length: Option<u32>,
 
     /// Random seed for synthesis (same seed, same conversations).
-    #[arg(long, default_value_t = 0, help_heading = "Workload")]
+    #[arg(
+        long,
+        visible_alias = "random-seed",
+        default_value_t = 0,
+        help_heading = "Workload"
+    )]
     pub seed: u64,
+
+    /// Tokens of each shared prefix put at the start of a conversation's first user turn.
+    #[arg(
+        long,
+        visible_alias = "prefix-prompt-length",
+        help_heading = "Workload"
+    )]
+    pub prefix_length: Option<u32>,
+
+    /// Distinct shared prefixes; conversation i gets prefix i mod count.
+    #[arg(long, visible_alias = "num-prefix-prompts", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
+    pub prefix_count: Option<u32>,
+
+    /// Tokens of one system prompt shared by every conversation (synthetic).
+    #[arg(long, help_heading = "Workload")]
+    pub shared_system_prompt_length: Option<u32>,
+
+    /// Tokens per hash_id block (mooncake_trace default 512, bailian_trace 16).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
+    pub isl_block_size: Option<u32>,
+
+    // ----- AIPerf synthetic -----
+    /// Mean turns per conversation: max(1, ceil(N(mean, stddev))).
+    #[arg(
+        long,
+        visible_alias = "session-turns-mean",
+        help_heading = "AIPerf synthetic"
+    )]
+    pub conversation_turn_mean: Option<f64>,
+
+    /// Standard deviation of turns per conversation.
+    #[arg(
+        long,
+        visible_alias = "session-turns-stddev",
+        help_heading = "AIPerf synthetic"
+    )]
+    pub conversation_turn_stddev: Option<f64>,
+
+    /// Mean user tokens per turn.
+    #[arg(long, visible_alias = "isl", help_heading = "AIPerf synthetic")]
+    pub synthetic_input_tokens_mean: Option<f64>,
+
+    /// Standard deviation of user tokens per turn.
+    #[arg(long, visible_alias = "isl-stddev", help_heading = "AIPerf synthetic")]
+    pub synthetic_input_tokens_stddev: Option<f64>,
+
+    /// Mean per-turn max_tokens.
+    #[arg(long, visible_alias = "osl", help_heading = "AIPerf synthetic")]
+    pub output_tokens_mean: Option<f64>,
+
+    /// Standard deviation of per-turn max_tokens.
+    #[arg(long, visible_alias = "osl-stddev", help_heading = "AIPerf synthetic")]
+    pub output_tokens_stddev: Option<f64>,
+
+    /// Mean think time before turns 2.. in milliseconds.
+    #[arg(
+        long,
+        visible_alias = "session-turn-delay-mean",
+        help_heading = "AIPerf synthetic"
+    )]
+    pub conversation_turn_delay_mean: Option<f64>,
+
+    /// Standard deviation of think time in milliseconds.
+    #[arg(
+        long,
+        visible_alias = "session-turn-delay-stddev",
+        help_heading = "AIPerf synthetic"
+    )]
+    pub conversation_turn_delay_stddev: Option<f64>,
+
+    /// Factor applied to every think time (default 1.0).
+    #[arg(long, help_heading = "AIPerf synthetic")]
+    pub conversation_turn_delay_ratio: Option<f64>,
 
     // ----- request -----
     /// `max_tokens` sent with every request (a dataset's per-turn value wins).
@@ -158,6 +269,25 @@ impl BenchArgs {
     }
 }
 
+/// `I/N` with I < N.
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not I/N (e.g. 0/4)"))?;
+    let i: u64 = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{i}` is not a number"))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{n}` is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!("`{s}`: need 0 <= I < N"));
+    }
+    Ok((i, n))
+}
+
 fn positive_f64(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     if v.is_finite() && v > 0.0 {
@@ -193,6 +323,20 @@ mod tests {
         assert!(bench(&[]).streaming());
         assert!(!bench(&["--no-stream"]).streaming());
         assert!(bench(&["--no-stream", "--stream"]).streaming());
+    }
+
+    #[test]
+    fn shard_parses_and_checks_range() {
+        assert_eq!(bench(&["--shard", "1/4"]).shard, Some((1, 4)));
+        assert!(Cli::try_parse_from(["parley", "bench", "--shard", "4/4"]).is_err());
+        assert!(Cli::try_parse_from(["parley", "bench", "--shard", "x"]).is_err());
+        let a = bench(&["--isl", "200", "--osl", "50", "--input-file", "f.jsonl"]);
+        assert_eq!(a.synthetic_input_tokens_mean, Some(200.0));
+        assert_eq!(a.output_tokens_mean, Some(50.0));
+        assert_eq!(
+            a.dataset_path.as_deref(),
+            Some(std::path::Path::new("f.jsonl"))
+        );
     }
 
     #[test]

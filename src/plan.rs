@@ -15,8 +15,7 @@ use serde_json::{Map, Value};
 use crate::cli::BenchArgs;
 use crate::engine::BodyShape;
 use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::workload::random_multi_turn::{RandomMultiTurn, SynthesisError};
-use crate::workload::Conversation;
+use crate::workload::{self, ContextMode, Conversation, DatasetError, DatasetParams, Selection};
 
 /// Model name the built-in sim serves when `parley bench` starts it.
 pub const SIM_MODEL: &str = "parley-sim";
@@ -31,12 +30,10 @@ pub enum PlanError {
     ExtraArgs(String),
     #[error("--{flag}: {reason}")]
     Flag { flag: &'static str, reason: String },
-    #[error("--dataset {0}: unknown dataset (known: random_multi_turn)")]
-    UnknownDataset(String),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    #[error("synthesizing random_multi_turn: {0}")]
-    Synthesis(#[from] SynthesisError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
 }
 
 /// Where requests go.
@@ -59,16 +56,26 @@ pub struct RunConfig {
     pub url: String,
     pub model: String,
     pub dataset: String,
+    pub dataset_path: Option<PathBuf>,
+    pub dataset_offset: u64,
+    pub shard: Option<String>,
+    pub context_mode: Option<&'static str>,
+    /// Dataset entries left out by --skip-invalid.
+    pub skipped_invalid: u64,
+    /// Conversations a source's own documented rule left out (e.g. a length filter).
+    pub filtered: u64,
+    /// Conversations in the run's pool (the run cycles through them).
+    pub pool: usize,
     pub parallel: u32,
     pub number: u64,
     pub cores: usize,
     pub stream: bool,
     pub tokenizer: String,
     pub seed: u64,
-    pub min_turns: u32,
-    pub max_turns: u32,
-    pub min_prompt_length: u32,
-    pub max_prompt_length: u32,
+    pub min_turns: Option<u32>,
+    pub max_turns: Option<u32>,
+    pub min_prompt_length: Option<u32>,
+    pub max_prompt_length: Option<u32>,
     pub max_tokens: u32,
     pub extra_args: Value,
 }
@@ -102,20 +109,21 @@ impl BenchPlan {
             (None, Target::BuiltinSim) => SIM_MODEL.to_string(),
             (None, Target::Url { .. }) => return Err(PlanError::ModelRequired),
         };
-        if args.min_turns > args.max_turns {
-            return Err(PlanError::Flag {
-                flag: "min-turns",
-                reason: format!("{} is above --max-turns {}", args.min_turns, args.max_turns),
-            });
+        if let (Some(min), Some(max)) = (args.min_turns, args.max_turns) {
+            if min > max {
+                return Err(PlanError::Flag {
+                    flag: "min-turns",
+                    reason: format!("{min} is above --max-turns {max}"),
+                });
+            }
         }
-        if args.min_prompt_length > args.max_prompt_length {
-            return Err(PlanError::Flag {
-                flag: "min-prompt-length",
-                reason: format!(
-                    "{} is above --max-prompt-length {}",
-                    args.min_prompt_length, args.max_prompt_length
-                ),
-            });
+        if let (Some(min), Some(max)) = (args.min_prompt_length, args.max_prompt_length) {
+            if min > max {
+                return Err(PlanError::Flag {
+                    flag: "min-prompt-length",
+                    reason: format!("{min} is above --max-prompt-length {max}"),
+                });
+            }
         }
         if let Some(min) = args.min_tokens {
             if min > args.max_tokens {
@@ -126,30 +134,51 @@ impl BenchPlan {
             }
         }
         let extra = parse_extra_args(args.extra_args.as_deref())?;
-        if args.dataset != "random_multi_turn" {
-            return Err(PlanError::UnknownDataset(args.dataset.clone()));
-        }
-        if args.dataset_path.is_some() {
-            return Err(PlanError::Flag {
-                flag: "dataset-path",
-                reason: "random_multi_turn is synthetic and reads no file".into(),
-            });
-        }
+        let dataset = dataset_name(args)?;
+        let params = dataset_params(args)?;
         let cpus = pick_cpus(args.cores)?;
         let stream = args.streaming();
         let body = body_shape(&model, stream, args.max_tokens, args.min_tokens, &extra);
 
         let tokenizer = Arc::new(Tokenizer::load(args.tokenizer_path.as_deref())?);
-        // Only as many conversations as will be claimed: the pool cycles when smaller.
-        let conversations = RandomMultiTurn {
-            conversations: args.number.min(100_000) as usize,
-            min_turns: args.min_turns,
-            max_turns: args.max_turns,
-            min_prompt_tokens: args.min_prompt_length,
-            max_prompt_tokens: args.max_prompt_length,
-            seed: args.seed,
+        let (shard_index, shard_count) = args.shard.unwrap_or((0, 1));
+        let selection = Selection {
+            offset: args.dataset_offset,
+            shard_index,
+            shard_count,
+            // Only as many conversations as will be claimed: the pool cycles when smaller.
+            limit: args.number.min(MAX_POOL) as usize,
+        };
+        let (built, skipped_invalid) = workload::build(
+            &dataset,
+            args.dataset_path.as_deref(),
+            &tokenizer,
+            &params,
+            selection,
+            args.skip_invalid,
+        )?;
+        let mut conversations = built.conversations;
+        if let Some(mode) = args.context_mode {
+            for (i, c) in conversations.iter_mut().enumerate() {
+                c.convert(mode).map_err(|reason| PlanError::Flag {
+                    flag: "context-mode",
+                    reason: format!("conversation {i} of --dataset {dataset}: {reason}"),
+                })?;
+            }
         }
-        .build(&tokenizer)?;
+        // Turns with their own body fields get their own opening, built once here.
+        for c in &mut conversations {
+            for t in &mut c.turns {
+                if let Some(turn_extra) = &t.extra {
+                    let mut merged = extra.clone();
+                    for (k, v) in turn_extra.iter() {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                    let max = t.max_tokens.unwrap_or(args.max_tokens);
+                    t.open = Some(body_shape(&model, stream, max, args.min_tokens, &merged).open);
+                }
+            }
+        }
 
         let name = args.name.clone().unwrap_or_else(|| {
             model
@@ -169,7 +198,14 @@ impl BenchPlan {
         let config = RunConfig {
             url: url_label,
             model: model.clone(),
-            dataset: args.dataset.clone(),
+            dataset: dataset.clone(),
+            dataset_path: args.dataset_path.clone(),
+            dataset_offset: args.dataset_offset,
+            shard: args.shard.map(|(i, n)| format!("{i}/{n}")),
+            context_mode: args.context_mode.map(ContextMode::as_str),
+            skipped_invalid,
+            filtered: built.filtered,
+            pool: conversations.len(),
             parallel: args.parallel,
             number: args.number,
             cores: cpus.len(),
@@ -200,6 +236,134 @@ impl BenchPlan {
             tokenizer,
         })
     }
+}
+
+/// Largest conversation pool a run builds; `--number` above it cycles the pool.
+pub const MAX_POOL: u64 = 100_000;
+
+/// AIPerf synthetic flags that select `--dataset synthetic` when no dataset is named.
+fn aiperf_synthetic_flags(args: &BenchArgs) -> Vec<&'static str> {
+    let mut given = Vec::new();
+    let flags: [(&'static str, bool); 9] = [
+        (
+            "conversation-turn-mean",
+            args.conversation_turn_mean.is_some(),
+        ),
+        (
+            "conversation-turn-stddev",
+            args.conversation_turn_stddev.is_some(),
+        ),
+        (
+            "synthetic-input-tokens-mean",
+            args.synthetic_input_tokens_mean.is_some(),
+        ),
+        (
+            "synthetic-input-tokens-stddev",
+            args.synthetic_input_tokens_stddev.is_some(),
+        ),
+        ("output-tokens-mean", args.output_tokens_mean.is_some()),
+        ("output-tokens-stddev", args.output_tokens_stddev.is_some()),
+        (
+            "conversation-turn-delay-mean",
+            args.conversation_turn_delay_mean.is_some(),
+        ),
+        (
+            "conversation-turn-delay-stddev",
+            args.conversation_turn_delay_stddev.is_some(),
+        ),
+        (
+            "conversation-turn-delay-ratio",
+            args.conversation_turn_delay_ratio.is_some(),
+        ),
+    ];
+    for (name, set) in flags {
+        if set {
+            given.push(name);
+        }
+    }
+    given
+}
+
+/// The dataset to run: `--dataset`, else `synthetic` when AIPerf synthetic flags are given,
+/// else `random_multi_turn`. AIPerf synthetic flags with another dataset are an error rather
+/// than silently ignored.
+fn dataset_name(args: &BenchArgs) -> Result<String, PlanError> {
+    let aiperf = aiperf_synthetic_flags(args);
+    match &args.dataset {
+        None if !aiperf.is_empty() => Ok("synthetic".to_string()),
+        None => Ok("random_multi_turn".to_string()),
+        Some(d) if d != "synthetic" && !aiperf.is_empty() => Err(PlanError::Flag {
+            flag: aiperf[0],
+            reason: format!("applies to --dataset synthetic, not --dataset {d}"),
+        }),
+        Some(d) => Ok(d.clone()),
+    }
+}
+
+fn dataset_params(args: &BenchArgs) -> Result<DatasetParams, PlanError> {
+    let dataset_args = match &args.dataset_args {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(m)) => Some(m),
+            Ok(_) => {
+                return Err(PlanError::Flag {
+                    flag: "dataset-args",
+                    reason: "must be a JSON object".into(),
+                })
+            }
+            Err(e) => {
+                return Err(PlanError::Flag {
+                    flag: "dataset-args",
+                    reason: format!("not valid JSON ({e})"),
+                })
+            }
+        },
+    };
+    let finite = |flag: &'static str, v: Option<f64>| -> Result<Option<f64>, PlanError> {
+        match v {
+            Some(x) if !x.is_finite() || x < 0.0 => Err(PlanError::Flag {
+                flag,
+                reason: format!("{x} must be a non-negative number"),
+            }),
+            other => Ok(other),
+        }
+    };
+    Ok(DatasetParams {
+        min_turns: args.min_turns,
+        max_turns: args.max_turns,
+        min_prompt_length: args.min_prompt_length,
+        max_prompt_length: args.max_prompt_length,
+        seed: args.seed,
+        turn_mean: finite("conversation-turn-mean", args.conversation_turn_mean)?,
+        turn_stddev: finite("conversation-turn-stddev", args.conversation_turn_stddev)?,
+        isl_mean: finite(
+            "synthetic-input-tokens-mean",
+            args.synthetic_input_tokens_mean,
+        )?,
+        isl_stddev: finite(
+            "synthetic-input-tokens-stddev",
+            args.synthetic_input_tokens_stddev,
+        )?,
+        osl_mean: finite("output-tokens-mean", args.output_tokens_mean)?,
+        osl_stddev: finite("output-tokens-stddev", args.output_tokens_stddev)?,
+        turn_delay_mean_ms: finite(
+            "conversation-turn-delay-mean",
+            args.conversation_turn_delay_mean,
+        )?,
+        turn_delay_stddev_ms: finite(
+            "conversation-turn-delay-stddev",
+            args.conversation_turn_delay_stddev,
+        )?,
+        turn_delay_ratio: finite(
+            "conversation-turn-delay-ratio",
+            args.conversation_turn_delay_ratio,
+        )?,
+        prefix_length: args.prefix_length,
+        prefix_count: args.prefix_count,
+        shared_system_prompt_length: args.shared_system_prompt_length,
+        isl_block_size: args.isl_block_size,
+        dataset_args,
+    })
 }
 
 /// Parses `--url`: http only; a bare base URL gets `/v1/chat/completions`.

@@ -345,6 +345,14 @@ impl Summary {
                  Add --cores or lower the load."
             );
         }
+        if self.config.skipped_invalid > 0 || self.config.filtered > 0 {
+            let _ = writeln!(
+                out,
+                "Dataset: {} invalid entries skipped (--skip-invalid), {} conversations filtered \
+                 out, {} in the pool",
+                self.config.skipped_invalid, self.config.filtered, self.config.pool
+            );
+        }
         if self.requests.failed > 0 {
             let mut line = format!("\nFailed requests: {}", self.requests.failed);
             for (k, v) in &self.requests.failures {
@@ -424,16 +432,23 @@ mod tests {
             url: "u".into(),
             model: "m".into(),
             dataset: "d".into(),
+            dataset_path: None,
+            dataset_offset: 0,
+            shard: None,
+            context_mode: None,
+            skipped_invalid: 0,
+            filtered: 0,
+            pool: 1,
             parallel: 1,
             number: 1,
             cores: 2,
             stream: true,
             tokenizer: "t".into(),
             seed: 0,
-            min_turns: 1,
-            max_turns: 1,
-            min_prompt_length: 1,
-            max_prompt_length: 1,
+            min_turns: Some(1),
+            max_turns: Some(1),
+            min_prompt_length: Some(1),
+            max_prompt_length: Some(1),
             max_tokens: 1,
             extra_args: serde_json::Value::Null,
         }

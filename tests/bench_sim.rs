@@ -151,7 +151,7 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
             .map(u)
             .collect();
         for (i, turn) in planned.iter().enumerate() {
-            let msg: Value = serde_json::from_slice(&turn.delta_json).unwrap();
+            let msg: Value = serde_json::from_slice(&turn.delta_bytes()).unwrap();
             let text = msg["content"].as_str().unwrap();
             let hash = parley::sim::record::hash_hex(parley::sim::record::content_hash(text));
             assert_eq!(

@@ -21,7 +21,7 @@ use crate::clock;
 use crate::metrics::{self, CacheSource, Recorder, Success};
 use crate::net::SegmentsBody;
 use crate::signal;
-use crate::workload::{message_json, Conversation};
+use crate::workload::{message_json, ContextMode, Conversation, COMMA};
 
 /// The fixed byte pieces every request body is assembled from.
 #[derive(Clone, Debug)]
@@ -35,7 +35,6 @@ pub struct BodyShape {
     pub max_tokens_field: &'static str,
 }
 
-const COMMA: Bytes = Bytes::from_static(b",");
 const CLOSE: Bytes = Bytes::from_static(b"]}");
 
 /// Everything the executors share, read-only except the claim counter and per-core progress.
@@ -257,9 +256,15 @@ async fn run_conversation(
             if turn.delay_ns > 0 {
                 glommio::timer::sleep(Duration::from_nanos(turn.delay_ns)).await;
             }
-            history.push(COMMA);
+            if conv.context == ContextMode::Verbatim {
+                // The turn carries the whole array; nothing accumulates.
+                history.clear();
+                estimated_prompt = 0;
+            } else {
+                history.push(COMMA);
+            }
         }
-        history.push(turn.delta_json.clone());
+        history.extend(turn.delta.iter().cloned());
         estimated_prompt += turn.delta_tokens.unwrap_or(0) as u64;
 
         let c = match ensure_connection(conn, endpoint).await {
@@ -277,7 +282,10 @@ async fn run_conversation(
             }
         };
 
-        let body = assemble_body(&shared.body, turn.max_tokens, history);
+        let body = match &turn.open {
+            Some(open) => assemble_body_with(open.clone(), history),
+            None => assemble_body(&shared.body, turn.max_tokens, history),
+        };
         match client::send_turn(c, endpoint, body, claim, k as u32, scratch).await {
             Ok(timing) => {
                 let (prompt, completion, from_usage) =
@@ -301,8 +309,19 @@ async fn run_conversation(
                 prev_completion = completion;
                 estimated_prompt += completion;
                 if k + 1 < conv.turns.len() {
-                    history.push(COMMA);
-                    history.push(Bytes::from(message_json("assistant", &scratch.reply)));
+                    match conv.context {
+                        ContextMode::Live => {
+                            history.push(COMMA);
+                            history.push(Bytes::from(message_json("assistant", &scratch.reply)));
+                        }
+                        ContextMode::Canned => {
+                            if let Some(reply) = &turn.reply {
+                                history.push(COMMA);
+                                history.push(reply.clone());
+                            }
+                        }
+                        ContextMode::Verbatim => {}
+                    }
                 }
             }
             Err(failure) => {
@@ -351,6 +370,15 @@ fn assemble_body(shape: &BodyShape, max_tokens: Option<u32>, history: &[Bytes]) 
             segments.push(shape.open_without_max.clone());
         }
     }
+    segments.extend(history.iter().cloned());
+    segments.push(CLOSE);
+    SegmentsBody::new(segments)
+}
+
+/// [`assemble_body`] with a turn's own opening (per-turn extra fields).
+fn assemble_body_with(open: Bytes, history: &[Bytes]) -> SegmentsBody {
+    let mut segments = Vec::with_capacity(history.len() + 2);
+    segments.push(open);
     segments.extend(history.iter().cloned());
     segments.push(CLOSE);
     SegmentsBody::new(segments)

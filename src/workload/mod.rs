@@ -1,32 +1,157 @@
 //! Conversation sources and the immutable turn data the engine sends.
 //!
 //! A source turns its input (flags, files) into [`Conversation`]s before the run. Each turn's new
-//! messages are serialised to JSON once, here, so the engine only concatenates byte segments.
+//! messages are serialised to JSON once, here, as byte segments; the engine only concatenates
+//! segments, so a part shared by many conversations (a system prompt, a prefix, a hash block) is
+//! one `Bytes` referenced from each, stored once.
+//!
+//! Every source implements [`Source`] and is listed once in [`SOURCES`]. A source gets a
+//! [`BuildContext`] (tokenizer, parameters, which conversations to keep, where to report bad
+//! input) and returns its conversations; [`build`] looks the source up by name and runs it.
 
+pub mod input;
 pub mod random_multi_turn;
+pub mod synth;
+
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::tokenizer::Tokenizer;
 
 /// One turn of a conversation as the dataset defines it: the new (non-assistant) messages to
 /// append to the history before sending. The model's live reply is appended by the engine.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Turn {
     /// The turn's new messages as JSON objects joined by commas, e.g.
-    /// `{"role":"user","content":"…"}`; never empty.
-    pub delta_json: Bytes,
+    /// `{"role":"user","content":"…"}`, split into segments that concatenate to that text (a
+    /// segment may end inside a string: shared blocks are spliced into one message's content).
+    /// Never empty. In [`ContextMode::Verbatim`] this is the whole message array to send.
+    pub delta: Vec<Bytes>,
     /// Tokens of the turn's new message contents (bare, without chat template), when known.
     pub delta_tokens: Option<u32>,
     /// Per-turn `max_tokens` override.
     pub max_tokens: Option<u32>,
-    /// Wait before sending this turn (think time / tool latency), in nanoseconds.
+    /// Wait before sending this turn (think time / tool latency), in nanoseconds. Honoured for
+    /// turns after the first; a first turn starts as soon as a slot claims the conversation.
     pub delay_ns: u64,
+    /// The dataset's own assistant reply to this turn, as a serialised message object; sent as
+    /// history instead of the live reply in [`ContextMode::Canned`].
+    pub reply: Option<Bytes>,
+    /// Extra body fields for this turn only (AIPerf's per-turn `extra`); they win over the run's.
+    pub extra: Option<Box<Map<String, Value>>>,
+    /// The whole body opening for this turn (`{` … `"messages":[`), set by the plan when the
+    /// turn has `extra` fields; the engine then uses it instead of the run's opening.
+    pub open: Option<Bytes>,
+}
+
+impl Turn {
+    /// A turn of one user message with plain text content.
+    pub fn user(text: &str, tokens: Option<u32>) -> Turn {
+        Turn {
+            delta: vec![Bytes::from(message_json("user", text))],
+            delta_tokens: tokens,
+            ..Turn::default()
+        }
+    }
+
+    /// The delta as one contiguous byte string (tests, dataset building; not the hot path).
+    pub fn delta_bytes(&self) -> Vec<u8> {
+        self.delta.concat()
+    }
+}
+
+/// How a conversation's history is built from turn to turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextMode {
+    /// History = earlier deltas and the model's live replies (evalscope; AIPerf
+    /// `deltas_without_responses`).
+    #[default]
+    Live,
+    /// History = earlier deltas and the dataset's recorded replies; live replies are discarded
+    /// (AIPerf `deltas_with_responses`).
+    Canned,
+    /// Each turn's messages are the whole array to send, verbatim (AIPerf
+    /// `message_array_with_responses`).
+    Verbatim,
+}
+
+impl ContextMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextMode::Live => "live",
+            ContextMode::Canned => "canned",
+            ContextMode::Verbatim => "verbatim",
+        }
+    }
 }
 
 /// A conversation: at least one turn.
 #[derive(Clone, Debug, Default)]
 pub struct Conversation {
     pub turns: Vec<Turn>,
+    pub context: ContextMode,
 }
+
+impl Conversation {
+    pub fn live(turns: Vec<Turn>) -> Conversation {
+        Conversation {
+            turns,
+            context: ContextMode::Live,
+        }
+    }
+
+    /// Converts to `mode`, or says why the conversation cannot be sent that way.
+    ///
+    /// - to canned: every turn but the last needs a recorded reply;
+    /// - to verbatim: turn k becomes every earlier delta and recorded reply plus its own delta
+    ///   (segments are shared, so this costs pointers, not copies); needs the replies too;
+    /// - from verbatim to anything else: impossible (the arrays hold no separable deltas).
+    pub fn convert(&mut self, mode: ContextMode) -> Result<(), String> {
+        if self.context == mode {
+            return Ok(());
+        }
+        if self.context == ContextMode::Verbatim {
+            return Err(format!(
+                "the dataset gives whole message arrays; they can only be sent verbatim, not as {}",
+                mode.as_str()
+            ));
+        }
+        let n = self.turns.len();
+        if mode != ContextMode::Live {
+            if let Some(k) = self.turns[..n.saturating_sub(1)]
+                .iter()
+                .position(|t| t.reply.is_none())
+            {
+                return Err(format!(
+                    "turn {} has no recorded assistant reply to send as history",
+                    k + 1
+                ));
+            }
+        }
+        if mode == ContextMode::Verbatim {
+            let mut history: Vec<Bytes> = Vec::new();
+            for t in &mut self.turns {
+                if !history.is_empty() {
+                    history.push(COMMA);
+                }
+                history.extend(t.delta.iter().cloned());
+                t.delta = history.clone();
+                if let Some(r) = &t.reply {
+                    history.push(COMMA);
+                    history.push(r.clone());
+                }
+            }
+        }
+        self.context = mode;
+        Ok(())
+    }
+}
+
+/// The separator between message objects in a segment list.
+pub const COMMA: Bytes = Bytes::from_static(b",");
 
 /// Serialises one message as a JSON object (`{"role":…,"content":…}`).
 pub fn message_json(role: &str, content: &str) -> Vec<u8> {
@@ -37,4 +162,300 @@ pub fn message_json(role: &str, content: &str) -> Vec<u8> {
     serde_json::to_writer(&mut out, content).expect("writing to a Vec cannot fail");
     out.push(b'}');
     out
+}
+
+/// `text` JSON-escaped without the surrounding quotes: a piece of a string that can be spliced
+/// between [`content_open`] and [`CONTENT_CLOSE`] next to other pieces.
+pub fn escape_piece(text: &str) -> Bytes {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    serde_json::to_writer(&mut out, text).expect("writing to a Vec cannot fail");
+    Bytes::copy_from_slice(&out[1..out.len() - 1])
+}
+
+/// `{"role":"ROLE","content":"` — the opening of a message whose content follows as escaped
+/// pieces ([`escape_piece`]) and ends with [`CONTENT_CLOSE`].
+pub fn content_open(role: &str) -> Bytes {
+    let mut out = Vec::with_capacity(role.len() + 24);
+    out.extend_from_slice(b"{\"role\":");
+    serde_json::to_writer(&mut out, role).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b",\"content\":\"");
+    Bytes::from(out)
+}
+
+/// Closes a message opened with [`content_open`].
+pub const CONTENT_CLOSE: Bytes = Bytes::from_static(b"\"}");
+
+/// Which conversations of a source's full list a run keeps: skip `offset`, then every
+/// `shard_count`-th starting at `shard_index`, then at most `limit`.
+#[derive(Clone, Copy, Debug)]
+pub struct Selection {
+    pub offset: u64,
+    pub shard_index: u64,
+    pub shard_count: u64,
+    pub limit: usize,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection {
+            offset: 0,
+            shard_index: 0,
+            shard_count: 1,
+            limit: usize::MAX,
+        }
+    }
+}
+
+impl Selection {
+    /// Indices into a list of `total` conversations, in order.
+    pub fn pick(&self, total: usize) -> Vec<usize> {
+        self.generated()
+            .take_while(|&i| i < total as u64)
+            .map(|i| i as usize)
+            .collect()
+    }
+
+    /// Indices into an unbounded generated sequence (synthetic sources): `limit` of them.
+    pub fn generated(&self) -> impl Iterator<Item = u64> + '_ {
+        let step = self.shard_count.max(1);
+        (0..self.limit as u64).map(move |k| self.offset + self.shard_index + k * step)
+    }
+}
+
+/// Every dataset-shaping flag, as plain values (sources do not see clap). `None` means the flag
+/// was not given, so each source can apply its own default.
+#[derive(Clone, Debug, Default)]
+pub struct DatasetParams {
+    pub min_turns: Option<u32>,
+    pub max_turns: Option<u32>,
+    pub min_prompt_length: Option<u32>,
+    pub max_prompt_length: Option<u32>,
+    pub seed: u64,
+    /// AIPerf synthetic: turns per conversation ~ max(1, ceil(N(mean, stddev))).
+    pub turn_mean: Option<f64>,
+    pub turn_stddev: Option<f64>,
+    /// AIPerf synthetic: user tokens per turn ~ N(mean, stddev).
+    pub isl_mean: Option<f64>,
+    pub isl_stddev: Option<f64>,
+    /// AIPerf synthetic: per-turn max_tokens ~ N(mean, stddev).
+    pub osl_mean: Option<f64>,
+    pub osl_stddev: Option<f64>,
+    /// AIPerf synthetic: think time before turns >= 2, milliseconds ~ N(mean, stddev) x ratio.
+    pub turn_delay_mean_ms: Option<f64>,
+    pub turn_delay_stddev_ms: Option<f64>,
+    pub turn_delay_ratio: Option<f64>,
+    /// Shared prefixes: `prefix_count` distinct prefixes of `prefix_length` tokens; conversation
+    /// i's first user turn starts with prefix i mod count.
+    pub prefix_length: Option<u32>,
+    pub prefix_count: Option<u32>,
+    /// One system prompt of this many tokens shared by every conversation.
+    pub shared_system_prompt_length: Option<u32>,
+    /// mooncake/bailian: tokens per hash_id block.
+    pub isl_block_size: Option<u32>,
+    /// `--dataset-args` / `--multi-turn-args`: a source-specific JSON object.
+    pub dataset_args: Option<Map<String, Value>>,
+}
+
+/// What a source gets to build from.
+pub struct BuildContext<'a> {
+    /// The `--dataset` name it was chosen by (one source may serve several names).
+    pub name: &'a str,
+    pub path: Option<&'a Path>,
+    pub tokenizer: &'a Tokenizer,
+    pub params: &'a DatasetParams,
+    pub selection: Selection,
+    pub problems: &'a mut input::Problems,
+}
+
+/// What a source built.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub conversations: Vec<Conversation>,
+    /// Conversations the source dropped by a documented rule (not invalid input), e.g. the
+    /// first-message length filter; the report shows the count.
+    pub filtered: u64,
+}
+
+/// Whether a source reads `--dataset-path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathUse {
+    /// Synthetic: a path is an error.
+    None,
+    /// Required.
+    Required,
+    /// Optional (e.g. a builtin file or a live mode without one).
+    Optional,
+}
+
+/// A conversation source.
+pub trait Source: Sync {
+    /// The `--dataset` names this source answers to.
+    fn names(&self) -> &'static [&'static str];
+    fn path_use(&self) -> PathUse;
+    /// One line for `--help` and errors.
+    fn describe(&self) -> &'static str;
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError>;
+}
+
+/// Every source; adding one is its module plus one line here.
+pub static SOURCES: &[&dyn Source] = &[&random_multi_turn::RandomMultiTurnSource];
+
+/// The source answering to `name`.
+pub fn find(name: &str) -> Option<&'static dyn Source> {
+    SOURCES.iter().copied().find(|s| s.names().contains(&name))
+}
+
+/// Every known `--dataset` name, for messages.
+pub fn known_names() -> Vec<&'static str> {
+    SOURCES
+        .iter()
+        .flat_map(|s| s.names().iter().copied())
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("--dataset {name}: unknown dataset (known: {known})")]
+    Unknown { name: String, known: String },
+    #[error("--dataset {name} reads a file: give it with --dataset-path")]
+    PathRequired { name: String },
+    #[error("--dataset {name} is synthetic and reads no file (--dataset-path {})", path.display())]
+    PathNotUsed { name: String, path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(input::InvalidInput),
+    #[error("--{flag}: {reason}")]
+    Param { flag: String, reason: String },
+    #[error("synthesizing prompts: {0}")]
+    Synthesis(#[from] synth::SynthesisError),
+    #[error("--dataset {name}: {reason}")]
+    Empty { name: String, reason: String },
+}
+
+/// Builds `name`'s conversations and applies the run-wide context mode (if any).
+pub fn build(
+    name: &str,
+    path: Option<&Path>,
+    tokenizer: &Tokenizer,
+    params: &DatasetParams,
+    selection: Selection,
+    skip_invalid: bool,
+) -> Result<(Built, u64), DatasetError> {
+    let source = find(name).ok_or_else(|| DatasetError::Unknown {
+        name: name.to_string(),
+        known: known_names().join(", "),
+    })?;
+    match (source.path_use(), path) {
+        (PathUse::Required, None) => {
+            return Err(DatasetError::PathRequired {
+                name: name.to_string(),
+            })
+        }
+        (PathUse::None, Some(p)) => {
+            return Err(DatasetError::PathNotUsed {
+                name: name.to_string(),
+                path: p.to_path_buf(),
+            })
+        }
+        _ => {}
+    }
+    let mut problems = input::Problems::new(path, skip_invalid);
+    let built = {
+        let mut ctx = BuildContext {
+            name,
+            path,
+            tokenizer,
+            params,
+            selection,
+            problems: &mut problems,
+        };
+        source.build(&mut ctx)?
+    };
+    let skipped = problems.finish()?;
+    if built.conversations.is_empty() {
+        return Err(DatasetError::Empty {
+            name: name.to_string(),
+            reason: "no conversations to run (after --dataset-offset, --shard and filters)".into(),
+        });
+    }
+    Ok((built, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_offset_shard_limit() {
+        let s = Selection {
+            offset: 2,
+            shard_index: 1,
+            shard_count: 3,
+            limit: 10,
+        };
+        assert_eq!(s.pick(12), vec![3, 6, 9]);
+        assert_eq!(s.generated().take(2).collect::<Vec<_>>(), vec![3, 6]);
+        let all = Selection::default();
+        assert_eq!(all.pick(3), vec![0, 1, 2]);
+        let lim = Selection {
+            limit: 2,
+            ..Selection::default()
+        };
+        assert_eq!(lim.pick(5), vec![0, 1]);
+    }
+
+    #[test]
+    fn spliced_pieces_make_one_valid_message() {
+        let segs = [
+            content_open("user"),
+            escape_piece("a \"quoted\" "),
+            escape_piece("line\nbreak"),
+            CONTENT_CLOSE,
+        ];
+        let v: Value = serde_json::from_slice(&segs.concat()).unwrap();
+        assert_eq!(v["content"], "a \"quoted\" line\nbreak");
+        assert_eq!(v["role"], "user");
+    }
+
+    fn turn(user: &str, reply: Option<&str>) -> Turn {
+        Turn {
+            reply: reply.map(|r| Bytes::from(message_json("assistant", r))),
+            ..Turn::user(user, None)
+        }
+    }
+
+    #[test]
+    fn verbatim_conversion_accumulates_recorded_replies() {
+        let mut c = Conversation::live(vec![
+            turn("u1", Some("a1")),
+            turn("u2", Some("a2")),
+            turn("u3", None),
+        ]);
+        c.convert(ContextMode::Verbatim).unwrap();
+        let arr = |t: &Turn| -> Vec<Value> {
+            let s = format!("[{}]", String::from_utf8(t.delta_bytes()).unwrap());
+            serde_json::from_str(&s).unwrap()
+        };
+        assert_eq!(arr(&c.turns[0]).len(), 1);
+        let third = arr(&c.turns[2]);
+        let contents: Vec<&str> = third
+            .iter()
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(contents, ["u1", "a1", "u2", "a2", "u3"]);
+        assert!(c.convert(ContextMode::Live).is_err());
+    }
+
+    #[test]
+    fn canned_needs_replies() {
+        let mut c = Conversation::live(vec![turn("u1", None), turn("u2", None)]);
+        let e = c.convert(ContextMode::Canned).unwrap_err();
+        assert!(e.contains("turn 1"), "{e}");
+        let mut one = Conversation::live(vec![turn("u1", None)]);
+        one.convert(ContextMode::Canned).unwrap();
+    }
 }

@@ -14,12 +14,14 @@
 //! output depends only on the parameters, the tokenizer and the `rand` version — not on how many
 //! threads build it. Conversations are built in parallel on `available_parallelism()` threads.
 
-use bytes::Bytes;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use crate::tokenizer::Tokenizer;
-use crate::workload::{message_json, Conversation, Turn};
+pub use crate::workload::synth::SynthesisError;
+use crate::workload::synth::{self, Synth};
+use crate::workload::{
+    BuildContext, Built, Conversation, DatasetError, PathUse, Selection, Source, Turn,
+};
 
 /// Parameters, already validated by the plan.
 #[derive(Clone, Debug)]
@@ -32,21 +34,44 @@ pub struct RandomMultiTurn {
     pub seed: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SynthesisError {
-    #[error("could not synthesise a prompt of exactly {target} tokens (got {got})")]
-    NotExact { target: u32, got: u32 },
-    #[error(
-        "tokenizer {tokenizer} has no single-token words (a space and 2-12 ASCII letters) to \
-         build prompts from"
-    )]
-    NoWords { tokenizer: String },
-    #[error("invalid random_multi_turn parameters: {0}")]
-    Invalid(String),
-}
+/// The registered source.
+pub struct RandomMultiTurnSource;
 
-/// Below this many conversations per thread, threads cost more than they save.
-const MIN_CONVERSATIONS_PER_THREAD: usize = 8;
+/// Defaults when the flags are not given (evalscope requires --max-turns; we default it).
+pub const DEFAULT_MIN_TURNS: u32 = 1;
+pub const DEFAULT_MAX_TURNS: u32 = 4;
+pub const DEFAULT_MIN_PROMPT_LENGTH: u32 = 64;
+pub const DEFAULT_MAX_PROMPT_LENGTH: u32 = 256;
+
+impl Source for RandomMultiTurnSource {
+    fn names(&self) -> &'static [&'static str] {
+        &["random_multi_turn"]
+    }
+
+    fn path_use(&self) -> PathUse {
+        PathUse::None
+    }
+
+    fn describe(&self) -> &'static str {
+        "evalscope's synthetic multi-turn: U[min,max] turns of U[min,max]-token user messages"
+    }
+
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
+        let p = ctx.params;
+        let params = RandomMultiTurn {
+            conversations: ctx.selection.limit,
+            min_turns: p.min_turns.unwrap_or(DEFAULT_MIN_TURNS),
+            max_turns: p.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
+            min_prompt_tokens: p.min_prompt_length.unwrap_or(DEFAULT_MIN_PROMPT_LENGTH),
+            max_prompt_tokens: p.max_prompt_length.unwrap_or(DEFAULT_MAX_PROMPT_LENGTH),
+            seed: p.seed,
+        };
+        Ok(Built {
+            conversations: params.build_selected(ctx.tokenizer, ctx.selection)?,
+            filtered: 0,
+        })
+    }
+}
 
 impl RandomMultiTurn {
     pub fn build(&self, tok: &Tokenizer) -> Result<Vec<Conversation>, SynthesisError> {
@@ -60,37 +85,39 @@ impl RandomMultiTurn {
         tok: &Tokenizer,
         threads: usize,
     ) -> Result<Vec<Conversation>, SynthesisError> {
+        let sel = Selection {
+            limit: self.conversations,
+            ..Selection::default()
+        };
+        self.build_inner(tok, sel, threads)
+    }
+
+    /// The conversations `selection` picks from the unbounded sequence this seed defines.
+    pub fn build_selected(
+        &self,
+        tok: &Tokenizer,
+        selection: Selection,
+    ) -> Result<Vec<Conversation>, SynthesisError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.build_inner(tok, selection, threads)
+    }
+
+    fn build_inner(
+        &self,
+        tok: &Tokenizer,
+        selection: Selection,
+        threads: usize,
+    ) -> Result<Vec<Conversation>, SynthesisError> {
         self.validate()?;
-        let words = tok.single_token_words();
-        if words.is_empty() && self.max_prompt_tokens > 0 {
-            return Err(SynthesisError::NoWords {
-                tokenizer: tok.name().to_string(),
-            });
-        }
-        let n = self.conversations;
-        let threads = threads.min(n.div_ceil(MIN_CONVERSATIONS_PER_THREAD)).max(1);
-        if threads == 1 {
-            return (0..n).map(|i| self.conversation(tok, words, i)).collect();
-        }
-        let chunk = n.div_ceil(threads);
-        let parts: Vec<Result<Vec<Conversation>, SynthesisError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .step_by(chunk)
-                .map(|lo| {
-                    let hi = (lo + chunk).min(n);
-                    s.spawn(move || (lo..hi).map(|i| self.conversation(tok, words, i)).collect())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        let mut out = Vec::with_capacity(n);
-        for part in parts {
-            out.extend(part?);
-        }
-        Ok(out)
+        let synth = match Synth::new(tok) {
+            Ok(s) => Some(s),
+            Err(e) if self.max_prompt_tokens > 0 => return Err(e),
+            Err(_) => None,
+        };
+        let indices: Vec<u64> = selection.generated().collect();
+        synth::par_map_with(indices.len(), threads, "synthesizing", |k| {
+            self.conversation(synth, indices[k])
+        })
     }
 
     fn validate(&self) -> Result<(), SynthesisError> {
@@ -113,58 +140,22 @@ impl RandomMultiTurn {
     /// Conversation `index`, from its own RNG stream.
     fn conversation(
         &self,
-        tok: &Tokenizer,
-        words: &[String],
-        index: usize,
+        synth: Option<Synth<'_>>,
+        index: u64,
     ) -> Result<Conversation, SynthesisError> {
-        let mut rng = SmallRng::seed_from_u64(stream_seed(self.seed, index as u64));
+        let mut rng = synth::item_rng(self.seed, index);
         let turns = rng.random_range(self.min_turns..=self.max_turns);
-        let mut conv = Conversation {
-            turns: Vec::with_capacity(turns as usize),
-        };
-        let mut text = String::new();
+        let mut conv = Conversation::live(Vec::with_capacity(turns as usize));
         for _ in 0..turns {
             let target = rng.random_range(self.min_prompt_tokens..=self.max_prompt_tokens);
-            let offset = if words.is_empty() {
-                0
-            } else {
-                rng.random_range(0..words.len())
+            let text = match synth {
+                Some(s) => s.text(target, &mut rng)?,
+                None => String::new(),
             };
-            text.clear();
-            for k in 0..target as usize {
-                text.push_str(&words[(offset + k) % words.len()]);
-            }
-            let got = tok.count_words_text(
-                &text,
-                (0..target as usize).map(|k| (offset + k) % words.len()),
-            );
-            if got != target as usize {
-                return Err(SynthesisError::NotExact {
-                    target,
-                    got: got as u32,
-                });
-            }
-            conv.turns.push(Turn {
-                delta_json: Bytes::from(message_json("user", &text)),
-                delta_tokens: Some(target),
-                max_tokens: None,
-                delay_ns: 0,
-            });
+            conv.turns.push(Turn::user(&text, Some(target)));
         }
         Ok(conv)
     }
-}
-
-/// The seed of conversation `index`'s stream: both inputs through splitmix64, so neighbouring
-/// seeds and indices give unrelated streams.
-fn stream_seed(seed: u64, index: u64) -> u64 {
-    fn splitmix64(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    splitmix64(splitmix64(seed) ^ index)
 }
 
 #[cfg(test)]
@@ -189,7 +180,7 @@ mod tests {
     }
 
     fn content(turn: &Turn) -> String {
-        let v: serde_json::Value = serde_json::from_slice(&turn.delta_json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&turn.delta_bytes()).unwrap();
         assert_eq!(v["role"], "user");
         v["content"].as_str().unwrap().to_string()
     }
@@ -270,13 +261,9 @@ mod tests {
 
     #[test]
     fn deterministic_per_seed_and_thread_count() {
-        let key = |cs: &[Conversation]| -> Vec<(Bytes, Option<u32>)> {
+        let key = |cs: &[Conversation]| -> Vec<(Vec<u8>, Option<u32>)> {
             cs.iter()
-                .flat_map(|c| {
-                    c.turns
-                        .iter()
-                        .map(|t| (t.delta_json.clone(), t.delta_tokens))
-                })
+                .flat_map(|c| c.turns.iter().map(|t| (t.delta_bytes(), t.delta_tokens)))
                 .collect()
         };
         let a = key(&params(42).build_with_threads(tok(), 1).unwrap());
@@ -288,7 +275,7 @@ mod tests {
         assert_ne!(a, d);
         // Conversations differ from one another too.
         let convs = params(42).build(tok()).unwrap();
-        assert_ne!(convs[0].turns[0].delta_json, convs[1].turns[0].delta_json);
+        assert_ne!(convs[0].turns[0].delta, convs[1].turns[0].delta);
     }
 
     #[test]

@@ -1,0 +1,418 @@
+//! Reading dataset files and saying exactly what is wrong with them.
+//!
+//! Sources validate each entry into their own types with the field helpers here; every failure
+//! becomes a [`BadEntry`] naming the line (or array item) and the field. [`Problems`] collects
+//! them: by default the run stops before sending anything and lists up to [`MAX_LISTED`];
+//! with `--skip-invalid` the source leaves the entry out and the report counts it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::DatasetError;
+
+/// How many bad entries an error lists.
+pub const MAX_LISTED: usize = 20;
+
+/// Where in a file an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc {
+    /// 1-based line of a JSONL file.
+    Line(usize),
+    /// 0-based item of a top-level JSON array (or of a named array in a JSON object).
+    Item(usize),
+    /// The file as a whole.
+    File,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loc::Line(n) => write!(f, "line {n}"),
+            Loc::Item(n) => write!(f, "item {n}"),
+            Loc::File => write!(f, "file"),
+        }
+    }
+}
+
+/// What is wrong with one field of an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `messages[2].role`; empty for the entry itself.
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One bad entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadEntry {
+    pub loc: Loc,
+    pub error: FieldError,
+}
+
+impl fmt::Display for BadEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.error.field.is_empty() {
+            write!(f, "{}: {}", self.loc, self.error.reason)
+        } else {
+            write!(
+                f,
+                "{}, field `{}`: {}",
+                self.loc, self.error.field, self.error.reason
+            )
+        }
+    }
+}
+
+/// The error a run stops with when its dataset has bad entries.
+#[derive(Debug)]
+pub struct InvalidInput {
+    pub path: String,
+    pub listed: Vec<BadEntry>,
+    pub total: u64,
+}
+
+impl fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.total == 1 { "y" } else { "ies" };
+        write!(
+            f,
+            "{}: {} invalid entr{s}; nothing was sent (--skip-invalid leaves them out)",
+            self.path, self.total
+        )?;
+        for b in &self.listed {
+            write!(f, "\n  {}: {b}", self.path)?;
+        }
+        if self.total > self.listed.len() as u64 {
+            write!(
+                f,
+                "\n  … and {} more",
+                self.total - self.listed.len() as u64
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects bad entries for one build.
+#[derive(Debug)]
+pub struct Problems {
+    path: String,
+    skip_invalid: bool,
+    listed: Vec<BadEntry>,
+    total: u64,
+}
+
+impl Problems {
+    pub fn new(path: Option<&Path>, skip_invalid: bool) -> Problems {
+        Problems {
+            path: path.map_or_else(|| "dataset".to_string(), |p| p.display().to_string()),
+            skip_invalid,
+            listed: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// Records a bad entry; the caller leaves the entry out.
+    pub fn report(&mut self, loc: Loc, error: FieldError) {
+        self.total += 1;
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(BadEntry { loc, error });
+        }
+    }
+
+    /// Bad entries so far.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    pub fn skip_invalid(&self) -> bool {
+        self.skip_invalid
+    }
+
+    /// The entries listed so far (tests).
+    pub fn listed(&self) -> &[BadEntry] {
+        &self.listed
+    }
+
+    /// `Ok(skipped)` when there were none or `--skip-invalid` is on; the listing otherwise.
+    pub fn finish(self) -> Result<u64, DatasetError> {
+        if self.total == 0 || self.skip_invalid {
+            return Ok(self.total);
+        }
+        Err(DatasetError::Invalid(InvalidInput {
+            path: self.path,
+            listed: self.listed,
+            total: self.total,
+        }))
+    }
+}
+
+/// Reads a whole file as UTF-8.
+pub fn read_text(path: &Path) -> Result<String, DatasetError> {
+    std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Every non-blank line of a JSONL file parsed as JSON, with its 1-based line number. Lines that
+/// are not JSON go to `problems` (and are left out).
+pub fn jsonl_values(
+    path: &Path,
+    problems: &mut Problems,
+) -> Result<Vec<(Loc, Value)>, DatasetError> {
+    let text = read_text(path)?;
+    Ok(jsonl_values_of(&text, problems))
+}
+
+/// [`jsonl_values`] over text already read.
+pub fn jsonl_values_of(text: &str, problems: &mut Problems) -> Vec<(Loc, Value)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let loc = Loc::Line(i + 1);
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => out.push((loc, v)),
+            Err(e) => problems.report(loc, FieldError::new("", format!("invalid JSON ({e})"))),
+        }
+    }
+    out
+}
+
+/// A path below `parent`: `parent.key` (or `key` at the top).
+pub fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// `parent[i]`.
+pub fn index(parent: &str, i: usize) -> String {
+    format!("{parent}[{i}]")
+}
+
+/// The JSON type name used in messages.
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `v` as an object, else an error at `path`.
+pub fn as_object<'v>(v: &'v Value, path: &str) -> Result<&'v Map<String, Value>, FieldError> {
+    v.as_object()
+        .ok_or_else(|| FieldError::new(path, format!("expected an object, got {}", type_name(v))))
+}
+
+/// `v` as an array, else an error at `path`.
+pub fn as_array<'v>(v: &'v Value, path: &str) -> Result<&'v Vec<Value>, FieldError> {
+    v.as_array()
+        .ok_or_else(|| FieldError::new(path, format!("expected an array, got {}", type_name(v))))
+}
+
+/// A required field.
+pub fn required<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+    parent: &str,
+) -> Result<&'v Value, FieldError> {
+    obj.get(key)
+        .ok_or_else(|| FieldError::new(join(parent, key), "missing"))
+}
+
+/// A required string field.
+pub fn req_str<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+    parent: &str,
+) -> Result<&'v str, FieldError> {
+    let v = required(obj, key, parent)?;
+    v.as_str().ok_or_else(|| {
+        FieldError::new(
+            join(parent, key),
+            format!("expected a string, got {}", type_name(v)),
+        )
+    })
+}
+
+/// An optional string field (absent or null is `None`).
+pub fn opt_str<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+    parent: &str,
+) -> Result<Option<&'v str>, FieldError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(FieldError::new(
+            join(parent, key),
+            format!("expected a string, got {}", type_name(v)),
+        )),
+    }
+}
+
+/// `v` as a non-negative integer (a float with no fraction is accepted: 512.0).
+pub fn as_count(v: &Value, path: &str) -> Result<u64, FieldError> {
+    if let Some(n) = v.as_u64() {
+        return Ok(n);
+    }
+    if let Some(n) = v.as_i64() {
+        return Err(FieldError::new(
+            path,
+            format!("must not be negative, got {n}"),
+        ));
+    }
+    if let Some(f) = v.as_f64() {
+        if f < 0.0 {
+            return Err(FieldError::new(
+                path,
+                format!("must not be negative, got {f}"),
+            ));
+        }
+        if f.fract() == 0.0 && f <= u64::MAX as f64 {
+            return Ok(f as u64);
+        }
+        return Err(FieldError::new(
+            path,
+            format!("expected a whole number, got {f}"),
+        ));
+    }
+    Err(FieldError::new(
+        path,
+        format!("expected a non-negative integer, got {}", type_name(v)),
+    ))
+}
+
+/// A required non-negative integer field.
+pub fn req_count(obj: &Map<String, Value>, key: &str, parent: &str) -> Result<u64, FieldError> {
+    as_count(required(obj, key, parent)?, &join(parent, key))
+}
+
+/// An optional non-negative integer field (absent or null is `None`).
+pub fn opt_count(
+    obj: &Map<String, Value>,
+    key: &str,
+    parent: &str,
+) -> Result<Option<u64>, FieldError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => as_count(v, &join(parent, key)).map(Some),
+    }
+}
+
+/// `v` as a finite, non-negative number.
+pub fn as_nonneg_f64(v: &Value, path: &str) -> Result<f64, FieldError> {
+    match v.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 => Ok(f),
+        Some(f) => Err(FieldError::new(
+            path,
+            format!("must not be negative, got {f}"),
+        )),
+        None => Err(FieldError::new(
+            path,
+            format!("expected a number, got {}", type_name(v)),
+        )),
+    }
+}
+
+/// An optional non-negative number field (absent or null is `None`).
+pub fn opt_nonneg_f64(
+    obj: &Map<String, Value>,
+    key: &str,
+    parent: &str,
+) -> Result<Option<f64>, FieldError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => as_nonneg_f64(v, &join(parent, key)).map(Some),
+    }
+}
+
+/// Narrows a count to u32 (token lengths), naming the field when it is absurd.
+pub fn to_u32(n: u64, path: &str) -> Result<u32, FieldError> {
+    u32::try_from(n).map_err(|_| FieldError::new(path, format!("{n} is too large")))
+}
+
+/// `PathBuf` for errors built outside a source.
+pub fn path_of(path: Option<&Path>) -> PathBuf {
+    path.map_or_else(|| PathBuf::from("dataset"), Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn problems_list_at_most_twenty_and_name_file_line_field() {
+        let mut p = Problems::new(Some(Path::new("d.jsonl")), false);
+        for i in 0..25 {
+            p.report(
+                Loc::Line(i + 1),
+                FieldError::new("turns[0].role", "unknown role \"bot\""),
+            );
+        }
+        let msg = p.finish().unwrap_err().to_string();
+        assert!(msg.starts_with("d.jsonl: 25 invalid entries"), "{msg}");
+        assert!(
+            msg.contains("d.jsonl: line 3, field `turns[0].role`: unknown role"),
+            "{msg}"
+        );
+        assert!(msg.contains("… and 5 more"), "{msg}");
+        assert_eq!(msg.lines().count(), 22);
+    }
+
+    #[test]
+    fn skip_invalid_counts() {
+        let mut p = Problems::new(None, true);
+        p.report(Loc::Item(0), FieldError::new("", "empty"));
+        assert_eq!(p.finish().unwrap(), 1);
+    }
+
+    #[test]
+    fn jsonl_reports_bad_lines_by_number() {
+        let mut p = Problems::new(None, true);
+        let v = jsonl_values_of("{\"a\":1}\n\n{oops\n[2]\n", &mut p);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].0, Loc::Line(4));
+        assert_eq!(p.listed()[0].loc, Loc::Line(3));
+        assert!(p.listed()[0].error.reason.starts_with("invalid JSON"));
+    }
+
+    #[test]
+    fn field_helpers_name_the_path() {
+        let o = json!({"n": -3, "s": 5, "f": 2.5, "ok": 7.0});
+        let o = o.as_object().unwrap();
+        let e = req_count(o, "n", "turns[1]").unwrap_err();
+        assert_eq!(e.field, "turns[1].n");
+        assert!(e.reason.contains("negative"));
+        assert_eq!(
+            req_str(o, "s", "").unwrap_err().reason,
+            "expected a string, got a number"
+        );
+        assert_eq!(req_count(o, "missing", "x").unwrap_err().field, "x.missing");
+        assert!(req_count(o, "f", "").is_err());
+        assert_eq!(req_count(o, "ok", "").unwrap(), 7);
+        assert_eq!(opt_count(o, "none", "").unwrap(), None);
+    }
+}
