@@ -19,6 +19,7 @@ use rand::Rng;
 use crate::tokenizer::Tokenizer;
 pub use crate::workload::synth::SynthesisError;
 use crate::workload::synth::{self, Synth};
+use crate::workload::synthetic::SharedSpec;
 use crate::workload::{
     BuildContext, Built, Conversation, DatasetError, PathUse, Selection, Source, Turn,
 };
@@ -66,8 +67,18 @@ impl Source for RandomMultiTurnSource {
             max_prompt_tokens: p.max_prompt_length.unwrap_or(DEFAULT_MAX_PROMPT_LENGTH),
             seed: p.seed,
         };
+        // --shared-system-prompt-length / --prefix-length / --prefix-count, as for `synthetic`.
+        let shared = SharedSpec::from_params(p)?;
+        let mut conversations = params.build_selected(ctx.tokenizer, ctx.selection)?;
+        if !shared.is_empty() {
+            let indices: Vec<u64> = ctx.selection.generated().collect();
+            let parts = shared.build(Synth::new(ctx.tokenizer)?, params.seed, &indices)?;
+            for (c, &i) in conversations.iter_mut().zip(&indices) {
+                parts.apply_to_user_turn(i, &mut c.turns[0])?;
+            }
+        }
         Ok(Built {
-            conversations: params.build_selected(ctx.tokenizer, ctx.selection)?,
+            conversations,
             filtered: 0,
         })
     }
