@@ -232,7 +232,10 @@ fn shared_system_prompt_and_prefixes_give_exact_cache_hits() {
         assert_chatml_overhead(first);
         assert_eq!(roles(first), ["system", "user"]);
         assert_eq!(tokens(first), [40, 48 + 40], "system; prefix + ISL");
-        assert_eq!(&first["message_hashes"][0], system_hash, "one system prompt");
+        assert_eq!(
+            &first["message_hashes"][0], system_hash,
+            "one system prompt"
+        );
         let expected = match conv {
             0 => 0,
             1 => 48,
@@ -302,7 +305,10 @@ fn bad_synthetic_flags_name_the_flag() {
     let e = bench_err(&["--conversation-turn-delay-stddev", "50"]);
     assert!(e.contains("--conversation-turn-delay-mean"), "{e}");
     let e = bench_err(&["--dataset", "random_multi_turn", "--prefix-count", "2"]);
-    assert!(e.contains("--prefix-count") && e.contains("--prefix-length"), "{e}");
+    assert!(
+        e.contains("--prefix-count") && e.contains("--prefix-length"),
+        "{e}"
+    );
     let e = bench_err(&["--dataset", "random_multi_turn", "--isl", "20"]);
     assert!(e.contains("--synthetic-input-tokens-mean"), "{e}");
 }

@@ -132,7 +132,10 @@ impl SharedSpec {
             ));
         }
         if spec.prefix_tokens > MAX_TOKENS {
-            return Err(param("prefix-length", format!("at most {MAX_TOKENS} tokens")));
+            return Err(param(
+                "prefix-length",
+                format!("at most {MAX_TOKENS} tokens"),
+            ));
         }
         Ok(spec)
     }
@@ -353,7 +356,10 @@ impl Synthetic {
             ));
         }
         let delay_ms = if delay_mean > 0.0 {
-            Some(Normal::new(delay_mean, p.turn_delay_stddev_ms.unwrap_or(0.0)))
+            Some(Normal::new(
+                delay_mean,
+                p.turn_delay_stddev_ms.unwrap_or(0.0),
+            ))
         } else {
             // AIPerf draws no delay when the mean is 0; a stddev or ratio would do nothing.
             for (flag, set) in [
@@ -576,7 +582,11 @@ mod tests {
         assert!((mean(&isl) - 60.5).abs() < 2.0, "isl {}", mean(&isl));
         assert!((sd(&isl) - 20.0).abs() < 2.0, "isl sd {}", sd(&isl));
         assert!((mean(&osl) - 30.5).abs() < 1.5, "osl {}", mean(&osl));
-        assert!((mean(&delay_ms) - 50.5).abs() < 1.5, "delay {}", mean(&delay_ms));
+        assert!(
+            (mean(&delay_ms) - 50.5).abs() < 1.5,
+            "delay {}",
+            mean(&delay_ms)
+        );
         assert!(turns.iter().all(|&t| t >= 1.0));
         assert!(isl.iter().chain(&osl).all(|&n| n >= 1.0));
         assert!(delay_ms.iter().all(|&d| d >= 1.0 && d.fract() == 0.0));
@@ -609,7 +619,10 @@ mod tests {
         let some = build(&p, &[4, 8]);
         assert_eq!(key(&some), key(&[all[4].clone(), all[8].clone()]));
         assert_eq!(key(&all), key(&build(&p, &(0..10).collect::<Vec<_>>())));
-        let other = build(&DatasetParams { seed: 6, ..p }, &(0..10).collect::<Vec<_>>());
+        let other = build(
+            &DatasetParams { seed: 6, ..p },
+            &(0..10).collect::<Vec<_>>(),
+        );
         assert_ne!(key(&all), key(&other));
     }
 

@@ -313,9 +313,7 @@ mod tests {
             let n = tok().encode_reference(v["content"].as_str().unwrap()).len();
             assert_eq!(n as u32, turn.delta_tokens.unwrap());
         }
-        let two = t
-            .conversation(Synth::new(tok()).unwrap(), 3, 0, 2)
-            .unwrap();
+        let two = t.conversation(Synth::new(tok()).unwrap(), 3, 0, 2).unwrap();
         assert_eq!(two.turns.len(), 2);
         assert_eq!(two.turns[1].delta, c.turns[1].delta, "deterministic");
     }
