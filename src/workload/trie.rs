@@ -379,4 +379,84 @@ mod tests {
         let locs: Vec<Loc> = p.listed().iter().map(|b| b.loc).collect();
         assert_eq!(locs, [Loc::Line(2), Loc::Line(5)]);
     }
+
+    /// Peak resident set size of this process so far, in KiB.
+    fn max_rss_kib() -> i64 {
+        // SAFETY: getrusage only writes into the struct we pass.
+        unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+            ru.ru_maxrss
+        }
+    }
+
+    /// 100 traces of the real sizes (seed: ~8k-token first prompt, 25k-50k input tokens per
+    /// trace; agentic_coding 8-15 turns, office_work 18-41), through the whole source (read,
+    /// validate, synthesize).
+    /// `cargo test --profile bench-fast --lib trie::tests::build_time -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn build_time() {
+        use crate::workload::{build, DatasetParams, Selection};
+        use rand::Rng;
+        let dir = tempfile::tempdir().unwrap();
+        let tok = tok();
+        let _ = Synth::new(tok).unwrap();
+        for (name, file, turns, tool_mean) in [
+            (
+                "trie_agentic_coding",
+                "agentic_coding_8k.jsonl",
+                8..=15u32,
+                1500u32,
+            ),
+            ("trie_office_work", "office_work_8k.jsonl", 18..=41, 1400),
+        ] {
+            let mut rng = synth::item_rng(9, 9);
+            let mut lines = String::new();
+            let mut tokens = 0u64;
+            for _ in 0..100 {
+                let n = rng.random_range(turns.clone());
+                let tool: Vec<u32> = (0..n)
+                    .map(|_| rng.random_range(tool_mean / 5..=tool_mean * 9 / 5))
+                    .collect();
+                let resp: Vec<u32> = (0..n).map(|_| rng.random_range(50..=500)).collect();
+                let lat: Vec<f64> = (0..n).map(|_| rng.random_range(0.1..3.0)).collect();
+                tokens += 8000 + tool.iter().map(|&t| u64::from(t)).sum::<u64>();
+                lines.push_str(
+                    &json!({"input_prompt_length": 8000, "num_turns": n,
+                        "assistant_response_length": resp, "tool_call_output_length": tool,
+                        "tool_call_latency": lat, "final_assistant_response_length": 400})
+                    .to_string(),
+                );
+                lines.push('\n');
+            }
+            let path = dir.path().join(file);
+            std::fs::write(&path, lines).unwrap();
+            let rss0 = max_rss_kib();
+            let t0 = std::time::Instant::now();
+            let (built, _) = build(
+                name,
+                Some(&path),
+                tok,
+                &DatasetParams::default(),
+                Selection::default(),
+                false,
+            )
+            .unwrap();
+            let el = t0.elapsed();
+            let bytes: usize = built
+                .conversations
+                .iter()
+                .flat_map(|c| c.turns.iter().flat_map(|t| t.delta.iter().map(|b| b.len())))
+                .sum();
+            let turns: usize = built.conversations.iter().map(|c| c.turns.len()).sum();
+            println!(
+                "{name}: 100 traces, {turns} turns, {tokens} tokens ({} MB of prompts) in {el:?}; \
+                 peak RSS {} MB (was {} MB before the build)",
+                bytes / 1_000_000,
+                max_rss_kib() / 1024,
+                rss0 / 1024
+            );
+        }
+    }
 }
