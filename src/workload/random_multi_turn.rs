@@ -10,6 +10,10 @@
 //! into exactly the placed words, else a full count) and a mismatch is an error
 //! ([`SynthesisError::NotExact`]), never a silently wrong length.
 //!
+//! `--shared-system-prompt-length`, `--prefix-length` and `--prefix-count` work as for
+//! `synthetic` ([`SharedSpec`]): the system prompt and prefix go in front of the first turn, on top
+//! of its drawn length.
+//!
 //! **Determinism.** Conversation `i` draws from its own `SmallRng` seeded from `(seed, i)`, so the
 //! output depends only on the parameters, the tokenizer and the `rand` version — not on how many
 //! threads build it. Conversations are built in parallel on `available_parallelism()` threads.
