@@ -230,7 +230,9 @@ impl SharedParts {
         if self.spec.prefix_tokens > 0 {
             let j = (index % u64::from(self.spec.prefix_count)) as u32;
             // Every selected index's prefix was built by `SharedSpec::build`.
-            if let Some(p) = self.prefixes.get(&j) {
+            let prefix = self.prefixes.get(&j);
+            debug_assert!(prefix.is_some(), "prefix {j} was not built");
+            if let Some(p) = prefix {
                 out.push(p.clone());
             }
         }
