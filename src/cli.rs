@@ -154,7 +154,8 @@ pub struct BenchArgs {
     )]
     pub seed: u64,
 
-    /// Tokens of each shared prefix put at the start of a conversation's first user turn.
+    /// Tokens of each shared prefix put at the start of a conversation's first user turn
+    /// (synthetic, random_multi_turn); the turn's own length comes on top.
     #[arg(
         long,
         visible_alias = "prefix-prompt-length",
@@ -166,7 +167,7 @@ pub struct BenchArgs {
     #[arg(long, visible_alias = "num-prefix-prompts", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
     pub prefix_count: Option<u32>,
 
-    /// Tokens of one system prompt shared by every conversation (synthetic).
+    /// Tokens of one system prompt shared by every conversation (synthetic, random_multi_turn).
     #[arg(long, help_heading = "Workload")]
     pub shared_system_prompt_length: Option<u32>,
 

@@ -12,6 +12,8 @@
 pub mod input;
 pub mod random_multi_turn;
 pub mod synth;
+pub mod synthetic;
+pub mod trie;
 
 use std::path::{Path, PathBuf};
 
@@ -298,7 +300,11 @@ pub trait Source: Sync {
 }
 
 /// Every source; adding one is its module plus one line here.
-pub static SOURCES: &[&dyn Source] = &[&random_multi_turn::RandomMultiTurnSource];
+pub static SOURCES: &[&dyn Source] = &[
+    &random_multi_turn::RandomMultiTurnSource,
+    &synthetic::SyntheticSource,
+    &trie::TrieSource,
+];
 
 /// The source answering to `name`.
 pub fn find(name: &str) -> Option<&'static dyn Source> {

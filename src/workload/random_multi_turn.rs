@@ -10,6 +10,10 @@
 //! into exactly the placed words, else a full count) and a mismatch is an error
 //! ([`SynthesisError::NotExact`]), never a silently wrong length.
 //!
+//! `--shared-system-prompt-length`, `--prefix-length` and `--prefix-count` work as for
+//! `synthetic` ([`SharedSpec`]): the system prompt and prefix go in front of the first turn, on top
+//! of its drawn length.
+//!
 //! **Determinism.** Conversation `i` draws from its own `SmallRng` seeded from `(seed, i)`, so the
 //! output depends only on the parameters, the tokenizer and the `rand` version — not on how many
 //! threads build it. Conversations are built in parallel on `available_parallelism()` threads.
@@ -19,6 +23,7 @@ use rand::Rng;
 use crate::tokenizer::Tokenizer;
 pub use crate::workload::synth::SynthesisError;
 use crate::workload::synth::{self, Synth};
+use crate::workload::synthetic::SharedSpec;
 use crate::workload::{
     BuildContext, Built, Conversation, DatasetError, PathUse, Selection, Source, Turn,
 };
@@ -66,8 +71,18 @@ impl Source for RandomMultiTurnSource {
             max_prompt_tokens: p.max_prompt_length.unwrap_or(DEFAULT_MAX_PROMPT_LENGTH),
             seed: p.seed,
         };
+        // --shared-system-prompt-length / --prefix-length / --prefix-count, as for `synthetic`.
+        let shared = SharedSpec::from_params(p)?;
+        let mut conversations = params.build_selected(ctx.tokenizer, ctx.selection)?;
+        if !shared.is_empty() {
+            let indices: Vec<u64> = ctx.selection.generated().collect();
+            let parts = shared.build(Synth::new(ctx.tokenizer)?, params.seed, &indices)?;
+            for (c, &i) in conversations.iter_mut().zip(&indices) {
+                parts.apply_to_user_turn(i, &mut c.turns[0])?;
+            }
+        }
         Ok(Built {
-            conversations: params.build_selected(ctx.tokenizer, ctx.selection)?,
+            conversations,
             filtered: 0,
         })
     }
