@@ -11,6 +11,7 @@
 
 pub mod input;
 pub mod random_multi_turn;
+pub mod swe_smith;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
@@ -298,7 +299,10 @@ pub trait Source: Sync {
 }
 
 /// Every source; adding one is its module plus one line here.
-pub static SOURCES: &[&dyn Source] = &[&random_multi_turn::RandomMultiTurnSource];
+pub static SOURCES: &[&dyn Source] = &[
+    &random_multi_turn::RandomMultiTurnSource,
+    &swe_smith::SweSmithSource,
+];
 
 /// The source answering to `name`.
 pub fn find(name: &str) -> Option<&'static dyn Source> {

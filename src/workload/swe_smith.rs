@@ -1,0 +1,986 @@
+//! `swe_smith`: long-context coding-agent conversations cut from SWE-smith trajectories, as
+//! evalscope's `swe_smith` plugin (`plugin/datasets/swe_smith.py`) and its builder
+//! (`examples/perf/build_swe_smith_dataset.py`) make them.
+//!
+//! `--dataset-path` is one of two formats, told apart by content ([`detect`]):
+//!
+//! - **pre-built** `agentic_dataset.json`: `{"metadata": {…}, "conversations": [[turn, …], …]}`,
+//!   each turn `{"messages": [{"role", "content"}, …], "prompt_tokens": n}` holding only that
+//!   turn's new messages. Loaded as it is, in file order.
+//! - **trajectories** (JSONL, one `{"messages": …}` per line, `messages` an array or a JSON string
+//!   of one, as in `SWE-bench/SWE-smith-trajectories`; or a JSON array of such objects): built
+//!   live. Only user and tool messages are used (tool becomes user, as evalscope does); turn 1
+//!   takes whole messages while they fit in `first_turn_length` bare tokens and cuts the first
+//!   one that does not fit to the tokens left; each later turn does the same with
+//!   `subsequent_turn_length`. A trajectory that runs out before its sampled turn count is
+//!   dropped (counted in `filtered`), as is one with fewer user/tool characters than the
+//!   `chars_per_token` pre-filter asks for.
+//!
+//! **Determinism.** The surviving trajectories are shuffled with a generator seeded from `--seed`;
+//! the lengths and turn count of the conversation at shuffled position `j` come from
+//! [`item_rng`]`(seed, j)`, so the result depends on the input, the arguments and the tokenizer,
+//! never on the thread count. `parley dataset build swe-smith` writes exactly the conversations
+//! a live run with the same arguments makes ([`build_file`]), so either can be run.
+//!
+//! **Exact lengths.** Where evalscope cuts a message by decoding a token prefix (which may
+//! re-encode to a different count), the cut here is moved until the prefix counts exactly the
+//! tokens left with the run's tokenizer, so a turn is exactly its target unless the trajectory
+//! ran out of messages mid-turn (its last turn is then shorter, as in evalscope) or no prefix of
+//! the cut message counts exactly (then the closest count below; has not been seen in practice).
+
+use std::convert::Infallible;
+use std::path::Path;
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Map, Value};
+
+use crate::tokenizer::Tokenizer;
+use crate::workload::input::{
+    self, as_array, as_count, as_object, index, opt_count, req_str, required, to_u32, type_name,
+    FieldError, Loc, Problems,
+};
+use crate::workload::synth::{item_rng, par_map_with, stream_seed};
+use crate::workload::{
+    message_json, BuildContext, Built, Conversation, DatasetError, DatasetParams, PathUse,
+    Selection, Source, Turn, COMMA,
+};
+
+/// evalscope's defaults (`MultiTurnArgs`).
+pub const DEFAULT_FIRST_TURN_LENGTH: u32 = 65_000;
+pub const DEFAULT_SUBSEQUENT_TURN_LENGTH: u32 = 500;
+pub const DEFAULT_CHARS_PER_TOKEN: f64 = 3.0;
+/// Conversations `parley dataset build swe-smith` writes by default (evalscope's builder).
+pub const DEFAULT_BUILD_CONVERSATIONS: u64 = 128;
+
+/// The `--dataset-args` keys this source reads (`num_workers` is evalscope's older spelling of
+/// `workers`).
+const KEYS: [&str; 5] = [
+    "first_turn_length",
+    "subsequent_turn_length",
+    "chars_per_token",
+    "workers",
+    "num_workers",
+];
+
+/// Candidates built per step at least: the step size must not depend on the thread count, or
+/// the `filtered` count would.
+const MIN_BUILD_STEP: usize = 32;
+
+/// A token length: one value, or a range `[min, max]` sampled uniformly per conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Length {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl Length {
+    pub fn fixed(n: u32) -> Length {
+        Length { min: n, max: n }
+    }
+
+    fn sample(&self, rng: &mut SmallRng) -> u32 {
+        rng.random_range(self.min..=self.max)
+    }
+
+    /// As given: an integer, or `[min, max]`.
+    fn to_json(self) -> Value {
+        if self.min == self.max {
+            json!(self.min)
+        } else {
+            json!([self.min, self.max])
+        }
+    }
+
+    fn parse(v: &Value, key: &str) -> Result<Length, FieldError> {
+        let one = |v: &Value, path: &str| -> Result<u32, FieldError> {
+            let n = to_u32(as_count(v, path)?, path)?;
+            if n == 0 {
+                return Err(FieldError::new(path, "must be at least 1 token"));
+            }
+            Ok(n)
+        };
+        match v {
+            Value::Array(a) if a.len() == 2 => {
+                let (min, max) = (one(&a[0], &index(key, 0))?, one(&a[1], &index(key, 1))?);
+                if min > max {
+                    return Err(FieldError::new(
+                        key,
+                        format!("range [{min}, {max}] has min above max"),
+                    ));
+                }
+                Ok(Length { min, max })
+            }
+            Value::Array(a) => Err(FieldError::new(
+                key,
+                format!("a range is [min, max], got {} elements", a.len()),
+            )),
+            v => one(v, key).map(Length::fixed),
+        }
+    }
+}
+
+/// Live-construction arguments, from `--dataset-args`, `--min-turns`, `--max-turns`, `--seed`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveArgs {
+    pub first_turn_length: Length,
+    pub subsequent_turn_length: Length,
+    pub chars_per_token: f64,
+    /// Threads for parsing and building (default: every core).
+    pub workers: usize,
+    pub min_turns: u32,
+    pub max_turns: u32,
+    pub seed: u64,
+}
+
+impl LiveArgs {
+    pub fn from_params(p: &DatasetParams) -> Result<LiveArgs, DatasetError> {
+        let bad = |e: FieldError| DatasetError::Param {
+            flag: "dataset-args".into(),
+            reason: format!("{}: {}", e.field, e.reason),
+        };
+        let empty = Map::new();
+        let a = p.dataset_args.as_ref().unwrap_or(&empty);
+        if let Some(k) = a.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(bad(FieldError::new(
+                k.as_str(),
+                format!("unknown key for swe_smith (known: {})", KEYS.join(", ")),
+            )));
+        }
+        let length = |key: &str, default: u32| match a.get(key) {
+            None | Some(Value::Null) => Ok(Length::fixed(default)),
+            Some(v) => Length::parse(v, key).map_err(bad),
+        };
+        let chars_per_token = match a.get("chars_per_token") {
+            None | Some(Value::Null) => DEFAULT_CHARS_PER_TOKEN,
+            Some(v) => input::as_nonneg_f64(v, "chars_per_token").map_err(bad)?,
+        };
+        let workers = match a.get("workers").or_else(|| a.get("num_workers")) {
+            None | Some(Value::Null) => 0,
+            Some(v) => as_count(v, "workers").map_err(bad)? as usize,
+        };
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            workers
+        };
+        // evalscope: --min-turns defaults to 1 and --max-turns to --min-turns.
+        let min_turns = p.min_turns.unwrap_or(1).max(1);
+        let max_turns = p.max_turns.unwrap_or(min_turns);
+        if max_turns < min_turns {
+            return Err(DatasetError::Param {
+                flag: "max-turns".into(),
+                reason: format!("{max_turns} is below --min-turns {min_turns}"),
+            });
+        }
+        Ok(LiveArgs {
+            first_turn_length: length("first_turn_length", DEFAULT_FIRST_TURN_LENGTH)?,
+            subsequent_turn_length: length(
+                "subsequent_turn_length",
+                DEFAULT_SUBSEQUENT_TURN_LENGTH,
+            )?,
+            chars_per_token,
+            workers,
+            min_turns,
+            max_turns,
+            seed: p.seed,
+        })
+    }
+
+    /// evalscope's pre-filter: a trajectory needs at least this many user/tool characters,
+    /// `(upper(first) + upper(subsequent) × (max_turns − 1)) × chars_per_token`.
+    pub fn min_chars(&self) -> u64 {
+        let tokens = self.first_turn_length.max as f64
+            + self.subsequent_turn_length.max as f64 * (self.max_turns - 1) as f64;
+        (tokens * self.chars_per_token) as u64
+    }
+
+    /// Lengths and turn count of the conversation at shuffled position `j`.
+    fn plan(&self, j: usize) -> (u32, u32, u32) {
+        let mut rng = item_rng(self.seed, j as u64);
+        let first = self.first_turn_length.sample(&mut rng);
+        let subsequent = self.subsequent_turn_length.sample(&mut rng);
+        let turns = rng.random_range(self.min_turns..=self.max_turns);
+        (first, subsequent, turns)
+    }
+}
+
+/// One message of a turn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// One turn: its new messages and, when known, their bare token count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweTurn {
+    pub messages: Vec<Message>,
+    pub delta_tokens: Option<u32>,
+}
+
+/// A conversation in this source's own form (what the pre-built file stores).
+pub type SweConversation = Vec<SweTurn>;
+
+/// Turns into the engine's form, truncated to `max_turns` when given.
+pub fn to_conversation(turns: &[SweTurn], max_turns: Option<u32>) -> Conversation {
+    let keep = max_turns.map_or(turns.len(), |m| turns.len().min(m as usize));
+    Conversation::live(
+        turns[..keep]
+            .iter()
+            .map(|t| {
+                let mut delta = Vec::with_capacity(t.messages.len() * 2);
+                for (i, m) in t.messages.iter().enumerate() {
+                    if i > 0 {
+                        delta.push(COMMA);
+                    }
+                    delta.push(message_json(&m.role, &m.content).into());
+                }
+                Turn {
+                    delta,
+                    delta_tokens: t.delta_tokens,
+                    ..Turn::default()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// What a `--dataset-path` file holds.
+#[derive(Debug)]
+pub enum Format<'t> {
+    /// An `agentic_dataset.json` document.
+    Prebuilt(Value),
+    /// Trajectories, one per JSONL line.
+    Lines(Vec<(Loc, &'t str)>),
+    /// Trajectories as items of a JSON array.
+    Items(Vec<Value>),
+}
+
+/// Tells the two formats apart by content: one JSON document with `conversations` is pre-built;
+/// JSONL (or a JSON array) of objects is trajectories. Otherwise says what was expected.
+pub fn detect(text: &str) -> Result<Format<'_>, FieldError> {
+    const EXPECTED: &str = "expected a pre-built agentic_dataset.json ({\"metadata\": …, \
+                            \"conversations\": [[{\"messages\": […]}, …], …]}) or SWE-smith \
+                            trajectories as JSONL (one {\"messages\": …} object per line)";
+    let lines = || -> Vec<(Loc, &str)> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| (Loc::Line(i + 1), l))
+            .collect()
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) if o.contains_key("conversations") => {
+            Ok(Format::Prebuilt(Value::Object(o)))
+        }
+        // A one-line JSONL file is also one JSON document.
+        Ok(Value::Object(_)) => Ok(Format::Lines(lines())),
+        Ok(Value::Array(items)) => Ok(Format::Items(items)),
+        Ok(v) => Err(FieldError::new(
+            "",
+            format!("the file is {}; {EXPECTED}", type_name(&v)),
+        )),
+        Err(e) => {
+            // A document spread over lines (as evalscope's builder writes it, indented) that does
+            // not parse is a broken document, not JSONL with a bad first line.
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+            match first {
+                None => Err(FieldError::new("", format!("the file is empty; {EXPECTED}"))),
+                Some("{") | Some("[") => Err(FieldError::new(
+                    "",
+                    format!("not valid JSON ({e}); {EXPECTED}"),
+                )),
+                Some(_) => Ok(Format::Lines(lines())),
+            }
+        }
+    }
+}
+
+/// The user/tool texts of one trajectory, in order (evalscope's `_extract_messages` then the
+/// user filter: list contents are their text parts joined by `\n`; empty contents are skipped).
+pub fn trajectory_texts(v: &Value) -> Result<Vec<String>, FieldError> {
+    let obj = as_object(v, "")?;
+    let raw = required(obj, "messages", "")?;
+    let parsed;
+    let messages = match raw {
+        Value::Array(a) => a,
+        Value::String(s) => {
+            parsed = serde_json::from_str::<Value>(s).map_err(|e| {
+                FieldError::new("messages", format!("a string that is not valid JSON ({e})"))
+            })?;
+            as_array(&parsed, "messages")?
+        }
+        v => {
+            return Err(FieldError::new(
+                "messages",
+                format!(
+                    "expected an array of messages (or a JSON string of one), got {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
+    let mut texts = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let at = index("messages", i);
+        let m = as_object(m, &at)?;
+        let role = req_str(m, "role", &at)?;
+        let wanted = match role {
+            "user" | "tool" => true,
+            "system" | "assistant" | "developer" => false,
+            other => {
+                return Err(FieldError::new(
+                    input::join(&at, "role"),
+                    format!(
+                        "unknown role {other:?} (expected system, user, assistant, tool, developer)"
+                    ),
+                ))
+            }
+        };
+        let content_at = input::join(&at, "content");
+        let content = match m.get("content") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for (k, p) in parts.iter().enumerate() {
+                    match p {
+                        Value::String(s) => texts.push(s.as_str()),
+                        // Non-text parts (images) carry no prompt text here, as in evalscope.
+                        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("text") => {
+                            texts.push(req_str(o, "text", &index(&content_at, k))?)
+                        }
+                        Value::Object(_) => {}
+                        v => {
+                            return Err(FieldError::new(
+                                index(&content_at, k),
+                                format!("expected a string or a content part, got {}", type_name(v)),
+                            ))
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+            Some(v) => {
+                return Err(FieldError::new(
+                    content_at,
+                    format!("expected a string or an array of parts, got {}", type_name(v)),
+                ))
+            }
+        };
+        if wanted && !content.is_empty() {
+            texts.push(content);
+        }
+    }
+    Ok(texts)
+}
+
+/// The longest prefix of `text` that is at most `n` tokens, and its count; exactly `n` whenever
+/// some prefix counts `n`. Cuts at the end of token `n` (offsets of the full encoding), then
+/// moves the cut by the difference until the prefix re-counts exactly (a cut can merge or split
+/// the last pre-token differently); a few steps at most in practice.
+pub fn truncate_to_tokens<'t>(tok: &Tokenizer, text: &'t str, n: u32) -> (&'t str, u32) {
+    let n = n as usize;
+    let Ok(enc) = tok.hf().encode(text, false) else {
+        return ("", 0);
+    };
+    let offsets = enc.get_offsets();
+    if n >= offsets.len() {
+        return (text, offsets.len() as u32);
+    }
+    let cut_after = |k: usize| -> usize {
+        if k == 0 {
+            return 0;
+        }
+        let mut end = offsets[k - 1].1.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        end
+    };
+    let (mut best, mut best_count) = (0, 0);
+    let mut k = n;
+    for _ in 0..16 {
+        let cut = cut_after(k);
+        let got = tok.count(&text[..cut]);
+        if got == n {
+            return (&text[..cut], n as u32);
+        }
+        if got < n && got > best_count {
+            (best, best_count) = (cut, got);
+        }
+        let next = if got > n {
+            k.saturating_sub((got - n).max(1))
+        } else {
+            (k + (n - got)).min(offsets.len())
+        };
+        if next == k {
+            break;
+        }
+        k = next;
+    }
+    (&text[..best], best_count as u32)
+}
+
+/// Adds whole texts from `texts[start..]` while they fit in `target` tokens and cuts the first
+/// that does not to the tokens left (evalscope's `_collect_until`). Returns the turn, its tokens
+/// and the next unused text (a cut text is used up).
+fn collect_until(
+    tok: &Tokenizer,
+    texts: &[String],
+    start: usize,
+    target: u32,
+) -> (Vec<Message>, u32, usize) {
+    let mut messages = Vec::new();
+    let mut tokens = 0u32;
+    let mut i = start;
+    while i < texts.len() {
+        let n = tok.count(&texts[i]) as u32;
+        if tokens + n <= target {
+            messages.push(user(texts[i].clone()));
+            tokens += n;
+            i += 1;
+            continue;
+        }
+        let left = target - tokens;
+        if left == 0 {
+            break;
+        }
+        let (cut, got) = truncate_to_tokens(tok, &texts[i], left);
+        if !cut.is_empty() {
+            messages.push(user(cut.to_string()));
+            tokens += got;
+        }
+        i += 1;
+        break;
+    }
+    (messages, tokens, i)
+}
+
+fn user(content: String) -> Message {
+    Message {
+        role: "user".into(),
+        content,
+    }
+}
+
+/// One conversation of `turns` turns from a trajectory's user/tool texts, or `None` when the
+/// texts run out first (evalscope's `_build_conversation`).
+pub fn build_conversation(
+    tok: &Tokenizer,
+    texts: &[String],
+    first: u32,
+    subsequent: u32,
+    turns: u32,
+) -> Option<SweConversation> {
+    let mut out = Vec::with_capacity(turns as usize);
+    let mut next = 0;
+    for k in 0..turns {
+        if next >= texts.len() {
+            return None;
+        }
+        let target = if k == 0 { first } else { subsequent };
+        let (messages, tokens, after) = collect_until(tok, texts, next, target);
+        if messages.is_empty() {
+            return None;
+        }
+        out.push(SweTurn {
+            messages,
+            delta_tokens: Some(tokens),
+        });
+        next = after;
+    }
+    Some(out)
+}
+
+/// Conversations built from trajectories, and how many were dropped by the documented rules.
+#[derive(Debug, Default)]
+pub struct LiveBuild {
+    /// The conversations `selection` picks, in order.
+    pub conversations: Vec<SweConversation>,
+    /// Trajectories below the character pre-filter.
+    pub short: u64,
+    /// Trajectories that ran out of messages before their sampled turn count.
+    pub exhausted: u64,
+    /// Trajectories read (valid or not).
+    pub total: usize,
+}
+
+impl LiveBuild {
+    pub fn filtered(&self) -> u64 {
+        self.short + self.exhausted
+    }
+}
+
+enum Parsed {
+    Bad(FieldError),
+    Short,
+    Candidate(Vec<String>),
+}
+
+/// Validates every trajectory, pre-filters, shuffles, then builds until `selection` is served.
+pub fn build_live(
+    tok: &Tokenizer,
+    format: Format<'_>,
+    args: &LiveArgs,
+    selection: Selection,
+    problems: &mut Problems,
+) -> LiveBuild {
+    let min_chars = args.min_chars();
+    let classify = |v: Result<Value, String>| -> Parsed {
+        let texts = match v.map_err(|e| FieldError::new("", e)).and_then(|v| trajectory_texts(&v)) {
+            Ok(t) => t,
+            Err(e) => return Parsed::Bad(e),
+        };
+        let chars: u64 = texts.iter().map(|t| t.chars().count() as u64).sum();
+        if chars < min_chars {
+            Parsed::Short
+        } else {
+            Parsed::Candidate(texts)
+        }
+    };
+    // Parsing is most of the cost on a large file: in parallel, in order.
+    let (locs, parsed): (Vec<Loc>, Vec<Parsed>) = match format {
+        Format::Lines(lines) => {
+            let parsed = par_map_with(lines.len(), args.workers, "reading trajectories", |i| {
+                let v = serde_json::from_str::<Value>(lines[i].1)
+                    .map_err(|e| format!("invalid JSON ({e})"));
+                Ok::<_, Infallible>(classify(v))
+            });
+            let parsed = match parsed {
+                Ok(p) => p,
+                Err(never) => match never {},
+            };
+            (lines.iter().map(|l| l.0).collect(), parsed)
+        }
+        Format::Items(items) => {
+            let parsed = match par_map_with(items.len(), args.workers, "reading trajectories", |i| {
+                Ok::<_, Infallible>(classify(Ok(items[i].clone())))
+            }) {
+                Ok(p) => p,
+                Err(never) => match never {},
+            };
+            ((0..items.len()).map(Loc::Item).collect(), parsed)
+        }
+        Format::Prebuilt(_) => (Vec::new(), Vec::new()),
+    };
+    let mut out = LiveBuild {
+        total: parsed.len(),
+        ..LiveBuild::default()
+    };
+    let mut candidates = Vec::new();
+    for (loc, p) in locs.into_iter().zip(parsed) {
+        match p {
+            Parsed::Bad(e) => problems.report(loc, e),
+            Parsed::Short => out.short += 1,
+            Parsed::Candidate(t) => candidates.push(t),
+        }
+    }
+    // Nothing will be sent: do not spend time building.
+    if problems.count() > 0 && !problems.skip_invalid() {
+        return out;
+    }
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.shuffle(&mut SmallRng::seed_from_u64(stream_seed(args.seed, u64::MAX)));
+
+    // Build in shuffled order until the last conversation the selection can pick exists.
+    let needed = if selection.limit == 0 {
+        0
+    } else {
+        (selection.offset + selection.shard_index)
+            .saturating_add((selection.limit as u64 - 1).saturating_mul(selection.shard_count.max(1)))
+            .saturating_add(1)
+            .min(usize::MAX as u64) as usize
+    };
+    let mut built: Vec<SweConversation> = Vec::new();
+    let mut next = 0;
+    while built.len() < needed && next < order.len() {
+        let want = needed - built.len();
+        let step = want
+            .saturating_add(want / 4)
+            .max(MIN_BUILD_STEP)
+            .min(order.len() - next);
+        let results = match par_map_with(step, args.workers, "building swe_smith conversations", |k| {
+            let j = next + k;
+            let (first, subsequent, turns) = args.plan(j);
+            Ok::<_, Infallible>(build_conversation(
+                tok,
+                &candidates[order[j]],
+                first,
+                subsequent,
+                turns,
+            ))
+        }) {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        for r in results {
+            if built.len() == needed {
+                break;
+            }
+            match r {
+                Some(c) => built.push(c),
+                None => out.exhausted += 1,
+            }
+        }
+        next += step;
+    }
+    let picks = selection.pick(built.len());
+    let mut slots: Vec<Option<SweConversation>> = built.into_iter().map(Some).collect();
+    out.conversations = picks.into_iter().filter_map(|i| slots[i].take()).collect();
+    out
+}
+
+/// Reads a pre-built document; every conversation is validated, bad ones reported by item.
+/// `delta_tokens` are kept only when the file was built with the run's tokenizer.
+pub fn parse_prebuilt(
+    doc: &Value,
+    tokenizer_name: &str,
+    problems: &mut Problems,
+) -> Vec<SweConversation> {
+    let report_file = |problems: &mut Problems, e: FieldError| {
+        problems.report(Loc::File, e);
+        Vec::new()
+    };
+    let Some(obj) = doc.as_object() else {
+        return report_file(problems, FieldError::new("", "expected a JSON object"));
+    };
+    let same_tokenizer = match obj.get("metadata") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(m)) => m.get("tokenizer").and_then(Value::as_str) == Some(tokenizer_name),
+        Some(v) => {
+            return report_file(
+                problems,
+                FieldError::new("metadata", format!("expected an object, got {}", type_name(v))),
+            )
+        }
+    };
+    let convs = match obj.get("conversations").map(|c| as_array(c, "conversations")) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => return report_file(problems, e),
+        None => return report_file(problems, FieldError::new("conversations", "missing")),
+    };
+    let mut out = Vec::with_capacity(convs.len());
+    for (i, c) in convs.iter().enumerate() {
+        match prebuilt_conversation(c, same_tokenizer) {
+            Ok(c) => out.push(c),
+            Err(e) => problems.report(Loc::Item(i), e),
+        }
+    }
+    out
+}
+
+fn prebuilt_conversation(v: &Value, keep_tokens: bool) -> Result<SweConversation, FieldError> {
+    let turns = as_array(v, "")?;
+    if turns.is_empty() {
+        return Err(FieldError::new("", "empty conversation (no turns)"));
+    }
+    let mut out = Vec::with_capacity(turns.len());
+    for (j, t) in turns.iter().enumerate() {
+        let at = index("", j);
+        let t = as_object(t, &at)?;
+        let msgs_at = input::join(&at, "messages");
+        let msgs = as_array(required(t, "messages", &at)?, &msgs_at)?;
+        if msgs.is_empty() {
+            return Err(FieldError::new(msgs_at, "no messages"));
+        }
+        let mut messages = Vec::with_capacity(msgs.len());
+        for (k, m) in msgs.iter().enumerate() {
+            let m_at = index(&msgs_at, k);
+            let m = as_object(m, &m_at)?;
+            let role = req_str(m, "role", &m_at)?;
+            match role {
+                "user" | "system" | "developer" | "tool" => {}
+                "assistant" => {
+                    return Err(FieldError::new(
+                        input::join(&m_at, "role"),
+                        "a turn holds only the new messages sent before the reply; the reply \
+                         is the model's live one",
+                    ))
+                }
+                other => {
+                    return Err(FieldError::new(
+                        input::join(&m_at, "role"),
+                        format!("unknown role {other:?} (expected system, user, tool, developer)"),
+                    ))
+                }
+            }
+            let content = req_str(m, "content", &m_at)?;
+            messages.push(Message {
+                role: role.to_string(),
+                content: content.to_string(),
+            });
+        }
+        opt_count(t, "prompt_tokens", &at)?;
+        let delta_tokens = match opt_count(t, "delta_tokens", &at)? {
+            Some(n) => Some(to_u32(n, &input::join(&at, "delta_tokens"))?),
+            None => None,
+        };
+        out.push(SweTurn {
+            messages,
+            delta_tokens: delta_tokens.filter(|_| keep_tokens),
+        });
+    }
+    Ok(out)
+}
+
+/// The registered source.
+pub struct SweSmithSource;
+
+impl Source for SweSmithSource {
+    fn names(&self) -> &'static [&'static str] {
+        &["swe_smith"]
+    }
+
+    fn path_use(&self) -> PathUse {
+        PathUse::Required
+    }
+
+    fn describe(&self) -> &'static str {
+        "SWE-smith agent trajectories: a pre-built agentic_dataset.json, or built live from a \
+         trajectories JSONL to first/subsequent turn token lengths"
+    }
+
+    fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
+        let path = ctx.path.ok_or_else(|| DatasetError::PathRequired {
+            name: ctx.name.to_string(),
+        })?;
+        // Validated in both modes, so a typo is caught even when a pre-built file ignores them.
+        let args = LiveArgs::from_params(ctx.params)?;
+        let text = input::read_text(path)?;
+        let format = match detect(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                ctx.problems.report(Loc::File, e);
+                return Ok(Built::default());
+            }
+        };
+        if let Format::Prebuilt(doc) = &format {
+            let all = parse_prebuilt(doc, ctx.tokenizer.name(), ctx.problems);
+            let conversations = ctx
+                .selection
+                .pick(all.len())
+                .into_iter()
+                .map(|i| to_conversation(&all[i], ctx.params.max_turns))
+                .collect();
+            return Ok(Built {
+                conversations,
+                filtered: 0,
+            });
+        }
+        let live = build_live(ctx.tokenizer, format, &args, ctx.selection, ctx.problems);
+        if live.conversations.is_empty() && ctx.problems.count() == 0 {
+            return Err(nothing_built(ctx.name, &live, &args));
+        }
+        Ok(Built {
+            filtered: live.filtered(),
+            conversations: live
+                .conversations
+                .iter()
+                .map(|c| to_conversation(c, None))
+                .collect(),
+        })
+    }
+}
+
+fn nothing_built(name: &str, live: &LiveBuild, args: &LiveArgs) -> DatasetError {
+    DatasetError::Empty {
+        name: name.to_string(),
+        reason: format!(
+            "no conversation from {} trajectories: {} have fewer than {} user/tool characters \
+             ((upper first_turn_length + upper subsequent_turn_length × (max_turns − 1)) × \
+             chars_per_token), {} ran out of messages before their sampled turn count (or none \
+             are selected after --dataset-offset/--shard)",
+            live.total,
+            live.short,
+            args.min_chars(),
+            live.exhausted
+        ),
+    }
+}
+
+/// `parley dataset build swe-smith`: what to build.
+pub struct FileBuild<'a> {
+    pub trajectories: &'a Path,
+    pub output: &'a Path,
+    pub tokenizer: &'a Tokenizer,
+    pub params: &'a DatasetParams,
+    pub conversations: usize,
+    pub skip_invalid: bool,
+}
+
+/// What [`build_file`] wrote.
+#[derive(Debug)]
+pub struct FileBuildReport {
+    pub conversations: usize,
+    pub turns: usize,
+    pub trajectories: usize,
+    pub filtered_short: u64,
+    pub filtered_exhausted: u64,
+    pub skipped_invalid: u64,
+    /// Bare tokens of turn 1, and of later turns, over all conversations: (min, max).
+    pub first_turn_tokens: (u32, u32),
+    pub subsequent_turn_tokens: Option<(u32, u32)>,
+}
+
+/// `--dataset-args` etc. for `parley dataset build`, as `parley bench` reads them.
+pub fn dataset_params(
+    min_turns: Option<u32>,
+    max_turns: Option<u32>,
+    seed: u64,
+    dataset_args: Option<&str>,
+) -> Result<DatasetParams, DatasetError> {
+    let bad = |reason: String| DatasetError::Param {
+        flag: "dataset-args".into(),
+        reason,
+    };
+    let dataset_args = match dataset_args {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Value>(raw) {
+            Ok(Value::Object(m)) => Some(m),
+            Ok(_) => return Err(bad("must be a JSON object".into())),
+            Err(e) => return Err(bad(format!("not valid JSON ({e})"))),
+        },
+    };
+    Ok(DatasetParams {
+        min_turns,
+        max_turns,
+        seed,
+        dataset_args,
+        ..DatasetParams::default()
+    })
+}
+
+/// Builds conversations from a trajectories file exactly as a live run with the same arguments
+/// would (its first `conversations`), and writes them as a pre-built `agentic_dataset.json`.
+pub fn build_file(b: &FileBuild<'_>) -> Result<FileBuildReport, DatasetError> {
+    let args = LiveArgs::from_params(b.params)?;
+    let text = input::read_text(b.trajectories)?;
+    let mut problems = Problems::new(Some(b.trajectories), b.skip_invalid);
+    let format = match detect(&text) {
+        Ok(Format::Prebuilt(_)) => {
+            problems.report(
+                Loc::File,
+                FieldError::new(
+                    "",
+                    "this is already a pre-built agentic_dataset.json; give the trajectories \
+                     JSONL to build from",
+                ),
+            );
+            problems.finish()?;
+            return Err(DatasetError::Empty {
+                name: "swe_smith".into(),
+                reason: "nothing to build".into(),
+            });
+        }
+        Ok(f) => f,
+        Err(e) => {
+            problems.report(Loc::File, e);
+            problems.finish()?;
+            return Err(DatasetError::Empty {
+                name: "swe_smith".into(),
+                reason: "nothing to build".into(),
+            });
+        }
+    };
+    let selection = Selection {
+        limit: b.conversations,
+        ..Selection::default()
+    };
+    let live = build_live(b.tokenizer, format, &args, selection, &mut problems);
+    let skipped_invalid = problems.finish()?;
+    if live.conversations.is_empty() {
+        return Err(nothing_built("swe_smith", &live, &args));
+    }
+    let doc = prebuilt_document(b, &args, &live.conversations);
+    let write = || -> std::io::Result<()> {
+        let file = std::fs::File::create(b.output)?;
+        let mut w = std::io::BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut w, &doc)?;
+        std::io::Write::flush(&mut w)
+    };
+    write().map_err(|source| DatasetError::Io {
+        path: b.output.to_path_buf(),
+        source,
+    })?;
+    let tokens = |skip: usize, take: usize| -> Option<(u32, u32)> {
+        let it = live
+            .conversations
+            .iter()
+            .flat_map(|c| c.iter().skip(skip).take(take))
+            .map(|t| t.delta_tokens.unwrap_or(0));
+        it.clone().min().zip(it.max())
+    };
+    Ok(FileBuildReport {
+        conversations: live.conversations.len(),
+        turns: live.conversations.iter().map(Vec::len).sum(),
+        trajectories: live.total,
+        filtered_short: live.short,
+        filtered_exhausted: live.exhausted,
+        skipped_invalid,
+        first_turn_tokens: tokens(0, 1).unwrap_or((0, 0)),
+        subsequent_turn_tokens: tokens(1, usize::MAX),
+    })
+}
+
+/// evalscope's document, plus `delta_tokens` per turn (bare tokens of its messages, which
+/// evalscope's loader ignores) and `tokenizer`/`seed`/`chars_per_token` in the metadata.
+/// `prompt_tokens` is evalscope's cumulative templated count of the turn's messages so far
+/// (no replies), here with a ChatML template (`tokenizer::render_chat`) and the build's
+/// tokenizer: informational, exact only for ChatML models.
+fn prebuilt_document(b: &FileBuild<'_>, args: &LiveArgs, convs: &[SweConversation]) -> Value {
+    let tok = b.tokenizer;
+    let reply_open = tok.count("<|im_start|>assistant\n") as u64;
+    let conversations: Vec<Value> = convs
+        .iter()
+        .map(|c| {
+            let mut cumulative = 0u64;
+            Value::Array(
+                c.iter()
+                    .map(|t| {
+                        let mut rendered = String::new();
+                        for m in &t.messages {
+                            rendered.clear();
+                            rendered.push_str("<|im_start|>");
+                            rendered.push_str(&m.role);
+                            rendered.push('\n');
+                            rendered.push_str(&m.content);
+                            rendered.push_str("<|im_end|>\n");
+                            cumulative += tok.count(&rendered) as u64;
+                        }
+                        let messages: Vec<Value> = t
+                            .messages
+                            .iter()
+                            .map(|m| json!({"role": m.role, "content": m.content}))
+                            .collect();
+                        json!({
+                            "messages": messages,
+                            "prompt_tokens": cumulative + reply_open,
+                            "delta_tokens": t.delta_tokens,
+                        })
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    json!({
+        "metadata": {
+            "builder": concat!("parley ", env!("CARGO_PKG_VERSION")),
+            "model_path": tok.name(),
+            "tokenizer": tok.name(),
+            "dataset_name": b.trajectories.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "dataset_path": b.trajectories.display().to_string(),
+            "split": Value::Null,
+            "first_turn_length": args.first_turn_length.to_json(),
+            "subsequent_turn_length": args.subsequent_turn_length.to_json(),
+            "min_turns": args.min_turns,
+            "max_turns": args.max_turns,
+            "chars_per_token": args.chars_per_token,
+            "seed": args.seed,
+            "num_conversations": convs.len(),
+        },
+        "conversations": conversations,
+    })
+}
