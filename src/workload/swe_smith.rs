@@ -287,7 +287,10 @@ pub fn detect(text: &str) -> Result<Format<'_>, FieldError> {
             // not parse is a broken document, not JSONL with a bad first line.
             let first = text.lines().map(str::trim).find(|l| !l.is_empty());
             match first {
-                None => Err(FieldError::new("", format!("the file is empty; {EXPECTED}"))),
+                None => Err(FieldError::new(
+                    "",
+                    format!("the file is empty; {EXPECTED}"),
+                )),
                 Some("{") | Some("[") => Err(FieldError::new(
                     "",
                     format!("not valid JSON ({e}); {EXPECTED}"),
@@ -349,14 +352,19 @@ pub fn trajectory_texts(v: &Value) -> Result<Vec<String>, FieldError> {
                     match p {
                         Value::String(s) => texts.push(s.as_str()),
                         // Non-text parts (images) carry no prompt text here, as in evalscope.
-                        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("text") => {
+                        Value::Object(o)
+                            if o.get("type").and_then(Value::as_str) == Some("text") =>
+                        {
                             texts.push(req_str(o, "text", &index(&content_at, k))?)
                         }
                         Value::Object(_) => {}
                         v => {
                             return Err(FieldError::new(
                                 index(&content_at, k),
-                                format!("expected a string or a content part, got {}", type_name(v)),
+                                format!(
+                                    "expected a string or a content part, got {}",
+                                    type_name(v)
+                                ),
                             ))
                         }
                     }
@@ -366,7 +374,10 @@ pub fn trajectory_texts(v: &Value) -> Result<Vec<String>, FieldError> {
             Some(v) => {
                 return Err(FieldError::new(
                     content_at,
-                    format!("expected a string or an array of parts, got {}", type_name(v)),
+                    format!(
+                        "expected a string or an array of parts, got {}",
+                        type_name(v)
+                    ),
                 ))
             }
         };
@@ -530,7 +541,10 @@ pub fn build_live(
 ) -> LiveBuild {
     let min_chars = args.min_chars();
     let classify = |v: Result<Value, String>| -> Parsed {
-        let texts = match v.map_err(|e| FieldError::new("", e)).and_then(|v| trajectory_texts(&v)) {
+        let texts = match v
+            .map_err(|e| FieldError::new("", e))
+            .and_then(|v| trajectory_texts(&v))
+        {
             Ok(t) => t,
             Err(e) => return Parsed::Bad(e),
         };
@@ -556,12 +570,13 @@ pub fn build_live(
             (lines.iter().map(|l| l.0).collect(), parsed)
         }
         Format::Items(items) => {
-            let parsed = match par_map_with(items.len(), args.workers, "reading trajectories", |i| {
-                Ok::<_, Infallible>(classify(Ok(items[i].clone())))
-            }) {
-                Ok(p) => p,
-                Err(never) => match never {},
-            };
+            let parsed =
+                match par_map_with(items.len(), args.workers, "reading trajectories", |i| {
+                    Ok::<_, Infallible>(classify(Ok(items[i].clone())))
+                }) {
+                    Ok(p) => p,
+                    Err(never) => match never {},
+                };
             ((0..items.len()).map(Loc::Item).collect(), parsed)
         }
         Format::Prebuilt(_) => (Vec::new(), Vec::new()),
@@ -583,14 +598,19 @@ pub fn build_live(
         return out;
     }
     let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.shuffle(&mut SmallRng::seed_from_u64(stream_seed(args.seed, u64::MAX)));
+    order.shuffle(&mut SmallRng::seed_from_u64(stream_seed(
+        args.seed,
+        u64::MAX,
+    )));
 
     // Build in shuffled order until the last conversation the selection can pick exists.
     let needed = if selection.limit == 0 {
         0
     } else {
         (selection.offset + selection.shard_index)
-            .saturating_add((selection.limit as u64 - 1).saturating_mul(selection.shard_count.max(1)))
+            .saturating_add(
+                (selection.limit as u64 - 1).saturating_mul(selection.shard_count.max(1)),
+            )
             .saturating_add(1)
             .min(usize::MAX as u64) as usize
     };
@@ -602,17 +622,22 @@ pub fn build_live(
             .saturating_add(want / 4)
             .max(MIN_BUILD_STEP)
             .min(order.len() - next);
-        let results = match par_map_with(step, args.workers, "building swe_smith conversations", |k| {
-            let j = next + k;
-            let (first, subsequent, turns) = args.plan(j);
-            Ok::<_, Infallible>(build_conversation(
-                tok,
-                &candidates[order[j]],
-                first,
-                subsequent,
-                turns,
-            ))
-        }) {
+        let results = match par_map_with(
+            step,
+            args.workers,
+            "building swe_smith conversations",
+            |k| {
+                let j = next + k;
+                let (first, subsequent, turns) = args.plan(j);
+                Ok::<_, Infallible>(build_conversation(
+                    tok,
+                    &candidates[order[j]],
+                    first,
+                    subsequent,
+                    turns,
+                ))
+            },
+        ) {
             Ok(r) => r,
             Err(never) => match never {},
         };
@@ -649,15 +674,23 @@ pub fn parse_prebuilt(
     };
     let same_tokenizer = match obj.get("metadata") {
         None | Some(Value::Null) => false,
-        Some(Value::Object(m)) => m.get("tokenizer").and_then(Value::as_str) == Some(tokenizer_name),
+        Some(Value::Object(m)) => {
+            m.get("tokenizer").and_then(Value::as_str) == Some(tokenizer_name)
+        }
         Some(v) => {
             return report_file(
                 problems,
-                FieldError::new("metadata", format!("expected an object, got {}", type_name(v))),
+                FieldError::new(
+                    "metadata",
+                    format!("expected an object, got {}", type_name(v)),
+                ),
             )
         }
     };
-    let convs = match obj.get("conversations").map(|c| as_array(c, "conversations")) {
+    let convs = match obj
+        .get("conversations")
+        .map(|c| as_array(c, "conversations"))
+    {
         Some(Ok(c)) => c,
         Some(Err(e)) => return report_file(problems, e),
         None => return report_file(problems, FieldError::new("conversations", "missing")),
@@ -983,4 +1016,477 @@ fn prebuilt_document(b: &FileBuild<'_>, args: &LiveArgs, convs: &[SweConversatio
         },
         "conversations": conversations,
     })
+}
+
+impl FileBuildReport {
+    /// What `parley dataset build` prints.
+    pub fn render(&self, output: &Path) -> String {
+        let mut s = format!(
+            "wrote {} conversations ({} turns) to {}\n  trajectories read: {}; left out: {} \
+             below the character pre-filter, {} ran out of messages, {} invalid\n  turn 1 \
+             tokens: {}..={}",
+            self.conversations,
+            self.turns,
+            output.display(),
+            self.trajectories,
+            self.filtered_short,
+            self.filtered_exhausted,
+            self.skipped_invalid,
+            self.first_turn_tokens.0,
+            self.first_turn_tokens.1,
+        );
+        if let Some((lo, hi)) = self.subsequent_turn_tokens {
+            s.push_str(&format!("; later turns: {lo}..={hi}"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    fn tok() -> &'static Tokenizer {
+        static T: OnceLock<Tokenizer> = OnceLock::new();
+        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
+    }
+
+    /// Deterministic text of about `words` words with punctuation, digits, newlines and
+    /// non-ASCII, so cuts land in awkward places.
+    fn text(seed: u64, words: usize) -> String {
+        const W: [&str; 12] = [
+            "def",
+            "parser",
+            "return",
+            "self.value",
+            "Traceback",
+            "(most",
+            "recent)",
+            "✓",
+            "über",
+            "→",
+            "12345",
+            "x_y\n",
+        ];
+        let mut rng = item_rng(seed, 99);
+        (0..words)
+            .map(|_| W[rng.random_range(0..W.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn params(args: Value, min: Option<u32>, max: Option<u32>) -> DatasetParams {
+        DatasetParams {
+            min_turns: min,
+            max_turns: max,
+            seed: 5,
+            dataset_args: args.as_object().cloned(),
+            ..DatasetParams::default()
+        }
+    }
+
+    #[test]
+    fn lengths_parse_as_int_or_range() {
+        let p = |v: Value| Length::parse(&v, "first_turn_length");
+        assert_eq!(p(json!(7)).unwrap(), Length::fixed(7));
+        assert_eq!(p(json!([3, 9])).unwrap(), Length { min: 3, max: 9 });
+        assert_eq!(p(json!([3, 1])).unwrap_err().field, "first_turn_length");
+        assert_eq!(p(json!([0, 1])).unwrap_err().field, "first_turn_length[0]");
+        assert!(p(json!([1, 2, 3]))
+            .unwrap_err()
+            .reason
+            .contains("3 elements"));
+        assert!(p(json!("8")).is_err());
+        assert!(p(json!(-1)).unwrap_err().reason.contains("negative"));
+    }
+
+    #[test]
+    fn live_args_defaults_keys_and_prefilter() {
+        let a = LiveArgs::from_params(&params(json!({}), None, None)).unwrap();
+        assert_eq!(a.first_turn_length, Length::fixed(65_000));
+        assert_eq!(a.subsequent_turn_length, Length::fixed(500));
+        assert_eq!((a.min_turns, a.max_turns), (1, 1));
+        assert_eq!(a.min_chars(), 195_000);
+        let a = LiveArgs::from_params(&params(
+            json!({"first_turn_length": [100, 200], "subsequent_turn_length": 30,
+                   "chars_per_token": 2.5, "num_workers": 3}),
+            Some(2),
+            Some(5),
+        ))
+        .unwrap();
+        // (200 + 30 × 4) × 2.5
+        assert_eq!(a.min_chars(), 800);
+        assert_eq!(a.workers, 3);
+        let e = LiveArgs::from_params(&params(json!({"first_turn": 1}), None, None)).unwrap_err();
+        assert!(e.to_string().contains("first_turn: unknown key"), "{e}");
+        let e = LiveArgs::from_params(&params(json!({"chars_per_token": -1}), None, None));
+        assert!(e.unwrap_err().to_string().contains("chars_per_token"));
+        // --max-turns defaults to --min-turns.
+        let a = LiveArgs::from_params(&params(json!({}), Some(4), None)).unwrap();
+        assert_eq!((a.min_turns, a.max_turns), (4, 4));
+    }
+
+    #[test]
+    fn formats_are_told_apart_by_content() {
+        assert!(matches!(
+            detect("{\"metadata\": {}, \"conversations\": []}"),
+            Ok(Format::Prebuilt(_))
+        ));
+        assert!(matches!(
+            detect("{\n  \"conversations\": [\n  ]\n}\n"),
+            Ok(Format::Prebuilt(_))
+        ));
+        match detect("{\"messages\": []}\n\n{\"messages\": []}\n") {
+            Ok(Format::Lines(l)) => assert_eq!(
+                l.iter().map(|x| x.0).collect::<Vec<_>>(),
+                [Loc::Line(1), Loc::Line(3)]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(detect("{\"messages\": []}"), Ok(Format::Lines(_))));
+        assert!(matches!(
+            detect("[{\"messages\": []}]"),
+            Ok(Format::Items(_))
+        ));
+        // A JSONL file whose first line is broken is still JSONL (the line is reported).
+        assert!(matches!(
+            detect("{oops\n{\"messages\": []}\n"),
+            Ok(Format::Lines(_))
+        ));
+        let e = detect("{\n  \"conversations\": [\n").unwrap_err();
+        assert!(e.reason.starts_with("not valid JSON"), "{}", e.reason);
+        assert!(e
+            .reason
+            .contains("expected a pre-built agentic_dataset.json"));
+        assert!(detect("  \n").unwrap_err().reason.contains("empty"));
+        assert!(detect("42").unwrap_err().reason.contains("a number"));
+    }
+
+    #[test]
+    fn trajectory_texts_follow_evalscope_extraction() {
+        let msgs = json!([
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, "b", {"type": "image_url"}]},
+            {"role": "assistant", "content": null, "tool_calls": []},
+            {"role": "tool", "content": "out"},
+            {"role": "user", "content": ""}
+        ]);
+        let as_array = trajectory_texts(&json!({ "messages": msgs })).unwrap();
+        assert_eq!(as_array, ["a\nb", "out"]);
+        let as_string = trajectory_texts(&json!({ "messages": msgs.to_string() })).unwrap();
+        assert_eq!(as_string, as_array);
+
+        let err = |v: Value| trajectory_texts(&v).unwrap_err();
+        assert_eq!(err(json!({})).field, "messages");
+        assert_eq!(err(json!([])).reason, "expected an object, got an array");
+        assert!(err(json!({"messages": "[oops"}))
+            .reason
+            .contains("not valid JSON"));
+        let e = err(json!({"messages": [{"role": "user"}, {"role": "bot", "content": "x"}]}));
+        assert_eq!(e.field, "messages[1].role");
+        assert!(e.reason.contains("unknown role \"bot\""));
+        assert_eq!(
+            err(json!({"messages": [{"content": "x"}]})).field,
+            "messages[0].role"
+        );
+        assert_eq!(
+            err(json!({"messages": [{"role": "user", "content": [1]}]})).field,
+            "messages[0].content[0]"
+        );
+        assert_eq!(
+            err(json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]})).field,
+            "messages[0].content[0].text"
+        );
+    }
+
+    #[test]
+    fn truncation_is_exact_and_never_over() {
+        let t = text(1, 400);
+        let total = tok().count(&t) as u32;
+        assert!(total > 300);
+        for n in (1..total).step_by(7).chain([1, 2, total - 1]) {
+            let (cut, got) = truncate_to_tokens(tok(), &t, n);
+            assert!(t.starts_with(cut));
+            assert_eq!(got, n, "cut to {n}");
+            assert_eq!(tok().encode_reference(cut).len() as u32, n);
+        }
+        assert_eq!(
+            truncate_to_tokens(tok(), &t, total + 5),
+            (t.as_str(), total)
+        );
+        assert_eq!(truncate_to_tokens(tok(), "", 3), ("", 0));
+    }
+
+    fn texts(lens: &[usize]) -> Vec<String> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &n)| text(i as u64 + 10, n))
+            .collect()
+    }
+
+    fn turn_tokens(c: &SweConversation) -> Vec<u32> {
+        c.iter()
+            .map(|t| {
+                let n: usize = t.messages.iter().map(|m| tok().count(&m.content)).sum();
+                assert_eq!(Some(n as u32), t.delta_tokens);
+                assert!(t.messages.iter().all(|m| m.role == "user"));
+                n as u32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn turns_fill_their_targets_whole_messages_then_a_cut() {
+        let tx = texts(&[60, 60, 60, 60, 60, 60, 60, 60]);
+        let c = build_conversation(tok(), &tx, 150, 40, 3).unwrap();
+        assert_eq!(turn_tokens(&c), [150, 40, 40]);
+        // Turn 1 = whole messages while they fit, then the first that does not, cut.
+        let n0 = tok().count(&tx[0]) as u32;
+        assert_eq!(c[0].messages[0].content, tx[0]);
+        assert!(c[0].messages.len() >= 2 && n0 < 150);
+        let last = c[0].messages.last().unwrap();
+        assert!(tx[c[0].messages.len() - 1].starts_with(&last.content));
+        // A cut message is used up: turn 2 starts at the next one.
+        assert!(tx[c[0].messages.len()].starts_with(&c[1].messages[0].content));
+
+        // Running out before the sampled turn count drops the conversation.
+        assert!(build_conversation(tok(), &texts(&[60, 60]), 100, 40, 4).is_none());
+        // Running out mid-turn keeps the short last turn (evalscope).
+        let short = build_conversation(tok(), &texts(&[30, 10]), 1000, 40, 1).unwrap();
+        assert_eq!(short.len(), 1);
+        assert!(short[0].delta_tokens.unwrap() < 1000);
+    }
+
+    fn jsonl(n: usize, seed: u64) -> String {
+        let mut rng = item_rng(seed, 0);
+        let mut out = String::new();
+        for i in 0..n {
+            let mut msgs = vec![json!({"role": "system", "content": "agent"})];
+            msgs.push(
+                json!({"role": "user", "content": text(i as u64, rng.random_range(50..300))}),
+            );
+            for k in 0..rng.random_range(1..10) {
+                msgs.push(json!({"role": "assistant", "content": null}));
+                msgs.push(json!({"role": "tool", "content": text(i as u64 * 100 + k, rng.random_range(5..120))}));
+            }
+            out.push_str(&json!({ "messages": msgs }).to_string());
+            out.push('\n');
+        }
+        out
+    }
+
+    fn live(text: &str, args: &LiveArgs, selection: Selection) -> LiveBuild {
+        let mut p = Problems::new(None, false);
+        let b = build_live(tok(), detect(text).unwrap(), args, selection, &mut p);
+        assert_eq!(p.count(), 0);
+        b
+    }
+
+    fn args(workers: usize) -> LiveArgs {
+        LiveArgs {
+            first_turn_length: Length { min: 80, max: 120 },
+            subsequent_turn_length: Length { min: 10, max: 30 },
+            chars_per_token: 1.0,
+            workers,
+            min_turns: 2,
+            max_turns: 4,
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn live_build_is_deterministic_and_selection_is_a_slice_of_it() {
+        let data = jsonl(80, 1);
+        let all = Selection {
+            limit: 40,
+            ..Selection::default()
+        };
+        let a = live(&data, &args(1), all);
+        let b = live(&data, &args(3), all);
+        assert_eq!(a.conversations, b.conversations);
+        assert_eq!(a.filtered(), b.filtered());
+        assert_eq!(a.conversations.len(), 40);
+        let mut exact_last = 0;
+        for c in &a.conversations {
+            assert!((2..=4).contains(&c.len()));
+            let t = turn_tokens(c);
+            assert!((80..=120).contains(&t[0]));
+            // One subsequent length per conversation: every later turn is exactly it, except a
+            // last turn cut short by the end of the trajectory.
+            let (middle, last) = (&t[1..t.len() - 1], t[t.len() - 1]);
+            let sub = middle.first().copied().unwrap_or(30);
+            assert!(middle.iter().all(|&n| n == sub), "{t:?}");
+            assert!((10..=30).contains(&sub) && last <= sub, "{t:?}");
+            exact_last += usize::from(t[t.len() - 1] >= 10);
+        }
+        assert!(exact_last > 30, "{exact_last} of 40 end on a full turn");
+        // Offset and shard pick from the same sequence.
+        let sel = Selection {
+            offset: 3,
+            shard_index: 1,
+            shard_count: 2,
+            limit: 5,
+        };
+        let s = live(&data, &args(2), sel);
+        let expect: Vec<_> = [4, 6, 8, 10, 12]
+            .iter()
+            .map(|&i| a.conversations[i].clone())
+            .collect();
+        assert_eq!(s.conversations, expect);
+        // Another seed, another order.
+        let mut other = args(1);
+        other.seed = 4;
+        assert_ne!(live(&data, &other, all).conversations, a.conversations);
+        // The pre-filter: (120 + 30 × 3) × 1.0 = 210 characters.
+        assert_eq!(args(1).min_chars(), 210);
+    }
+
+    #[test]
+    fn bad_trajectories_are_reported_by_line_and_nothing_is_built() {
+        let mut data = jsonl(5, 2);
+        data.push_str("{\"messages\": [{\"role\": \"user\", \"content\": 3}]}\n");
+        data.push_str("not json\n");
+        let mut p = Problems::new(None, false);
+        let b = build_live(
+            tok(),
+            detect(&data).unwrap(),
+            &args(2),
+            Selection::default(),
+            &mut p,
+        );
+        assert!(b.conversations.is_empty());
+        let listed: Vec<String> = p.listed().iter().map(|e| e.to_string()).collect();
+        assert_eq!(listed.len(), 2);
+        assert!(
+            listed[0].starts_with("line 6, field `messages[0].content`"),
+            "{listed:?}"
+        );
+        assert!(listed[1].starts_with("line 7: invalid JSON"), "{listed:?}");
+        // --skip-invalid: the rest is built.
+        let mut p = Problems::new(None, true);
+        let b = build_live(
+            tok(),
+            detect(&data).unwrap(),
+            &args(2),
+            Selection::default(),
+            &mut p,
+        );
+        assert_eq!(p.count(), 2);
+        assert!(!b.conversations.is_empty());
+    }
+
+    #[test]
+    fn prebuilt_errors_name_item_and_field() {
+        let doc = json!({"conversations": [
+            [{"messages": [{"role": "user", "content": "a"}], "prompt_tokens": 3}],
+            [],
+            [{"messages": [{"role": "user", "content": "a"}]}, {"messages": [{"role": "assistant", "content": "b"}]}],
+            [{"messages": []}],
+            [{"messages": [{"role": "user", "content": "a"}], "prompt_tokens": -1}],
+            [{"prompt_tokens": 1}]
+        ]});
+        let mut p = Problems::new(None, true);
+        let convs = parse_prebuilt(&doc, "t", &mut p);
+        assert_eq!(convs.len(), 1);
+        let listed: Vec<String> = p.listed().iter().map(|e| e.to_string()).collect();
+        assert_eq!(listed[0], "item 1: empty conversation (no turns)");
+        assert!(
+            listed[1].starts_with("item 2, field `[1].messages[0].role`"),
+            "{listed:?}"
+        );
+        assert_eq!(listed[2], "item 3, field `[0].messages`: no messages");
+        assert!(
+            listed[3].starts_with("item 4, field `[0].prompt_tokens`"),
+            "{listed:?}"
+        );
+        assert_eq!(listed[4], "item 5, field `[0].messages`: missing");
+        let mut p = Problems::new(None, true);
+        parse_prebuilt(&json!({"conversations": 3}), "t", &mut p);
+        assert_eq!(
+            p.listed()[0].to_string(),
+            "file, field `conversations`: expected an array, got a number"
+        );
+    }
+
+    #[test]
+    fn built_file_runs_the_same_conversations_as_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let traj = dir.path().join("t.jsonl");
+        let out = dir.path().join("agentic_dataset.json");
+        std::fs::write(&traj, jsonl(60, 7)).unwrap();
+        let params = dataset_params(
+            Some(2),
+            Some(4),
+            3,
+            Some(r#"{"first_turn_length": [80, 120], "subsequent_turn_length": [10, 30], "chars_per_token": 1}"#),
+        )
+        .unwrap();
+        let report = build_file(&FileBuild {
+            trajectories: &traj,
+            output: &out,
+            tokenizer: tok(),
+            params: &params,
+            conversations: 12,
+            skip_invalid: false,
+        })
+        .unwrap();
+        assert_eq!(report.conversations, 12);
+        let run = |path: &Path, selection: Selection| -> Vec<(Vec<u8>, Option<u32>)> {
+            let mut problems = Problems::new(Some(path), false);
+            let mut ctx = BuildContext {
+                name: "swe_smith",
+                path: Some(path),
+                tokenizer: tok(),
+                params: &params,
+                selection,
+                problems: &mut problems,
+            };
+            let built = SweSmithSource.build(&mut ctx).unwrap();
+            assert_eq!(problems.count(), 0);
+            built
+                .conversations
+                .iter()
+                .flat_map(|c| c.turns.iter().map(|t| (t.delta_bytes(), t.delta_tokens)))
+                .collect()
+        };
+        for sel in [
+            Selection {
+                limit: 12,
+                ..Selection::default()
+            },
+            Selection {
+                offset: 2,
+                shard_index: 1,
+                shard_count: 3,
+                limit: 3,
+            },
+        ] {
+            let from_file = run(&out, sel);
+            assert!(!from_file.is_empty());
+            assert_eq!(from_file, run(&traj, sel), "{sel:?}");
+        }
+        // The document is evalscope's shape, prompt_tokens growing turn by turn.
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(doc["metadata"]["num_conversations"], 12);
+        assert_eq!(doc["metadata"]["first_turn_length"], json!([80, 120]));
+        let c0 = doc["conversations"][0].as_array().unwrap();
+        let pt: Vec<u64> = c0
+            .iter()
+            .map(|t| t["prompt_tokens"].as_u64().unwrap())
+            .collect();
+        assert!(pt.windows(2).all(|w| w[0] < w[1]), "{pt:?}");
+        assert!(pt[0] > c0[0]["delta_tokens"].as_u64().unwrap());
+        // Building from a pre-built file is an error that says so.
+        let e = build_file(&FileBuild {
+            trajectories: &out,
+            output: &dir.path().join("x.json"),
+            tokenizer: tok(),
+            params: &params,
+            conversations: 1,
+            skip_invalid: false,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("already a pre-built"), "{e}");
+    }
 }
