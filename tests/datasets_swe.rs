@@ -71,6 +71,9 @@ fn trajectories(dir: &Path, n: usize) -> PathBuf {
     path
 }
 
+/// One request as the sim saw it: message roles and content hashes.
+type Sent = (Vec<String>, Vec<String>);
+
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -273,7 +276,7 @@ fn built_file_runs_identically_to_live_construction() {
     let doc: Value = serde_json::from_slice(&std::fs::read(&built).unwrap()).unwrap();
     assert_eq!(doc["conversations"].as_array().unwrap().len(), 6);
 
-    let record = |path: &Path| -> BTreeMap<u64, Vec<(Vec<String>, Vec<String>)>> {
+    let record = |path: &Path| -> BTreeMap<u64, Vec<Sent>> {
         let sim = sim();
         sim.bench(&run_args(path.to_str().unwrap(), "6"));
         by_conversation(&sim.stop())
