@@ -847,6 +847,8 @@ pub struct FileBuild<'a> {
 /// What [`build_file`] wrote.
 #[derive(Debug)]
 pub struct FileBuildReport {
+    /// Conversations asked for (`--number`) and written (fewer when the input runs out).
+    pub requested: usize,
     pub conversations: usize,
     pub turns: usize,
     pub trajectories: usize,
@@ -947,6 +949,7 @@ pub fn build_file(b: &FileBuild<'_>) -> Result<FileBuildReport, DatasetError> {
         it.clone().min().zip(it.max())
     };
     Ok(FileBuildReport {
+        requested: b.conversations,
         conversations: live.conversations.len(),
         turns: live.conversations.iter().map(Vec::len).sum(),
         trajectories: live.total,
@@ -966,38 +969,40 @@ pub fn build_file(b: &FileBuild<'_>) -> Result<FileBuildReport, DatasetError> {
 fn prebuilt_document(b: &FileBuild<'_>, args: &LiveArgs, convs: &[SweConversation]) -> Value {
     let tok = b.tokenizer;
     let reply_open = tok.count("<|im_start|>assistant\n") as u64;
-    let conversations: Vec<Value> = convs
-        .iter()
-        .map(|c| {
-            let mut cumulative = 0u64;
-            Value::Array(
-                c.iter()
-                    .map(|t| {
-                        let mut rendered = String::new();
-                        for m in &t.messages {
-                            rendered.clear();
-                            rendered.push_str("<|im_start|>");
-                            rendered.push_str(&m.role);
-                            rendered.push('\n');
-                            rendered.push_str(&m.content);
-                            rendered.push_str("<|im_end|>\n");
-                            cumulative += tok.count(&rendered) as u64;
-                        }
-                        let messages: Vec<Value> = t
-                            .messages
-                            .iter()
-                            .map(|m| json!({"role": m.role, "content": m.content}))
-                            .collect();
-                        json!({
-                            "messages": messages,
-                            "prompt_tokens": cumulative + reply_open,
-                            "delta_tokens": t.delta_tokens,
-                        })
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
+    // Counting re-tokenizes every message: in parallel, like the build.
+    let conversations = par_map_with(convs.len(), args.workers, "writing", |i| {
+        let mut cumulative = 0u64;
+        let mut rendered = String::new();
+        let turns = convs[i]
+            .iter()
+            .map(|t| {
+                for m in &t.messages {
+                    rendered.clear();
+                    rendered.push_str("<|im_start|>");
+                    rendered.push_str(&m.role);
+                    rendered.push('\n');
+                    rendered.push_str(&m.content);
+                    rendered.push_str("<|im_end|>\n");
+                    cumulative += tok.count(&rendered) as u64;
+                }
+                let messages: Vec<Value> = t
+                    .messages
+                    .iter()
+                    .map(|m| json!({"role": m.role, "content": m.content}))
+                    .collect();
+                json!({
+                    "messages": messages,
+                    "prompt_tokens": cumulative + reply_open,
+                    "delta_tokens": t.delta_tokens,
+                })
+            })
+            .collect();
+        Ok::<_, Infallible>(Value::Array(turns))
+    });
+    let conversations: Vec<Value> = match conversations {
+        Ok(c) => c,
+        Err(never) => match never {},
+    };
     json!({
         "metadata": {
             "builder": concat!("parley ", env!("CARGO_PKG_VERSION")),
@@ -1037,6 +1042,12 @@ impl FileBuildReport {
         );
         if let Some((lo, hi)) = self.subsequent_turn_tokens {
             s.push_str(&format!("; later turns: {lo}..={hi}"));
+        }
+        if self.conversations < self.requested {
+            s.push_str(&format!(
+                "\nnote: {} conversations were asked for; the input gave only {}",
+                self.requested, self.conversations
+            ));
         }
         s
     }
