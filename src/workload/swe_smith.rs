@@ -1412,6 +1412,12 @@ mod tests {
             "{listed:?}"
         );
         assert_eq!(listed[4], "item 5, field `[0].messages`: missing");
+        // --max-turns truncates a pre-built conversation.
+        let two = json!({"conversations": [[{"messages": [{"role": "user", "content": "a"}]},
+                                            {"messages": [{"role": "user", "content": "b"}]}]]});
+        let convs = parse_prebuilt(&two, "t", &mut p);
+        assert_eq!(to_conversation(&convs[0], None).turns.len(), 2);
+        assert_eq!(to_conversation(&convs[0], Some(1)).turns.len(), 1);
         let mut p = Problems::new(None, true);
         parse_prebuilt(&json!({"conversations": 3}), "t", &mut p);
         assert_eq!(
