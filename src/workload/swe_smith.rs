@@ -283,20 +283,24 @@ pub fn detect(text: &str) -> Result<Format<'_>, FieldError> {
             format!("the file is {}; {EXPECTED}", type_name(&v)),
         )),
         Err(e) => {
-            // A document spread over lines (as evalscope's builder writes it, indented) that does
-            // not parse is a broken document, not JSONL with a bad first line.
-            let first = text.lines().map(str::trim).find(|l| !l.is_empty());
-            match first {
-                None => Err(FieldError::new(
+            let lines = lines();
+            let Some(&(Loc::Line(first_no), first)) = lines.first() else {
+                return Err(FieldError::new(
                     "",
                     format!("the file is empty; {EXPECTED}"),
-                )),
-                Some("{") | Some("[") => Err(FieldError::new(
+                ));
+            };
+            // The first value failed past its first line while that line alone is not JSON: one
+            // document spread over lines (as evalscope's builder writes it, indented) that does
+            // not parse, not JSONL with a bad first line.
+            let first_is_json = serde_json::from_str::<serde::de::IgnoredAny>(first).is_ok();
+            if !first_is_json && e.line() > first_no {
+                return Err(FieldError::new(
                     "",
                     format!("not valid JSON ({e}); {EXPECTED}"),
-                )),
-                Some(_) => Ok(Format::Lines(lines())),
+                ));
             }
+            Ok(Format::Lines(lines))
         }
     }
 }
@@ -540,11 +544,8 @@ pub fn build_live(
     problems: &mut Problems,
 ) -> LiveBuild {
     let min_chars = args.min_chars();
-    let classify = |v: Result<Value, String>| -> Parsed {
-        let texts = match v
-            .map_err(|e| FieldError::new("", e))
-            .and_then(|v| trajectory_texts(&v))
-        {
+    let classify = |v: &Value| -> Parsed {
+        let texts = match trajectory_texts(v) {
             Ok(t) => t,
             Err(e) => return Parsed::Bad(e),
         };
@@ -556,31 +557,29 @@ pub fn build_live(
         }
     };
     // Parsing is most of the cost on a large file: in parallel, in order.
-    let (locs, parsed): (Vec<Loc>, Vec<Parsed>) = match format {
-        Format::Lines(lines) => {
-            let parsed = par_map_with(lines.len(), args.workers, "reading trajectories", |i| {
-                let v = serde_json::from_str::<Value>(lines[i].1)
-                    .map_err(|e| format!("invalid JSON ({e})"));
-                Ok::<_, Infallible>(classify(v))
-            });
-            let parsed = match parsed {
-                Ok(p) => p,
-                Err(never) => match never {},
-            };
-            (lines.iter().map(|l| l.0).collect(), parsed)
-        }
-        Format::Items(items) => {
-            let parsed =
-                match par_map_with(items.len(), args.workers, "reading trajectories", |i| {
-                    Ok::<_, Infallible>(classify(Ok(items[i].clone())))
-                }) {
-                    Ok(p) => p,
-                    Err(never) => match never {},
-                };
-            ((0..items.len()).map(Loc::Item).collect(), parsed)
-        }
-        Format::Prebuilt(_) => (Vec::new(), Vec::new()),
+    let label = "reading trajectories";
+    let parsed = match &format {
+        Format::Lines(lines) => par_map_with(lines.len(), args.workers, label, |i| {
+            Ok::<_, Infallible>(match serde_json::from_str::<Value>(lines[i].1) {
+                Ok(v) => classify(&v),
+                Err(e) => Parsed::Bad(FieldError::new("", format!("invalid JSON ({e})"))),
+            })
+        }),
+        Format::Items(items) => par_map_with(items.len(), args.workers, label, |i| {
+            Ok::<_, Infallible>(classify(&items[i]))
+        }),
+        Format::Prebuilt(_) => Ok(Vec::new()),
     };
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(never) => match never {},
+    };
+    let locs: Vec<Loc> = match &format {
+        Format::Lines(lines) => lines.iter().map(|l| l.0).collect(),
+        Format::Items(items) => (0..items.len()).map(Loc::Item).collect(),
+        Format::Prebuilt(_) => Vec::new(),
+    };
+    drop(format);
     let mut out = LiveBuild {
         total: parsed.len(),
         ..LiveBuild::default()
@@ -607,7 +606,9 @@ pub fn build_live(
     let needed = if selection.limit == 0 {
         0
     } else {
-        (selection.offset + selection.shard_index)
+        selection
+            .offset
+            .saturating_add(selection.shard_index)
             .saturating_add(
                 (selection.limit as u64 - 1).saturating_mul(selection.shard_count.max(1)),
             )
