@@ -33,6 +33,87 @@ pub enum Command {
     Bench(Box<BenchArgs>),
     /// Run the built-in simulated OpenAI-compatible server.
     Sim(SimArgs),
+    /// Dataset tools: build a dataset file once, reuse it in many runs.
+    Dataset(DatasetArgs),
+}
+
+/// `parley dataset …`.
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    #[command(subcommand)]
+    pub command: DatasetCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Build a dataset file from raw input.
+    Build(DatasetBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetBuildArgs {
+    #[command(subcommand)]
+    pub source: DatasetBuildSource,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetBuildSource {
+    /// Build swe_smith conversations from a SWE-smith trajectories JSONL and write them as a
+    /// pre-built agentic_dataset.json (evalscope's format); `parley bench --dataset swe_smith
+    /// --dataset-path FILE` then runs exactly the conversations a live build with the same
+    /// arguments would.
+    #[command(
+        name = "swe-smith",
+        visible_alias = "swe_smith",
+        after_help = "Example:\n  parley dataset build swe-smith --dataset-path trajectories.jsonl \\\n      --dataset-args '{\"first_turn_length\": 8192, \"subsequent_turn_length\": [512, 1024]}' \\\n      --min-turns 3 --max-turns 8 --number 128 --seed 42 --output agentic_dataset.json"
+    )]
+    SweSmith(SweSmithBuildArgs),
+}
+
+/// Flags of `parley dataset build swe-smith`: the same names and meanings as `parley bench`'s.
+#[derive(Debug, Clone, Args)]
+pub struct SweSmithBuildArgs {
+    /// SWE-smith trajectories: JSONL, one `{"messages": …}` object per line (`messages` an
+    /// OpenAI messages array or a JSON string of one).
+    #[arg(long, visible_alias = "input-file")]
+    pub dataset_path: PathBuf,
+
+    /// Where to write the pre-built agentic_dataset.json.
+    #[arg(long, short = 'o', visible_alias = "output-path")]
+    pub output: PathBuf,
+
+    /// JSON object: first_turn_length and subsequent_turn_length (tokens: an integer or
+    /// [min, max]; defaults 65000 and 500), chars_per_token (pre-filter, default 3.0), workers
+    /// (threads, default every core).
+    #[arg(long, visible_alias = "multi-turn-args")]
+    pub dataset_args: Option<String>,
+
+    /// Fewest turns per conversation (default 1); each conversation's count is uniform in
+    /// [min, max].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_turns: Option<u32>,
+
+    /// Most turns per conversation (default: --min-turns).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_turns: Option<u32>,
+
+    /// Conversations to write.
+    #[arg(long, short = 'n', visible_alias = "num-conversations", default_value_t = crate::workload::swe_smith::DEFAULT_BUILD_CONVERSATIONS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub number: u64,
+
+    /// Random seed (same seed and arguments, same conversations; `parley bench` defaults to 0
+    /// too).
+    #[arg(long, visible_alias = "random-seed", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Tokenizer the lengths are counted with: a tokenizer.json, a local HF model directory, or
+    /// `builtin`. Use the one the benchmark runs with.
+    #[arg(long, visible_alias = "tokenizer")]
+    pub tokenizer_path: Option<PathBuf>,
+
+    /// Leave out invalid trajectories (and say how many) instead of stopping with a list.
+    #[arg(long)]
+    pub skip_invalid: bool,
 }
 
 /// Flags of `parley bench`.

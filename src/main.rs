@@ -7,11 +7,13 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use mimalloc::MiMalloc;
 
-use parley::cli::{BenchArgs, Cli, Command};
+use parley::cli::{BenchArgs, Cli, Command, DatasetArgs, DatasetBuildSource, DatasetCommand};
 use parley::client::Endpoint;
 use parley::engine::{self, EngineConfig, Shared};
 use parley::plan::{BenchPlan, Target};
 use parley::report::Summary;
+use parley::tokenizer::Tokenizer;
+use parley::workload::swe_smith;
 use parley::{metrics, signal, sim};
 
 #[global_allocator]
@@ -22,11 +24,30 @@ fn main() {
     let result = match cli.command {
         Command::Bench(args) => bench(&args),
         Command::Sim(args) => sim::run(&args).context("parley sim"),
+        Command::Dataset(args) => dataset(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
+}
+
+fn dataset(args: &DatasetArgs) -> Result<()> {
+    let DatasetCommand::Build(build) = &args.command;
+    let DatasetBuildSource::SweSmith(a) = &build.source;
+    let tokenizer = Tokenizer::load(a.tokenizer_path.as_deref())?;
+    let params =
+        swe_smith::dataset_params(a.min_turns, a.max_turns, a.seed, a.dataset_args.as_deref())?;
+    let report = swe_smith::build_file(&swe_smith::FileBuild {
+        trajectories: &a.dataset_path,
+        output: &a.output,
+        tokenizer: &tokenizer,
+        params: &params,
+        conversations: a.number as usize,
+        skip_invalid: a.skip_invalid,
+    })?;
+    println!("{}", report.render(&a.output));
+    Ok(())
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {

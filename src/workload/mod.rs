@@ -11,6 +11,7 @@
 
 pub mod input;
 pub mod random_multi_turn;
+pub mod swe_smith;
 pub mod synth;
 pub mod synthetic;
 pub mod trie;
@@ -304,6 +305,7 @@ pub static SOURCES: &[&dyn Source] = &[
     &random_multi_turn::RandomMultiTurnSource,
     &synthetic::SyntheticSource,
     &trie::TrieSource,
+    &swe_smith::SweSmithSource,
 ];
 
 /// The source answering to `name`.
