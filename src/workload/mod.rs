@@ -9,7 +9,9 @@
 //! [`BuildContext`] (tokenizer, parameters, which conversations to keep, where to report bad
 //! input) and returns its conversations; [`build`] looks the source up by name and runs it.
 
+pub mod aiperf;
 pub mod input;
+pub mod mooncake;
 pub mod random_multi_turn;
 pub mod synth;
 
@@ -298,7 +300,13 @@ pub trait Source: Sync {
 }
 
 /// Every source; adding one is its module plus one line here.
-pub static SOURCES: &[&dyn Source] = &[&random_multi_turn::RandomMultiTurnSource];
+pub static SOURCES: &[&dyn Source] = &[
+    &random_multi_turn::RandomMultiTurnSource,
+    &aiperf::MultiTurnSource,
+    &aiperf::SingleTurnSource,
+    &mooncake::MooncakeSource,
+    &mooncake::BailianSource,
+];
 
 /// The source answering to `name`.
 pub fn find(name: &str) -> Option<&'static dyn Source> {
