@@ -225,12 +225,15 @@ fn parse_messages(v: &Value, path: &str) -> Result<Vec<Bytes>, FieldError> {
         .collect()
 }
 
+/// A row's input, whether it is a whole array (verbatim), and its body fields.
+type ParsedInput = (Input, bool, Option<Box<Map<String, Value>>>);
+
 /// One `mooncake_trace` row (without its session id).
 fn parse_mooncake_row(
     obj: &Map<String, Value>,
     blocks: &BlockSizes,
     block_tokens: u32,
-) -> Result<(Input, bool, Option<Box<Map<String, Value>>>), FieldError> {
+) -> Result<ParsedInput, FieldError> {
     const INPUTS: [&str; 4] = ["input_length", "text_input", "messages", "payload"];
     let given: Vec<&str> = INPUTS
         .iter()
@@ -323,7 +326,7 @@ fn parse_mooncake_row(
                 .collect();
             check_body_fields(&fields, "payload")?;
             if let Some(e) = extra.take() {
-                fields.extend(e.into_iter());
+                fields.extend(*e);
             }
             if !fields.is_empty() {
                 extra = Some(Box::new(fields));
