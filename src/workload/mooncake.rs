@@ -688,6 +688,16 @@ mod tests {
         block: Option<u32>,
         skip: bool,
     ) -> Result<(Built, Problems), DatasetError> {
+        run_selected(source, text, block, skip, Selection::default())
+    }
+
+    fn run_selected(
+        source: &dyn Source,
+        text: &str,
+        block: Option<u32>,
+        skip: bool,
+        selection: Selection,
+    ) -> Result<(Built, Problems), DatasetError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
         std::fs::write(&path, text).unwrap();
@@ -703,7 +713,7 @@ mod tests {
                 path: Some(&path),
                 tokenizer: tok(),
                 params: &params,
-                selection: Selection::default(),
+                selection,
                 problems: &mut problems,
             };
             source.build(&mut ctx)?
@@ -750,6 +760,34 @@ mod tests {
         assert_eq!(words(0)[..17], words(1)[..17]);
         assert_eq!(words(0)[..17], words(2)[..17]);
         assert_ne!(words(0)[17], words(2)[17]);
+    }
+
+    /// Sessions are numbered in order of first appearance; every row is validated, selected or
+    /// not, and a session's blocks are the same whichever sessions are selected.
+    #[test]
+    fn selection_picks_sessions_and_still_validates_all() {
+        let data = r#"{"session_id":"a","input_length":10,"hash_ids":[1]}
+{"session_id":"b","input_length":12,"hash_ids":[1]}
+{"session_id":"a","input_length":5}
+{"session_id":"c","input_length":3,"hash_ids":[1,2]}
+{"session_id":"d","input_length":0}
+"#;
+        let all = run(&MooncakeSource, data, Some(8), true).unwrap().0;
+        let sel = Selection {
+            offset: 1,
+            limit: 1,
+            ..Selection::default()
+        };
+        let (one, p) = run_selected(&MooncakeSource, data, Some(8), true, sel).unwrap();
+        assert_eq!(one.conversations.len(), 1);
+        assert_eq!(one.conversations[0].turns[0].delta_tokens, Some(12));
+        assert_eq!(
+            one.conversations[0].turns[0].delta_bytes(),
+            all.conversations[1].turns[0].delta_bytes()
+        );
+        assert_eq!(all.conversations[0].turns.len(), 2);
+        let lines: Vec<Loc> = p.listed().iter().map(|e| e.loc).collect();
+        assert_eq!(lines, [Loc::Line(4), Loc::Line(5)]);
     }
 
     #[test]
