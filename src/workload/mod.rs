@@ -9,7 +9,9 @@
 //! [`BuildContext`] (tokenizer, parameters, which conversations to keep, where to report bad
 //! input) and returns its conversations; [`build`] looks the source up by name and runs it.
 
+pub mod aiperf;
 pub mod input;
+pub mod mooncake;
 pub mod random_multi_turn;
 pub mod swe_smith;
 pub mod synth;
@@ -306,6 +308,10 @@ pub static SOURCES: &[&dyn Source] = &[
     &synthetic::SyntheticSource,
     &trie::TrieSource,
     &swe_smith::SweSmithSource,
+    &aiperf::MultiTurnSource,
+    &aiperf::SingleTurnSource,
+    &mooncake::MooncakeSource,
+    &mooncake::BailianSource,
 ];
 
 /// The source answering to `name`.
