@@ -9,8 +9,10 @@
 //! [`BuildContext`] (tokenizer, parameters, which conversations to keep, where to report bad
 //! input) and returns its conversations; [`build`] looks the source up by name and runs it.
 
+pub mod custom_multi_turn;
 pub mod input;
 pub mod random_multi_turn;
+pub mod share_gpt;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
@@ -298,7 +300,11 @@ pub trait Source: Sync {
 }
 
 /// Every source; adding one is its module plus one line here.
-pub static SOURCES: &[&dyn Source] = &[&random_multi_turn::RandomMultiTurnSource];
+pub static SOURCES: &[&dyn Source] = &[
+    &random_multi_turn::RandomMultiTurnSource,
+    &custom_multi_turn::CustomMultiTurnSource,
+    &share_gpt::ShareGptSource,
+];
 
 /// The source answering to `name`.
 pub fn find(name: &str) -> Option<&'static dyn Source> {
