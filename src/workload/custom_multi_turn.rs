@@ -17,8 +17,8 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::input::FieldError;
 use super::input::{self, as_count, as_object, index, join, req_str, to_u32, type_name};
-use super::input::{FieldError, Loc};
 use super::{synth, BuildContext, Built, Conversation, DatasetError, PathUse, Source, Turn, COMMA};
 use crate::tokenizer::Tokenizer;
 
@@ -378,7 +378,8 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{input::Problems, DatasetParams, Selection};
+    use crate::workload::input::{Loc, Problems};
+    use crate::workload::{DatasetParams, Selection};
     use serde_json::json;
     use std::sync::OnceLock;
 
