@@ -13,12 +13,15 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::input::FieldError;
-use super::input::{self, as_count, as_object, index, join, req_str, to_u32, type_name};
+use super::input::{as_count, as_object, index, join, req_str, to_u32, type_name};
+use super::input::{FieldError, Loc, Problems};
 use super::{synth, BuildContext, Built, Conversation, DatasetError, PathUse, Source, Turn, COMMA};
 use crate::tokenizer::Tokenizer;
 
@@ -55,15 +58,55 @@ impl Source for CustomMultiTurnSource {
         let path = ctx.path.ok_or_else(|| DatasetError::PathRequired {
             name: ctx.name.to_string(),
         })?;
-        let values = input::jsonl_values(path, ctx.problems)?;
-        let mut conversations = Vec::with_capacity(values.len());
-        for (loc, v) in values {
-            match parse_conversation(v) {
+        let mut conversations = Vec::new();
+        each_jsonl_line(
+            path,
+            ctx.problems,
+            |loc, v, problems| match parse_conversation(v) {
                 Ok(turns) => conversations.push(turns),
-                Err(e) => ctx.problems.report(loc, e),
-            }
-        }
+                Err(e) => problems.report(loc, e),
+            },
+        )?;
         assemble(ctx, conversations, 0)
+    }
+}
+
+/// Calls `f` with every non-blank line of a JSONL file parsed as JSON, and its 1-based line
+/// number; lines that are not JSON (or not UTF-8) go to `problems`. Reads line by line, so only
+/// one line's JSON tree is alive at once (a 70k-conversation file is hundreds of MB).
+pub(crate) fn each_jsonl_line(
+    path: &Path,
+    problems: &mut Problems,
+    mut f: impl FnMut(Loc, Value, &mut Problems),
+) -> Result<(), DatasetError> {
+    let io = |source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+            return Ok(());
+        }
+        n += 1;
+        let loc = Loc::Line(n);
+        let line = match std::str::from_utf8(&buf) {
+            Ok(l) => l.trim(),
+            Err(e) => {
+                problems.report(loc, FieldError::new("", format!("not UTF-8 ({e})")));
+                continue;
+            }
+        };
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => f(loc, v, problems),
+            Err(e) => problems.report(loc, FieldError::new("", format!("invalid JSON ({e})"))),
+        }
     }
 }
 
@@ -82,10 +125,12 @@ pub(crate) fn reject_dataset_args(ctx: &BuildContext<'_>) -> Result<(), DatasetE
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct RawTurn {
     /// The delta: non-assistant messages (and assistant messages that precede every other one).
-    pub messages: Vec<Value>,
+    /// Each message serialised once as read, so a 70k-conversation file costs about its own
+    /// size in memory, not a JSON tree per message.
+    pub messages: Vec<Bytes>,
     pub max_tokens: Option<u32>,
-    /// The recorded assistant message(s) that ended the turn.
-    pub replies: Vec<Value>,
+    /// The recorded assistant message(s) that ended the turn, serialised.
+    pub replies: Vec<Bytes>,
 }
 
 /// Splits a conversation's messages into turns: each run of non-assistant messages is one turn's
@@ -99,13 +144,13 @@ pub(crate) struct Splitter {
     /// The current turn has had its assistant reply: the next non-assistant message opens a new
     /// turn.
     answered: bool,
-    leading: Vec<Value>,
+    leading: Vec<Bytes>,
 }
 
 impl Splitter {
     /// A non-assistant message, with its turn's `max_tokens` if it gives one. `Err` if the turn
     /// already has a `max_tokens` (the caller names the field).
-    pub fn message(&mut self, message: Value, max_tokens: Option<u32>) -> Result<(), ()> {
+    pub fn message(&mut self, message: Bytes, max_tokens: Option<u32>) -> Result<(), ()> {
         if self.answered {
             self.turns.push(std::mem::take(&mut self.current));
             self.answered = false;
@@ -121,7 +166,7 @@ impl Splitter {
     }
 
     /// An assistant message (`None`: the turn ends but the recorded reply is empty).
-    pub fn assistant(&mut self, message: Option<Value>) {
+    pub fn assistant(&mut self, message: Option<Bytes>) {
         if self.current.messages.is_empty() {
             self.leading.extend(message);
             return;
@@ -211,9 +256,10 @@ pub(crate) fn parse_conversation(v: Value) -> Result<Vec<RawTurn>, FieldError> {
                     n => Some(n),
                 },
             };
+        let message = Bytes::from(json_bytes(&Value::Object(obj)));
         if assistant {
-            split.assistant(Some(Value::Object(obj)));
-        } else if split.message(Value::Object(obj), max_tokens).is_err() {
+            split.assistant(Some(message));
+        } else if split.message(message, max_tokens).is_err() {
             return Err(FieldError::new(
                 max_path,
                 "a second max_tokens in the same turn (give it on one message of the turn)",
@@ -284,13 +330,19 @@ pub(crate) fn content_text(message: &Value) -> Cow<'_, str> {
     }
 }
 
+/// A stored message as JSON again (it was valid when stored).
+fn reparse(message: &[u8]) -> Value {
+    serde_json::from_slice(message).unwrap_or(Value::Null)
+}
+
 /// The first user message's text, for the length filter.
-fn first_user_text(turns: &[RawTurn]) -> Option<Cow<'_, str>> {
+fn first_user_text(turns: &[RawTurn]) -> Option<String> {
     turns
         .iter()
         .flat_map(|t| &t.messages)
+        .map(|m| reparse(m))
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-        .map(content_text)
+        .map(|m| content_text(&m).into_owned())
 }
 
 /// From every valid conversation of a file (in file order) to the run's: truncate to
@@ -348,8 +400,8 @@ fn to_turn(raw: &RawTurn, tok: &Tokenizer) -> Turn {
         if i > 0 {
             delta.push(COMMA);
         }
-        delta.push(Bytes::from(json_bytes(m)));
-        tokens += tok.count(&content_text(m)) as u64;
+        delta.push(m.clone());
+        tokens += tok.count(&content_text(&reparse(m))) as u64;
     }
     let reply = (!raw.replies.is_empty()).then(|| {
         let mut out = Vec::new();
@@ -357,7 +409,7 @@ fn to_turn(raw: &RawTurn, tok: &Tokenizer) -> Turn {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(&json_bytes(r));
+            out.extend_from_slice(r);
         }
         Bytes::from(out)
     });
@@ -378,7 +430,7 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::input::{Loc, Problems};
+    use crate::workload::input::{self, Problems};
     use crate::workload::{DatasetParams, Selection};
     use serde_json::json;
     use std::sync::OnceLock;
@@ -405,9 +457,13 @@ mod tests {
         parse_conversation(v)
     }
 
-    fn contents(msgs: &[Value]) -> Vec<&str> {
+    fn val(m: &Bytes) -> Value {
+        serde_json::from_slice(m).unwrap()
+    }
+
+    fn contents(msgs: &[Bytes]) -> Vec<String> {
         msgs.iter()
-            .map(|m| m["content"].as_str().unwrap())
+            .map(|m| val(m)["content"].as_str().unwrap().to_string())
             .collect()
     }
 
@@ -432,10 +488,10 @@ mod tests {
         assert_eq!(contents(&turns[1].messages), ["u2"]);
         assert_eq!(turns[1].max_tokens, Some(7));
         // Our key is stripped; other keys are kept as given.
-        assert!(turns[1].messages[0].get("max_tokens").is_none());
+        assert!(val(&turns[1].messages[0]).get("max_tokens").is_none());
         assert_eq!(contents(&turns[1].replies), ["a2a", "a2b"]);
         assert_eq!(contents(&turns[2].messages), ["t3", "d3"]);
-        assert_eq!(turns[2].messages[0]["tool_call_id"], "x");
+        assert_eq!(val(&turns[2].messages[0])["tool_call_id"], "x");
         // A trailing assistant message is the last turn's reply.
         assert_eq!(contents(&turns[2].replies), ["a3"]);
     }
@@ -449,8 +505,8 @@ mod tests {
         .unwrap();
         assert_eq!(turns.len(), 1);
         assert_eq!(turns[0].messages.len(), 2);
-        assert_eq!(turns[0].messages[0]["role"], "assistant");
-        assert_eq!(content_text(&turns[0].messages[1]), "p1\np2");
+        assert_eq!(val(&turns[0].messages[0])["role"], "assistant");
+        assert_eq!(content_text(&val(&turns[0].messages[1])), "p1\np2");
         assert!(turns[0].replies.is_empty());
         // An assistant tool call with null content is a valid reply.
         let t = parse(json!([
@@ -460,7 +516,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(t.len(), 2);
-        assert_eq!(t[0].replies[0]["tool_calls"], json!([]));
+        assert_eq!(val(&t[0].replies[0])["tool_calls"], json!([]));
     }
 
     #[test]

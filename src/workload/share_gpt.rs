@@ -11,12 +11,17 @@
 //! truncation, the `--min-turns` filter and the first-user-message length filter are the shared
 //! ones in [`custom_multi_turn`](super::custom_multi_turn).
 
-use serde_json::{json, Value};
+use bytes::Bytes;
+use serde_json::Value;
 
-use super::custom_multi_turn::{assemble, reject_dataset_args, RawTurn, Splitter};
-use super::input::{self, as_array, as_object, index, join, opt_str, req_str, type_name};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use super::custom_multi_turn::{assemble, each_jsonl_line, reject_dataset_args, RawTurn, Splitter};
+use super::input::{self, as_array, as_object, index, join, opt_str, req_str};
 use super::input::{FieldError, Loc};
-use super::{BuildContext, Built, DatasetError, PathUse, Source};
+use super::{message_json, BuildContext, Built, DatasetError, PathUse, Source};
 
 /// The registered source.
 pub struct ShareGptSource;
@@ -53,48 +58,55 @@ impl Source for ShareGptSource {
             });
         };
         reject_dataset_args(ctx)?;
-        let text = input::read_text(path)?;
-        let entries = entries_of(&text, ctx.problems);
-        drop(text);
-        let mut conversations = Vec::with_capacity(entries.len());
+        let mut conversations = Vec::new();
         let mut no_human = 0u64;
-        for (loc, v) in entries {
-            match parse_entry(&v) {
-                Ok(turns) if turns.is_empty() => no_human += 1,
-                Ok(turns) => conversations.push(turns),
-                Err(e) => ctx.problems.report(loc, e),
+        let mut take = |loc: Loc, v: &Value, problems: &mut input::Problems| match parse_entry(v) {
+            Ok(turns) if turns.is_empty() => no_human += 1,
+            Ok(turns) => conversations.push(turns),
+            Err(e) => problems.report(loc, e),
+        };
+        if starts_with_bracket(path)? {
+            // The original dump: one JSON array.
+            let text = input::read_text(path)?;
+            match serde_json::from_str::<Vec<Value>>(&text) {
+                Ok(items) => {
+                    drop(text);
+                    for (i, v) in items.iter().enumerate() {
+                        take(Loc::Item(i), v, ctx.problems);
+                    }
+                }
+                Err(e) => ctx.problems.report(
+                    Loc::File,
+                    FieldError::new("", format!("invalid JSON ({e})")),
+                ),
             }
+        } else {
+            each_jsonl_line(path, ctx.problems, |loc, v, problems| {
+                take(loc, &v, problems)
+            })?;
         }
         assemble(ctx, conversations, no_human)
     }
 }
 
-/// A file starting with `[` is one JSON array (the original dump); otherwise JSONL.
-fn entries_of(text: &str, problems: &mut input::Problems) -> Vec<(Loc, Value)> {
-    if !text.trim_start().starts_with('[') {
-        return input::jsonl_values_of(text, problems);
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(items)) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (Loc::Item(i), v))
-            .collect(),
-        Ok(other) => {
-            // Cannot happen for text starting with `[`, but say so rather than assume.
-            problems.report(
-                Loc::File,
-                FieldError::new("", format!("expected an array, got {}", type_name(&other))),
-            );
-            Vec::new()
-        }
-        Err(e) => {
-            problems.report(
-                Loc::File,
-                FieldError::new("", format!("invalid JSON ({e})")),
-            );
-            Vec::new()
-        }
+/// Whether the file's first non-blank byte is `[` (one JSON array rather than JSONL).
+fn starts_with_bracket(path: &Path) -> Result<bool, DatasetError> {
+    let io = |source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    loop {
+        let buf = reader.fill_buf().map_err(io)?;
+        let Some(&first) = buf.iter().find(|b| !b.is_ascii_whitespace()) else {
+            if buf.is_empty() {
+                return Ok(false);
+            }
+            let n = buf.len();
+            reader.consume(n);
+            continue;
+        };
+        return Ok(first == b'[');
     }
 }
 
@@ -118,8 +130,8 @@ fn parse_entry(v: &Value) -> Result<Vec<RawTurn>, FieldError> {
     }
 }
 
-fn user(text: &str) -> Value {
-    json!({"role": "user", "content": text})
+fn message(role: &str, text: &str) -> Bytes {
+    Bytes::from(message_json(role, text))
 }
 
 /// `[{"human": …, "assistant": …}, …]`: one turn per non-empty human, its assistant the reply.
@@ -135,12 +147,12 @@ fn evalscope_layout(c: &Value) -> Result<Vec<RawTurn>, FieldError> {
             continue;
         }
         turns.push(RawTurn {
-            messages: vec![user(human)],
+            messages: vec![message("user", human)],
             max_tokens: None,
             replies: if assistant.is_empty() {
                 Vec::new()
             } else {
-                vec![json!({"role": "assistant", "content": assistant})]
+                vec![message("assistant", assistant)]
             },
         });
     }
@@ -163,9 +175,7 @@ fn sharegpt_layout(c: &Value) -> Result<Vec<RawTurn>, FieldError> {
         let value = req_str(o, "value", &path)?.trim();
         if GPT.contains(&from) {
             // An empty reply still ends the turn; it just has nothing to replay.
-            split.assistant(
-                (!value.is_empty()).then(|| json!({"role": "assistant", "content": value})),
-            );
+            split.assistant((!value.is_empty()).then(|| message("assistant", value)));
             continue;
         }
         let role = if HUMAN.contains(&from) {
@@ -187,7 +197,7 @@ fn sharegpt_layout(c: &Value) -> Result<Vec<RawTurn>, FieldError> {
         }
         has_human |= role == "user";
         // No per-turn max_tokens in ShareGPT, so the turn can never have two.
-        let _ = split.message(json!({"role": role, "content": value}), None);
+        let _ = split.message(message(role, value), None);
     }
     Ok(if has_human {
         split.finish()
@@ -201,6 +211,7 @@ mod tests {
     use super::*;
     use crate::tokenizer::Tokenizer;
     use crate::workload::{input::Problems, DatasetParams, Selection};
+    use serde_json::json;
     use std::sync::OnceLock;
 
     fn tok() -> &'static Tokenizer {
