@@ -298,7 +298,8 @@ mod tests {
             json!({"id": "b", "conversations": [{"from": "gpt", "value": "only me"}]}),
             json!({"id": "c", "conversations": []}),
         ];
-        let array = Value::Array(convs.to_vec()).to_string();
+        // Leading blank space before the array is still the array layout.
+        let array = format!("\n  \n{}", Value::Array(convs.to_vec()));
         let jsonl = convs.map(|v| v.to_string()).join("\n");
         for text in [array, jsonl] {
             let (b, listed) = build(
@@ -381,6 +382,14 @@ mod tests {
         );
         assert!(b.unwrap().conversations.is_empty());
         assert!(listed[0].starts_with("file: invalid JSON"), "{listed:?}");
+        let args = DatasetParams {
+            dataset_args: Some(json!({"target_input_len": 5}).as_object().unwrap().clone()),
+            ..DatasetParams::default()
+        };
+        let e = build("share_gpt_en_multi_turn", Some(&text), args)
+            .0
+            .unwrap_err();
+        assert!(e.to_string().contains("--dataset-args"), "{e}");
         let e = build("share_gpt_zh_multi_turn", None, DatasetParams::default())
             .0
             .unwrap_err()
