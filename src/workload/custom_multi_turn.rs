@@ -110,7 +110,8 @@ pub(crate) fn each_jsonl_line(
     }
 }
 
-/// These sources take no `--dataset-args`; ignoring them silently would hide a typo'd dataset.
+/// These sources take no `--dataset-args`; ignoring them silently would run a workload other
+/// than the one asked for.
 pub(crate) fn reject_dataset_args(ctx: &BuildContext<'_>) -> Result<(), DatasetError> {
     match &ctx.params.dataset_args {
         Some(args) if !args.is_empty() => Err(DatasetError::Param {
