@@ -71,8 +71,9 @@ impl Source for ShareGptSource {
             match serde_json::from_str::<Vec<Value>>(&text) {
                 Ok(items) => {
                     drop(text);
-                    for (i, v) in items.iter().enumerate() {
-                        take(Loc::Item(i), v, ctx.problems);
+                    // Each item's tree is freed once its turns are stored.
+                    for (i, v) in items.into_iter().enumerate() {
+                        take(Loc::Item(i), &v, ctx.problems);
                     }
                 }
                 Err(e) => ctx.problems.report(
