@@ -12,8 +12,10 @@
 //! ones in [`custom_multi_turn`](super::custom_multi_turn).
 
 use bytes::Bytes;
+use serde::de::{Deserializer as _, SeqAccess, Visitor};
 use serde_json::Value;
 
+use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -66,20 +68,21 @@ impl Source for ShareGptSource {
             Err(e) => problems.report(loc, e),
         };
         if starts_with_bracket(path)? {
-            // The original dump: one JSON array.
-            let text = input::read_text(path)?;
-            match serde_json::from_str::<Vec<Value>>(&text) {
-                Ok(items) => {
-                    drop(text);
-                    // Each item's tree is freed once its turns are stored.
-                    for (i, v) in items.into_iter().enumerate() {
-                        take(Loc::Item(i), &v, ctx.problems);
-                    }
-                }
-                Err(e) => ctx.problems.report(
+            // The original dump: one JSON array, read item by item so that only one item's tree
+            // is alive at once (the dump is hundreds of MB).
+            let file = File::open(path).map_err(|source| DatasetError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let mut de = serde_json::Deserializer::from_reader(BufReader::new(file));
+            let read = de
+                .deserialize_seq(EachItem(|i, v: Value| take(Loc::Item(i), &v, ctx.problems)))
+                .and_then(|()| de.end());
+            if let Err(e) = read {
+                ctx.problems.report(
                     Loc::File,
                     FieldError::new("", format!("invalid JSON ({e})")),
-                ),
+                );
             }
         } else {
             each_jsonl_line(path, ctx.problems, |loc, v, problems| {
@@ -87,6 +90,26 @@ impl Source for ShareGptSource {
             })?;
         }
         assemble(ctx, conversations, no_human)
+    }
+}
+
+/// Visits a JSON array, handing each item to the closure with its index.
+struct EachItem<F>(F);
+
+impl<'de, F: FnMut(usize, Value)> Visitor<'de> for EachItem<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of conversations")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while let Some(v) = seq.next_element::<Value>()? {
+            (self.0)(i, v);
+            i += 1;
+        }
+        Ok(())
     }
 }
 
