@@ -94,7 +94,8 @@ pub(crate) fn each_jsonl_line(
         n += 1;
         let loc = Loc::Line(n);
         let line = match std::str::from_utf8(&buf) {
-            Ok(l) => l.trim(),
+            // A byte-order mark (files saved on Windows) is not part of the JSON.
+            Ok(l) => l.trim_start_matches('\u{feff}').trim(),
             Err(e) => {
                 problems.report(loc, FieldError::new("", format!("not UTF-8 ({e})")));
                 continue;
@@ -542,6 +543,13 @@ mod tests {
         ]
         .join("\n");
         let (ok, p) = parse_text(&text);
+        let mut bom = Problems::new(None, true);
+        let mut n = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bom.jsonl");
+        std::fs::write(&path, "\u{feff}[{\"role\":\"user\",\"content\":\"x\"}]\r\n").unwrap();
+        each_jsonl_line(&path, &mut bom, |_, v, _| n += parse(v).unwrap().len()).unwrap();
+        assert_eq!((n, bom.count()), (1, 0), "BOM and CRLF are not content");
         assert_eq!(ok.len(), 1);
         // Invalid JSON is found while reading, before the lines are parsed: sort by line.
         let mut listed = p.listed().to_vec();
