@@ -10,9 +10,11 @@
 //! input) and returns its conversations; [`build`] looks the source up by name and runs it.
 
 pub mod aiperf;
+pub mod custom_multi_turn;
 pub mod input;
 pub mod mooncake;
 pub mod random_multi_turn;
+pub mod share_gpt;
 pub mod swe_smith;
 pub mod synth;
 pub mod synthetic;
@@ -312,6 +314,8 @@ pub static SOURCES: &[&dyn Source] = &[
     &aiperf::SingleTurnSource,
     &mooncake::MooncakeSource,
     &mooncake::BailianSource,
+    &custom_multi_turn::CustomMultiTurnSource,
+    &share_gpt::ShareGptSource,
 ];
 
 /// The source answering to `name`.
