@@ -158,13 +158,36 @@ impl BenchPlan {
             args.skip_invalid,
         )?;
         let mut conversations = built.conversations;
+        let mut skipped_invalid = skipped_invalid;
         if let Some(mode) = args.context_mode {
-            for (i, c) in conversations.iter_mut().enumerate() {
-                c.convert(mode).map_err(|reason| PlanError::Flag {
-                    flag: "context-mode",
-                    reason: format!("conversation {i} of --dataset {dataset}: {reason}"),
-                })?;
+            let mut kept = Vec::with_capacity(conversations.len());
+            for (i, mut c) in conversations.into_iter().enumerate() {
+                match c.convert(mode, |reply| Some(message_tokens(&tokenizer, reply))) {
+                    Ok(()) => kept.push(c),
+                    // A conversation that cannot be sent this way is bad input like any other:
+                    // --skip-invalid leaves it out and counts it.
+                    Err(_) if args.skip_invalid => skipped_invalid += 1,
+                    Err(reason) => {
+                        return Err(PlanError::Flag {
+                            flag: "context-mode",
+                            reason: format!(
+                                "conversation {i} of --dataset {dataset}: {reason} \
+                                 (--skip-invalid leaves such conversations out)"
+                            ),
+                        })
+                    }
+                }
             }
+            if kept.is_empty() {
+                return Err(PlanError::Flag {
+                    flag: "context-mode",
+                    reason: format!(
+                        "no conversation of --dataset {dataset} can be sent as {}",
+                        mode.as_str()
+                    ),
+                });
+            }
+            conversations = kept;
         }
         // Turns with their own body fields get their own opening, built once here.
         for c in &mut conversations {
@@ -235,6 +258,24 @@ impl BenchPlan {
             config,
             tokenizer,
         })
+    }
+}
+
+/// Bare tokens of a serialised message's content (a string, or the text of its parts); 0 when it
+/// has none. Runs before the benchmark, for the client-side prompt estimate only.
+fn message_tokens(tokenizer: &Tokenizer, message: &[u8]) -> u32 {
+    let Ok(v) = serde_json::from_slice::<Value>(message) else {
+        return 0;
+    };
+    let count = |s: &str| tokenizer.count(s) as u32;
+    match &v["content"] {
+        Value::String(s) => count(s),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .map(count)
+            .sum(),
+        _ => 0,
     }
 }
 

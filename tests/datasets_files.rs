@@ -552,3 +552,81 @@ fn share_gpt_without_a_path_says_to_give_one() {
         "{err}"
     );
 }
+
+/// Verbatim against a server that reports no usage: the client's prompt estimate is every
+/// message of the array, recorded replies included. A conversation with a turn that has no
+/// recorded reply cannot be sent canned: the run stops naming it, or `--skip-invalid` leaves it
+/// out and counts it.
+#[test]
+fn verbatim_estimates_whole_arrays_and_replyless_conversations_are_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "sg.jsonl",
+        &[
+            json!({"conversation": [
+                {"human": "how do prefix caches work", "assistant": "they keep computed blocks"},
+                {"human": "and eviction", "assistant": "least recently used first"},
+                {"human": "thanks", "assistant": "you are welcome"}
+            ]}),
+            json!({"conversation": [
+                {"human": "a question without an answer", "assistant": ""},
+                {"human": "a second question", "assistant": "an answer"}
+            ]}),
+        ],
+    );
+    let path_s = path.to_str().unwrap();
+    let base = [
+        "--dataset",
+        "share_gpt_en_multi_turn",
+        "--dataset-path",
+        path_s,
+        "--number",
+        "2",
+        "--parallel",
+        "1",
+    ];
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--context-mode",
+        "canned",
+        "--url",
+        "http://127.0.0.1:9",
+        "-m",
+        "m",
+    ]);
+    let err = bench_err(&args);
+    assert!(
+        err.contains("conversation 1") && err.contains("--skip-invalid"),
+        "{err}"
+    );
+
+    let mut sim_flags = FAST_SIM.to_vec();
+    sim_flags.extend(["--usage", "none"]);
+    let sim = Sim::start(&sim_flags);
+    let mut args = base.to_vec();
+    args.extend(["--context-mode", "verbatim", "--skip-invalid"]);
+    let run = sim.bench(&args);
+    let records = sim.stop();
+    let s = &run.summary;
+    assert_eq!(u(&s["config"]["skipped_invalid"]), 1);
+    assert_eq!(s["token_source"], "estimated");
+    // --number 2 cycles the one conversation left: twice its 3 turns.
+    assert_eq!(records.len(), 6, "only the conversation with replies runs");
+    let mut input = 0u64;
+    for r in &records {
+        input += r["message_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(u)
+            .sum::<u64>();
+    }
+    assert!(
+        (f(&s["input_tokens"]["mean"]) - input as f64 / 6.0).abs() < 1e-9,
+        "estimate {} vs every message's bare tokens {}",
+        s["input_tokens"]["mean"],
+        input as f64 / 6.0
+    );
+}

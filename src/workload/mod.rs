@@ -116,7 +116,15 @@ impl Conversation {
     /// - to verbatim: turn k becomes every earlier delta and recorded reply plus its own delta
     ///   (segments are shared, so this costs pointers, not copies); needs the replies too;
     /// - from verbatim to anything else: impossible (the arrays hold no separable deltas).
-    pub fn convert(&mut self, mode: ContextMode) -> Result<(), String> {
+    ///
+    /// In verbatim, a turn's `delta_tokens` becomes the whole array's: earlier deltas plus
+    /// `reply_tokens` of each recorded reply (None when any part is unknown), so the client's
+    /// prompt estimate for servers that send no usage stays right.
+    pub fn convert(
+        &mut self,
+        mode: ContextMode,
+        reply_tokens: impl Fn(&Bytes) -> Option<u32>,
+    ) -> Result<(), String> {
         if self.context == mode {
             return Ok(());
         }
@@ -140,15 +148,23 @@ impl Conversation {
         }
         if mode == ContextMode::Verbatim {
             let mut history: Vec<Bytes> = Vec::new();
+            let mut history_tokens = Some(0u32);
             for t in &mut self.turns {
                 if !history.is_empty() {
                     history.push(COMMA);
                 }
                 history.extend(t.delta.iter().cloned());
                 t.delta = history.clone();
+                history_tokens = history_tokens
+                    .zip(t.delta_tokens)
+                    .map(|(h, d)| h.saturating_add(d));
+                t.delta_tokens = history_tokens;
                 if let Some(r) = &t.reply {
                     history.push(COMMA);
                     history.push(r.clone());
+                    history_tokens = history_tokens
+                        .zip(reply_tokens(r))
+                        .map(|(h, d)| h.saturating_add(d));
                 }
             }
         }
@@ -442,7 +458,7 @@ mod tests {
     fn turn(user: &str, reply: Option<&str>) -> Turn {
         Turn {
             reply: reply.map(|r| Bytes::from(message_json("assistant", r))),
-            ..Turn::user(user, None)
+            ..Turn::user(user, Some(1))
         }
     }
 
@@ -453,27 +469,30 @@ mod tests {
             turn("u2", Some("a2")),
             turn("u3", None),
         ]);
-        c.convert(ContextMode::Verbatim).unwrap();
+        c.convert(ContextMode::Verbatim, |_| Some(10)).unwrap();
         let arr = |t: &Turn| -> Vec<Value> {
             let s = format!("[{}]", String::from_utf8(t.delta_bytes()).unwrap());
             serde_json::from_str(&s).unwrap()
         };
         assert_eq!(arr(&c.turns[0]).len(), 1);
+        // Whole-array tokens: deltas of 1 and replies of 10.
+        let tokens: Vec<Option<u32>> = c.turns.iter().map(|t| t.delta_tokens).collect();
+        assert_eq!(tokens, [Some(1), Some(12), Some(23)]);
         let third = arr(&c.turns[2]);
         let contents: Vec<&str> = third
             .iter()
             .map(|m| m["content"].as_str().unwrap())
             .collect();
         assert_eq!(contents, ["u1", "a1", "u2", "a2", "u3"]);
-        assert!(c.convert(ContextMode::Live).is_err());
+        assert!(c.convert(ContextMode::Live, |_| None).is_err());
     }
 
     #[test]
     fn canned_needs_replies() {
         let mut c = Conversation::live(vec![turn("u1", None), turn("u2", None)]);
-        let e = c.convert(ContextMode::Canned).unwrap_err();
+        let e = c.convert(ContextMode::Canned, |_| None).unwrap_err();
         assert!(e.contains("turn 1"), "{e}");
         let mut one = Conversation::live(vec![turn("u1", None)]);
-        one.convert(ContextMode::Canned).unwrap();
+        one.convert(ContextMode::Canned, |_| None).unwrap();
     }
 }
