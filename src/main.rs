@@ -27,9 +27,26 @@ fn main() {
         Command::Dataset(args) => dataset(&args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(2);
     }
+}
+
+/// The error and its causes, each cause only once: library errors already name their source in
+/// their own message (`path: No such file…`), which `{:#}` would repeat.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn dataset(args: &DatasetArgs) -> Result<()> {

@@ -630,3 +630,23 @@ fn verbatim_estimates_whole_arrays_and_replyless_conversations_are_bad_input() {
         input as f64 / 6.0
     );
 }
+
+/// A dataset file that cannot be read: the error names the path and the OS reason, once.
+#[test]
+fn a_missing_dataset_file_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    let missing_s = missing.to_str().unwrap();
+    let err = bench_err(&[
+        "--dataset",
+        "custom_multi_turn",
+        "--dataset-path",
+        missing_s,
+        "--url",
+        "http://127.0.0.1:9",
+        "-m",
+        "m",
+    ]);
+    assert!(err.contains(missing_s), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
