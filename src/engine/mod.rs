@@ -248,13 +248,21 @@ async fn run_conversation(
     let mut prev_completion = 0u64;
     // Client-side prompt estimate for servers that send no usage: bare tokens of every message.
     let mut estimated_prompt = 0u64;
+    // When the slot could send the current turn: the claim for the first turn; the previous
+    // reply's last byte plus the turn's delay after that. Send lag is measured from here, so
+    // the client's own processing of the previous reply and timer overshoot both count.
+    let mut ready_ns = clock::now_ns();
+    let mut prev_end_ns = ready_ns;
     for (k, turn) in conv.turns.iter().enumerate() {
         if k > 0 {
             if signal::interrupted() {
                 return Ending::Interrupted;
             }
-            if turn.delay_ns > 0 {
-                glommio::timer::sleep(Duration::from_nanos(turn.delay_ns)).await;
+            ready_ns = prev_end_ns + turn.delay_ns;
+            // An absolute deadline, so time spent processing the reply is not added to the delay.
+            let now_ns = clock::now_ns();
+            if ready_ns > now_ns {
+                glommio::timer::sleep(Duration::from_nanos(ready_ns - now_ns)).await;
             }
             if conv.context == ContextMode::Verbatim {
                 // The turn carries the whole array; nothing accumulates.
@@ -268,7 +276,13 @@ async fn run_conversation(
         estimated_prompt += turn.delta_tokens.unwrap_or(0) as u64;
 
         let c = match ensure_connection(conn, endpoint).await {
-            Ok(c) => c,
+            Ok((c, opened)) => {
+                if opened {
+                    // Connection setup is the network's time, not the client's lag.
+                    ready_ns = ready_ns.max(clock::now_ns());
+                }
+                c
+            }
             Err(kind) => {
                 let now = clock::now_ns();
                 let timing = TurnTiming {
@@ -286,7 +300,16 @@ async fn run_conversation(
             Some(open) => assemble_body_with(open.clone(), history),
             None => assemble_body(&shared.body, turn.max_tokens, history),
         };
-        match client::send_turn(c, endpoint, body, claim, k as u32, scratch).await {
+        let sent = client::send_turn(c, endpoint, body, claim, k as u32, scratch).await;
+        let timing = match &sent {
+            Ok(timing) => timing,
+            Err(failure) => &failure.timing,
+        };
+        if let Some(written_ns) = timing.first_write_ns {
+            recorder.borrow_mut().record_send_lag(ready_ns, written_ns);
+        }
+        prev_end_ns = timing.end_ns;
+        match sent {
             Ok(timing) => {
                 let (prompt, completion, from_usage) =
                     metrics::tokens_of(timing.usage, estimated_prompt, timing.output_chunks);
@@ -341,19 +364,21 @@ async fn run_conversation(
     Ending::Completed
 }
 
+/// The slot's connection, opened (or reopened) if needed; `true` when it was just opened.
 async fn ensure_connection<'a>(
     conn: &'a mut Option<Connection>,
     endpoint: &Endpoint,
-) -> Result<&'a mut Connection, FailureKind> {
+) -> Result<(&'a mut Connection, bool), FailureKind> {
     if let Some(c) = conn.as_mut() {
         if !c.ready().await {
             *conn = None;
         }
     }
-    if conn.is_none() {
+    let opened = conn.is_none();
+    if opened {
         *conn = Some(Connection::open(endpoint).await?);
     }
-    Ok(conn.as_mut().expect("set above"))
+    Ok((conn.as_mut().expect("set above"), opened))
 }
 
 /// The request body for the current turn: the fixed opening, the history segments (shared
