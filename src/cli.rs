@@ -82,6 +82,15 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load")]
     pub cores: Option<u32>,
 
+    /// Keep every executor spinning instead of parking (sleeping in the kernel) when it has
+    /// nothing to do. Wake-ups then cost no scheduler or idle-state exit latency, so timestamps
+    /// and send times are tighter, at the price of each engine core at 100 % CPU for the whole
+    /// run. With --spin, client.cpu_s counts the spinning; client.cores[i].busy_pct counts only
+    /// the executor's own work (tasks and I/O polling). Use on a dedicated benchmark host when
+    /// timing accuracy matters more than CPU.
+    #[arg(long, help_heading = "Load")]
+    pub spin: bool,
+
     // ----- workload -----
     /// Conversation source (see docs/datasets.md). Synthetic: random_multi_turn (default),
     /// synthetic (AIPerf-style; chosen automatically when an AIPerf synthetic flag is given).

@@ -75,6 +75,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let config = EngineConfig {
         cpus: plan.cpus.clone(),
         concurrency: plan.concurrency,
+        spin: plan.config.spin,
     };
     if !args.quiet {
         eprintln!(

@@ -479,6 +479,7 @@ mod tests {
             parallel: 1,
             number: 1,
             cores: 2,
+            spin: false,
             stream: true,
             tokenizer: "t".into(),
             seed: 0,

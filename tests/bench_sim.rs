@@ -425,6 +425,28 @@ fn default_run_uses_builtin_sim_and_writes_every_key() {
     }
 }
 
+/// --spin: executors never park; the run completes and summary.json records the choice.
+#[test]
+fn spin_runs_and_is_recorded() {
+    let sim = Sim::start(&["--ttft-base-ms", "1", "--itl-ms", "1"]);
+    let run = sim.bench(&[
+        "--number",
+        "4",
+        "--parallel",
+        "2",
+        "--max-tokens",
+        "8",
+        "--spin",
+    ]);
+    sim.stop();
+    let s = &run.summary;
+    assert_eq!(s["config"]["spin"], true);
+    assert_eq!(u(&s["conversations"]["completed"]), 4);
+    // Busy share under --spin is glommio's own run time, not the spinning thread's CPU.
+    let busy = f(&s["client"]["cores"][0]["busy_pct"]);
+    assert!((0.0..=100.0).contains(&busy), "{busy}");
+}
+
 /// --no-stream: one response per turn, TTFT equals latency, tokens from usage.
 #[test]
 fn non_streaming_turns_work() {
