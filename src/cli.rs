@@ -33,6 +33,23 @@ pub enum Command {
     Bench(Box<BenchArgs>),
     /// Run the built-in simulated OpenAI-compatible server.
     Sim(SimArgs),
+    /// Check this host's settings for benchmarking (fd limits, ports, TIME_WAIT reuse,
+    /// somaxconn, CPU governor and idle states, cpu_dma_latency, IRQ affinity, isolcpus) and
+    /// print what to change. Exits 0 with warnings: they are advice.
+    Doctor(DoctorArgs),
+}
+
+/// Flags of `parley doctor`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:\n  parley doctor\n  parley doctor --cores 2-3 --parallel 10000")]
+pub struct DoctorArgs {
+    /// CPUs the benchmark will pin executors to, as a list (0-3,6). Default: every online CPU.
+    #[arg(long)]
+    pub cores: Option<String>,
+
+    /// The --parallel the benchmark will use (sizes the fd, port and backlog checks).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub parallel: u64,
 }
 
 /// Flags of `parley bench`.

@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use mimalloc::MiMalloc;
 
-use parley::cli::{BenchArgs, Cli, Command};
+use parley::cli::{BenchArgs, Cli, Command, DoctorArgs};
 use parley::client::Endpoint;
 use parley::engine::{self, EngineConfig, Shared};
 use parley::plan::{BenchPlan, Target};
 use parley::report::Summary;
-use parley::{metrics, signal, sim};
+use parley::{doctor, metrics, signal, sim};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -22,11 +22,26 @@ fn main() {
     let result = match cli.command {
         Command::Bench(args) => bench(&args),
         Command::Sim(args) => sim::run(&args).context("parley sim"),
+        Command::Doctor(args) => run_doctor(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
+}
+
+fn run_doctor(args: &DoctorArgs) -> Result<()> {
+    let cpus = match &args.cores {
+        Some(list) => doctor::parse_cpu_list(list)?,
+        None => doctor::online_cpus(),
+    };
+    let target = doctor::Target {
+        cpus,
+        parallel: args.parallel,
+    };
+    let facts = doctor::HostFacts::read(&target.cpus);
+    print!("{}", doctor::render(&doctor::checks(&facts, &target)));
+    Ok(())
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
