@@ -405,9 +405,13 @@ async fn ensure_connection<'a>(
     Ok((conn.as_mut().expect("set above"), opened))
 }
 
-/// The request body for the current turn: the fixed opening, the history segments (shared
+/// The request body for the current turn (public for `benches/turn_and_record.rs`): the fixed opening, the history segments (shared
 /// `Bytes`, no copy), and the closing brackets.
-fn assemble_body(shape: &BodyShape, max_tokens: Option<u32>, history: &[Bytes]) -> SegmentsBody {
+pub fn assemble_body(
+    shape: &BodyShape,
+    max_tokens: Option<u32>,
+    history: &[Bytes],
+) -> SegmentsBody {
     let mut segments = Vec::with_capacity(history.len() + 3);
     match max_tokens {
         None => segments.push(shape.open.clone()),
