@@ -54,11 +54,20 @@ run_once() {
   if [ -n "${BASELINE_RSS:-}" ]; then
     # The same flags at one stream: what the process costs before per-stream memory.
     rm -rf "$work/base_out"
+    local base=() skip=0 a
+    for a in "$@"; do
+      if [ "$skip" = 1 ]; then skip=0; continue; fi
+      case "$a" in --parallel|--number) skip=1; continue ;; esac
+      base+=("$a")
+    done
     /usr/bin/time -f "%M" -o "$work/base_rss" taskset -c "$client_cpu" "$bin" bench \
       --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
-      --outputs-dir "$work/base_out" --name b "$@" --parallel 1 --number 1 >/dev/null
+      --outputs-dir "$work/base_out" --name b "${base[@]}" --parallel 1 --number 1 >/dev/null
   fi
-  kill -TERM "$sim_pid"; wait "$sim_pid" 2>/dev/null || true
+  if ! kill -TERM "$sim_pid" 2>/dev/null; then
+    echo "note: the sim exited before the run ended: $(tail -3 "$work/sim.out")" >&2
+  fi
+  wait "$sim_pid" 2>/dev/null || true
   python3 - "$name" "$work" <<'PY'
 import json, sys, glob
 name, work = sys.argv[1], sys.argv[2]
