@@ -40,12 +40,16 @@ run_case() {
 run_once() {
   local name="$1"; shift
   local sim_flags="$1"; shift
-  local port=$((20000 + RANDOM % 20000))
   rm -f "$work/record.jsonl"
   # shellcheck disable=SC2086
-  taskset -c "$sim_cpu" "$bin" sim --port "$port" --record "$work/record.jsonl" $sim_flags >"$work/sim.out" 2>&1 &
+  taskset -c "$sim_cpu" "$bin" sim --port 0 --record "$work/record.jsonl" $sim_flags >"$work/sim.out" 2>&1 &
   sim_pid=$!
   for _ in $(seq 100); do grep -q "listening on" "$work/sim.out" 2>/dev/null && break; sleep 0.05; done
+  # Port 0: the kernel picks a free port (a fixed guess can collide with TIME_WAIT ports the
+  # 10k case leaves behind); the sim prints it.
+  local port
+  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/sim.out" | head -1)
+  [ -n "$port" ] || { echo "sim did not start: $(cat "$work/sim.out")" >&2; exit 1; }
   rm -rf "$work/out"
   /usr/bin/time -f "%M" -o "$work/rss" taskset -c "$client_cpu" "$bin" bench \
     --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
