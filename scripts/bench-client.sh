@@ -19,6 +19,7 @@
 #
 # Needs: a release build (built here if missing), python3, taskset, /usr/bin/time. Loopback only.
 # REPEAT=3 runs each case three times (median of 3 is what docs/performance.md reports).
+# CLIENT_FLAGS adds flags to every client run, e.g. CLIENT_FLAGS=--spin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case_name="${1:-all}"
@@ -53,7 +54,7 @@ run_once() {
   rm -rf "$work/out"
   /usr/bin/time -f "%M" -o "$work/rss" taskset -c "$client_cpu" "$bin" bench \
     --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
-    --outputs-dir "$work/out" --name c "$@" >/dev/null
+    --outputs-dir "$work/out" --name c "$@" ${CLIENT_FLAGS:-} >/dev/null
   echo 0 >"$work/base_rss"
   if [ -n "${BASELINE_RSS:-}" ]; then
     # The same flags at one stream: what the process costs before per-stream memory.
@@ -96,7 +97,7 @@ print(f"{name:10s} streams={s['config']['parallel']:<5d} events/s={c['output_eve
       f"ttft p50/p99={s['ttft_ms']['p50']:.2f}/{s['ttft_ms']['p99']:.2f}ms (sim {pct(ttft,50):.2f}/{pct(ttft,99):.2f}) "
       f"itl p50/p99={s['itl_ms']['p50']:.2f}/{s['itl_ms']['p99']:.2f}ms (sim {pct(itl,50):.2f}/{pct(itl,99):.2f}) "
       f"ok={s['requests']['succeeded']}/{s['requests']['total']} "
-      f"busy={c['cores'][0]['busy_pct']:.0f}% lag p50/p99={lag.get('p50') or 0:.0f}/{lag.get('p99') or 0:.0f}us "
+      f"busy={c['cores'][0]['busy_pct']:.0f}% core_cpu={c['cores'][0]['cpu_s']:.2f}s lag p50/p99={lag.get('p50') or 0:.0f}/{lag.get('p99') or 0:.0f}us "
       f"in_tokens/req={in_tok:.0f} dur={s['duration_s']:.1f}s{mem}{' SATURATED' if c['saturated'] else ''}")
 PY
 }

@@ -67,9 +67,12 @@ pub struct EngineConfig {
     pub spin: bool,
 }
 
-/// How long an idle `--spin` executor polls before parking: longer than any run, so it never
-/// parks while its slots are alive.
-const SPIN_FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long an idle `--spin` executor polls before parking. Longer than any gap between events
+/// of a loaded run, so a busy executor never parks. Not unbounded: with an unbounded spin, one of
+/// six paced runs (512 × 10 ms) had a request stall ≈ 147 s until its read-timeout watchdog
+/// timer (600 s / 4) fired — a wake-up glommio's spin loop missed and the next timer recovered.
+/// Parking after this much idleness caps such a stall at this bound. (Cause not established.)
+const SPIN_BEFORE_PARK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -163,7 +166,7 @@ pub fn run(
             .io_memory(64 << 10);
         if spin {
             // glommio spins only on executors bound to a CPU, which ours always are.
-            builder = builder.spin_before_park(SPIN_FOREVER);
+            builder = builder.spin_before_park(SPIN_BEFORE_PARK);
         }
         let handle = builder
             .spawn(move || async move { run_shard(shared, core, n_slots, spin).await })
