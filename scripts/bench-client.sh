@@ -4,14 +4,30 @@
 # (the bench process's own getrusage, from summary.json), peak RSS, and the client's TTFT/ITL
 # p50/p99 next to the sim's recorded truth.
 #
-#   scripts/bench-client.sh [bulk|paced|multiturn|all]   (default: all)
+#   scripts/bench-client.sh [bulk|paced|streams10k|multiturn|all]   (default: all)
+#
+# Cases (issue 4's targets in brackets):
+#   bulk        64 streams, TTFT = ITL = 0                     [≤ 0.5 µs CPU/event]
+#   paced       512 streams × 10 ms ITL                        [100 % of offered rate, ≤ 5 µs/event,
+#                                                               ITL p99 within 1 ms of the sim's]
+#   streams10k  10,000 concurrent streams × 200 ms ITL          [≤ 16 KiB user memory per idle
+#               (also prints mem/stream = (peak RSS − RSS of a   stream]
+#               1-stream run with the same flags) / streams)
+#   multiturn   4 turns × 8k new tokens → 32k-token histories, [per-turn CPU ∝ new bytes only]
+#               next to multiturn-base: 1 turn × 8k tokens (the same new bytes per request with
+#               no history); equal cpu/req means history costs nothing per turn
 #
 # Needs: a release build (built here if missing), python3, taskset, /usr/bin/time. Loopback only.
+# REPEAT=3 runs each case three times (median of 3 is what docs/performance.md reports).
+# CLIENT_FLAGS adds flags to every client run, e.g. CLIENT_FLAGS=--spin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case_name="${1:-all}"
 bin=target/release/parley
-[ -x "$bin" ] || cargo build --release
+[ -x "$bin" ] || cargo build --release --locked
+repeat="${REPEAT:-1}"
+# One socket per stream: the 10k case needs the soft fd limit raised (within the hard limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 sim_cpu="${SIM_CPU:-1}"
 client_cpu="${CLIENT_CPU:-0}"
 work=$(mktemp -d)
@@ -19,19 +35,44 @@ trap 'kill "$sim_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 sim_pid=
 
 run_case() {
+  for _ in $(seq "$repeat"); do run_once "$@"; done
+}
+
+run_once() {
   local name="$1"; shift
   local sim_flags="$1"; shift
-  local port=$((20000 + RANDOM % 20000))
   rm -f "$work/record.jsonl"
   # shellcheck disable=SC2086
-  taskset -c "$sim_cpu" "$bin" sim --port "$port" --record "$work/record.jsonl" $sim_flags >"$work/sim.out" 2>&1 &
+  taskset -c "$sim_cpu" "$bin" sim --port 0 --record "$work/record.jsonl" $sim_flags >"$work/sim.out" 2>&1 &
   sim_pid=$!
   for _ in $(seq 100); do grep -q "listening on" "$work/sim.out" 2>/dev/null && break; sleep 0.05; done
+  # Port 0: the kernel picks a free port (a fixed guess can collide with TIME_WAIT ports the
+  # 10k case leaves behind); the sim prints it.
+  local port
+  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/sim.out" | head -1)
+  [ -n "$port" ] || { echo "sim did not start: $(cat "$work/sim.out")" >&2; exit 1; }
   rm -rf "$work/out"
   /usr/bin/time -f "%M" -o "$work/rss" taskset -c "$client_cpu" "$bin" bench \
     --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
-    --outputs-dir "$work/out" --name c "$@" >/dev/null
-  kill -TERM "$sim_pid"; wait "$sim_pid" 2>/dev/null || true
+    --outputs-dir "$work/out" --name c "$@" ${CLIENT_FLAGS:-} >/dev/null
+  echo 0 >"$work/base_rss"
+  if [ -n "${BASELINE_RSS:-}" ]; then
+    # The same flags at one stream: what the process costs before per-stream memory.
+    rm -rf "$work/base_out"
+    local base=() skip=0 a
+    for a in "$@"; do
+      if [ "$skip" = 1 ]; then skip=0; continue; fi
+      case "$a" in --parallel|--number) skip=1; continue ;; esac
+      base+=("$a")
+    done
+    /usr/bin/time -f "%M" -o "$work/base_rss" taskset -c "$client_cpu" "$bin" bench \
+      --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
+      --outputs-dir "$work/base_out" --name b "${base[@]}" --parallel 1 --number 1 >/dev/null
+  fi
+  if ! kill -TERM "$sim_pid" 2>/dev/null; then
+    echo "note: the sim exited before the run ended: $(tail -3 "$work/sim.out")" >&2
+  fi
+  wait "$sim_pid" 2>/dev/null || true
   python3 - "$name" "$work" <<'PY'
 import json, sys, glob
 name, work = sys.argv[1], sys.argv[2]
@@ -43,13 +84,21 @@ def pct(v, p):
 ttft = [(r["first_token_ns"] - r["arrival_ns"]) / 1e6 for r in recs if r.get("first_token_ns")]
 itl = [(b - a) / 1e6 for r in recs for a, b in zip(r["chunk_ns"], r["chunk_ns"][1:])]
 c = s["client"]
-rss_mib = int(open(f"{work}/rss").read().split()[-1]) / 1024
+rss_kib = int(open(f"{work}/rss").read().split()[-1])
+rss_mib = rss_kib / 1024
+base_kib = int(open(f"{work}/base_rss").read().split()[-1])
+streams = s['config']['parallel']
+mem = f" mem/stream={(rss_kib - base_kib) / streams:.1f}KiB (base {base_kib/1024:.0f}MiB)" if base_kib else ""
+req = s['requests']['total'] or 1
+in_tok = s['input_tokens']['mean'] or 0
+lag = c.get('send_lag_us', {})
 print(f"{name:10s} streams={s['config']['parallel']:<5d} events/s={c['output_events']/s['duration_s']:>10.0f} "
       f"cpu/event={c['cpu_us_per_event']:.2f}us cpu/req={c['cpu_us_per_request']:.1f}us rss={rss_mib:.0f}MiB "
       f"ttft p50/p99={s['ttft_ms']['p50']:.2f}/{s['ttft_ms']['p99']:.2f}ms (sim {pct(ttft,50):.2f}/{pct(ttft,99):.2f}) "
       f"itl p50/p99={s['itl_ms']['p50']:.2f}/{s['itl_ms']['p99']:.2f}ms (sim {pct(itl,50):.2f}/{pct(itl,99):.2f}) "
       f"ok={s['requests']['succeeded']}/{s['requests']['total']} "
-      f"busy={c['cores'][0]['busy_pct']:.0f}%{' SATURATED' if c['saturated'] else ''}")
+      f"busy={c['cores'][0]['busy_pct']:.0f}% core_cpu={c['cores'][0]['cpu_s']:.2f}s lag p50/p99={lag.get('p50') or 0:.0f}/{lag.get('p99') or 0:.0f}us "
+      f"in_tokens/req={in_tok:.0f} dur={s['duration_s']:.1f}s{mem}{' SATURATED' if c['saturated'] else ''}")
 PY
 }
 
@@ -63,8 +112,18 @@ if [ "$case_name" = paced ] || [ "$case_name" = all ]; then
   run_case paced "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 10" \
     --parallel 512 --number 1024 "${one_turn[@]}"
 fi
+if [ "$case_name" = streams10k ] || [ "$case_name" = all ]; then
+  # 20 tokens × 200 ms: every stream is open ≈ 4 s, idle between events almost all of it.
+  BASELINE_RSS=1 run_case streams10k "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 200" \
+    --parallel 10000 --number 10000 --min-turns 1 --max-turns 1 --min-prompt-length 16 \
+    --max-prompt-length 16 --max-tokens 20 --extra-args '{"ignore_eos":true}' --connect-timeout 60
+fi
 if [ "$case_name" = multiturn ] || [ "$case_name" = all ]; then
-  run_case multiturn "--ttft-base-ms 1 --itl-ms 1" \
-    --parallel 16 --number 200 --min-turns 2 --max-turns 5 --min-prompt-length 256 \
-    --max-prompt-length 512 --max-tokens 128 --extra-args '{"ignore_eos":true}'
+  # Same new bytes per request (8k-token user turn + a 64-token reply); only the history differs.
+  run_case multiturn-base "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 1" \
+    --parallel 16 --number 64 --min-turns 1 --max-turns 1 --min-prompt-length 8000 \
+    --max-prompt-length 8000 --max-tokens 64 --extra-args '{"ignore_eos":true}'
+  run_case multiturn "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 1" \
+    --parallel 16 --number 16 --min-turns 4 --max-turns 4 --min-prompt-length 8000 \
+    --max-prompt-length 8000 --max-tokens 64 --extra-args '{"ignore_eos":true}'
 fi

@@ -35,6 +35,10 @@ pub enum Command {
     Sim(SimArgs),
     /// Dataset tools: build a dataset file once, reuse it in many runs.
     Dataset(DatasetArgs),
+    /// Check this host's settings for benchmarking (fd limits, ports, TIME_WAIT reuse,
+    /// somaxconn, CPU governor and idle states, cpu_dma_latency, IRQ affinity, isolcpus) and
+    /// print what to change. Exits 0 with warnings: they are advice.
+    Doctor(DoctorArgs),
 }
 
 /// `parley dataset …`.
@@ -116,6 +120,19 @@ pub struct SweSmithBuildArgs {
     pub skip_invalid: bool,
 }
 
+/// Flags of `parley doctor`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:\n  parley doctor\n  parley doctor --cores 2-3 --parallel 10000")]
+pub struct DoctorArgs {
+    /// CPUs the benchmark will pin executors to, as a list (0-3,6). Default: every online CPU.
+    #[arg(long)]
+    pub cores: Option<String>,
+
+    /// The --parallel the benchmark will use (sizes the fd, port and backlog checks).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub parallel: u64,
+}
+
 /// Flags of `parley bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -162,6 +179,15 @@ pub struct BenchArgs {
     /// Cores to run executors on: one pinned executor each. Default: every online core.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load")]
     pub cores: Option<u32>,
+
+    /// Keep every executor spinning instead of parking (sleeping in the kernel) when it has
+    /// nothing to do; it parks only after 10 ms with no work at all. Wake-ups then cost no
+    /// scheduler or idle-state exit latency, so timestamps and send times are tighter, at the
+    /// price of each engine core at 100 % CPU while the run is busy. With --spin, client.cpu_s counts the spinning; client.cores[i].busy_pct counts only
+    /// the executor's own work (tasks and I/O polling). Use on a dedicated benchmark host when
+    /// timing accuracy matters more than CPU.
+    #[arg(long, help_heading = "Load")]
+    pub spin: bool,
 
     // ----- workload -----
     /// Conversation source (see docs/datasets.md). Synthetic: random_multi_turn (default),

@@ -15,7 +15,7 @@ use hyper::{Method, Request, StatusCode};
 
 use crate::chunk::{ChunkError, ChunkInfo, ChunkParser, Usage};
 use crate::clock;
-use crate::net::{HyperIo, ReadStamp, SegmentsBody};
+use crate::net::{HyperIo, ReadStamp, SegmentsBody, WriteStamp};
 use crate::sse::{SseError, SseFramer};
 
 /// How a request failed; every failure is counted under exactly one of these.
@@ -70,6 +70,7 @@ pub struct Endpoint {
 pub struct Connection {
     sender: SendRequest<SegmentsBody>,
     stamp: ReadStamp,
+    write_stamp: WriteStamp,
 }
 
 impl Connection {
@@ -80,7 +81,7 @@ impl Connection {
                 .map_err(|_| FailureKind::Connect)?;
         // Each SSE event must leave our send path immediately, and requests are single writes.
         let _ = stream.set_nodelay(true);
-        let (io, stamp) = HyperIo::new(stream);
+        let (io, stamp, write_stamp) = HyperIo::new(stream);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
@@ -91,7 +92,11 @@ impl Connection {
             let _ = conn.await;
         })
         .detach();
-        Ok(Connection { sender, stamp })
+        Ok(Connection {
+            sender,
+            stamp,
+            write_stamp,
+        })
     }
 
     /// Whether the connection can take another request (keep-alive still up).
@@ -116,6 +121,8 @@ pub struct Scratch {
 pub struct TurnTiming {
     /// Just before the request was handed to the connection.
     pub start_ns: u64,
+    /// When the request's first bytes were accepted by the socket (`None`: nothing written).
+    pub first_write_ns: Option<u64>,
     /// Read time of the first output-bearing event (TTFT end).
     pub first_output_ns: Option<u64>,
     /// Read time of the last byte of the response.
@@ -185,6 +192,7 @@ pub async fn send_turn(
     scratch.itl_ns.clear();
     scratch.framer.reset();
 
+    conn.write_stamp.set(0);
     let start_ns = clock::now_ns();
     timing.start_ns = start_ns;
     let fail = |kind, timing: TurnTiming| TurnFailure { kind, timing };
@@ -218,6 +226,8 @@ pub async fn send_turn(
     };
     let result = with_read_timeout(work, &conn.stamp, start_ns, endpoint.read_timeout).await;
     timing.end_ns = conn.stamp.get().max(timing.start_ns);
+    let written_ns = conn.write_stamp.get();
+    timing.first_write_ns = (written_ns != 0).then_some(written_ns);
     match result {
         Ok(()) => Ok(timing),
         Err(kind) => Err(fail(kind, timing)),

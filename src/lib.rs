@@ -21,11 +21,13 @@
 //! - [`tokenizer`] wraps the HF tokenizer (builtin Qwen2 BPE or a user's tokenizer.json) and the
 //!   chat rendering shared by the client's synthesis and the sim's prompt counting.
 //! - [`net`] adapts glommio sockets to hyper's I/O traits.
+//! - [`doctor`] checks the host's tuning for benchmarking (`parley doctor`).
 
 pub mod chunk;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod doctor;
 pub mod engine;
 pub mod metrics;
 pub mod net;

@@ -7,14 +7,16 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use mimalloc::MiMalloc;
 
-use parley::cli::{BenchArgs, Cli, Command, DatasetArgs, DatasetBuildSource, DatasetCommand};
+use parley::cli::{
+    BenchArgs, Cli, Command, DatasetArgs, DatasetBuildSource, DatasetCommand, DoctorArgs,
+};
 use parley::client::Endpoint;
 use parley::engine::{self, EngineConfig, Shared};
 use parley::plan::{BenchPlan, Target};
 use parley::report::Summary;
 use parley::tokenizer::Tokenizer;
 use parley::workload::swe_smith;
-use parley::{metrics, signal, sim};
+use parley::{doctor, metrics, signal, sim};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -25,6 +27,7 @@ fn main() {
         Command::Bench(args) => bench(&args),
         Command::Sim(args) => sim::run(&args).context("parley sim"),
         Command::Dataset(args) => dataset(&args),
+        Command::Doctor(args) => run_doctor(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", message(&e));
@@ -64,6 +67,20 @@ fn dataset(args: &DatasetArgs) -> Result<()> {
         skip_invalid: a.skip_invalid,
     })?;
     println!("{}", report.render(&a.output));
+    Ok(())
+}
+
+fn run_doctor(args: &DoctorArgs) -> Result<()> {
+    let cpus = match &args.cores {
+        Some(list) => doctor::parse_cpu_list(list)?,
+        None => doctor::online_cpus(),
+    };
+    let target = doctor::Target {
+        cpus,
+        parallel: args.parallel,
+    };
+    let facts = doctor::HostFacts::read(&target.cpus);
+    print!("{}", doctor::render(&doctor::checks(&facts, &target)));
     Ok(())
 }
 
@@ -113,6 +130,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let config = EngineConfig {
         cpus: plan.cpus.clone(),
         concurrency: plan.concurrency,
+        spin: plan.config.spin,
     };
     if !args.quiet {
         eprintln!(

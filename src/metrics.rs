@@ -16,6 +16,7 @@ use crate::client::{FailureKind, TurnTiming};
 const SIGFIG: u8 = 3;
 const MAX_US: u64 = 3_600_000_000;
 const MAX_TOKENS: u64 = 100_000_000;
+const MAX_NS: u64 = MAX_US * 1_000;
 
 /// A histogram with an exact sum beside it (HDR means are bucket-rounded).
 #[derive(Clone, Debug)]
@@ -119,6 +120,10 @@ pub struct Recorder {
     pub output_tokens: Dist,
     pub first_turn_ttft_us: Dist,
     pub subsequent_turn_ttft_us: Dist,
+    /// Per request: from when the slot was ready to send it to when its first bytes were
+    /// written to the socket (see `docs/metrics.md`). Nanoseconds, because a healthy client
+    /// keeps it in the tens of microseconds.
+    pub send_lag_ns: Dist,
     pub requests_succeeded: u64,
     pub requests_failed: u64,
     pub failures: BTreeMap<FailureKind, u64>,
@@ -160,6 +165,7 @@ impl Recorder {
             output_tokens: Dist::new(MAX_TOKENS),
             first_turn_ttft_us: Dist::new(MAX_US),
             subsequent_turn_ttft_us: Dist::new(MAX_US),
+            send_lag_ns: Dist::new(MAX_NS),
             requests_succeeded: 0,
             requests_failed: 0,
             failures: BTreeMap::new(),
@@ -224,6 +230,14 @@ impl Recorder {
         }
     }
 
+    /// Records one request's send lag: `ready_ns` is when the slot could have sent it,
+    /// `written_ns` when its first bytes reached the socket. A write before the ready time
+    /// (clock granularity) counts as no lag.
+    #[inline]
+    pub fn record_send_lag(&mut self, ready_ns: u64, written_ns: u64) {
+        self.send_lag_ns.record(written_ns.saturating_sub(ready_ns));
+    }
+
     pub fn record_failure(&mut self, timing: &TurnTiming, kind: FailureKind) {
         self.span(timing);
         self.requests_failed += 1;
@@ -240,6 +254,7 @@ impl Recorder {
         self.first_turn_ttft_us.merge(&other.first_turn_ttft_us);
         self.subsequent_turn_ttft_us
             .merge(&other.subsequent_turn_ttft_us);
+        self.send_lag_ns.merge(&other.send_lag_ns);
         self.requests_succeeded += other.requests_succeeded;
         self.requests_failed += other.requests_failed;
         for (k, v) in &other.failures {
@@ -301,6 +316,7 @@ mod tests {
     fn timing(start: u64, first: u64, end: u64) -> TurnTiming {
         TurnTiming {
             start_ns: start,
+            first_write_ns: Some(start),
             first_output_ns: Some(first),
             end_ns: end,
             output_chunks: 3,
@@ -358,5 +374,21 @@ mod tests {
         assert!((a.duration_s() - 0.409).abs() < 1e-9);
         let p50 = a.ttft_us.quantile(0.5).unwrap();
         assert!((4_995..=5_005).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn send_lag_records_per_core_and_merges() {
+        let mut a = Recorder::new();
+        a.record_send_lag(1_000, 21_000); // 20 µs
+        a.record_send_lag(5_000, 4_000); // written "before" ready: clock granularity, 0 lag
+        let mut b = Recorder::new();
+        b.record_send_lag(0, 3_000_000); // 3 ms
+        a.merge(&b);
+        assert_eq!(a.send_lag_ns.count(), 3);
+        assert_eq!(a.send_lag_ns.sum, 3_020_000);
+        let max = a.send_lag_ns.max().unwrap();
+        assert!((2_998_000..=3_002_000).contains(&max), "{max}");
+        let p50 = a.send_lag_ns.quantile(0.5).unwrap();
+        assert!((19_980..=20_020).contains(&p50), "{p50}");
     }
 }

@@ -4,6 +4,10 @@
 //! the monotonic time of the last read that returned bytes. The client uses that stamp as the
 //! arrival time of every SSE event carried by those bytes, so a slow parse never shifts a
 //! timestamp (the drift evalscope and AIPerf show under load).
+//!
+//! It also records, in a [`WriteStamp`], when the first bytes of a request reached the socket:
+//! the owner clears the stamp before handing hyper a request, and the first write that accepts
+//! bytes sets it. That is the "actual send" time of the send-lag figure.
 
 use std::cell::Cell;
 use std::io;
@@ -21,21 +25,29 @@ use crate::clock;
 /// Time (ns since the clock epoch) of the most recent read that returned data.
 pub type ReadStamp = Rc<Cell<u64>>;
 
+/// Time (ns since the clock epoch) of the first write that accepted bytes since the owner last
+/// set it to 0; 0 while nothing has been written.
+pub type WriteStamp = Rc<Cell<u64>>;
+
 /// A glommio TCP stream implementing `hyper::rt::{Read, Write}`.
 pub struct HyperIo {
     stream: TcpStream,
     stamp: ReadStamp,
+    write_stamp: WriteStamp,
 }
 
 impl HyperIo {
-    pub fn new(stream: TcpStream) -> (Self, ReadStamp) {
+    pub fn new(stream: TcpStream) -> (Self, ReadStamp, WriteStamp) {
         let stamp: ReadStamp = Rc::new(Cell::new(0));
+        let write_stamp: WriteStamp = Rc::new(Cell::new(0));
         (
             HyperIo {
                 stream,
                 stamp: stamp.clone(),
+                write_stamp: write_stamp.clone(),
             },
             stamp,
+            write_stamp,
         )
     }
 }
@@ -75,7 +87,11 @@ impl hyper::rt::Write for HyperIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) && self.write_stamp.get() == 0 {
+            self.write_stamp.set(clock::now_ns());
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -69,6 +69,8 @@ pub struct RunConfig {
     pub parallel: u32,
     pub number: u64,
     pub cores: usize,
+    /// `--spin`: executors never park.
+    pub spin: bool,
     pub stream: bool,
     pub tokenizer: String,
     pub seed: u64,
@@ -232,6 +234,7 @@ impl BenchPlan {
             parallel: args.parallel,
             number: args.number,
             cores: cpus.len(),
+            spin: args.spin,
             stream,
             tokenizer: tokenizer.name().to_string(),
             seed: args.seed,

@@ -75,8 +75,12 @@ pub struct ClientCost {
     pub includes_builtin_sim: bool,
     /// Per engine core: its executor thread's CPU time and wall time over the run.
     pub cores: Vec<CoreCost>,
-    /// Some engine core was busy ≥ 90 % of its run: the client may have been the bottleneck,
-    /// and its latency figures may include time responses waited for it.
+    /// Per request, from when its slot was ready to send it to when its first bytes were
+    /// written to the socket, in µs (`docs/metrics.md`).
+    pub send_lag_us: Stats,
+    /// Some engine core was busy ≥ 90 % of its run, or send lag p99 exceeded 1 ms: the client
+    /// may have been the bottleneck, and its latency figures may include time responses waited
+    /// for it.
     pub saturated: bool,
 }
 
@@ -92,6 +96,11 @@ pub struct CoreCost {
 
 /// Busy share of a core's wall time at or above which the client counts as saturated.
 pub const SATURATED_BUSY_FRACTION: f64 = 0.9;
+
+/// Send lag p99 above which the client counts as saturated: a healthy client sends within tens
+/// of microseconds of the slot being ready; a millisecond means requests queued behind its own
+/// work.
+pub const SATURATED_SEND_LAG_P99_US: f64 = 1_000.0;
 
 /// Everything a run reports.
 #[derive(Clone, Debug, Serialize)]
@@ -143,6 +152,14 @@ impl Summary {
         let input_sum = rec.input_tokens.sum as f64;
         let output_sum = rec.output_tokens.sum as f64;
         let ok = rec.requests_succeeded;
+        let send_lag_us = Stats::of(&rec.send_lag_ns, 1e-3);
+        let busy = rec
+            .core_loads
+            .iter()
+            .any(|c| c.busy_fraction() >= SATURATED_BUSY_FRACTION);
+        let lagging = send_lag_us
+            .p99
+            .is_some_and(|p99| p99 > SATURATED_SEND_LAG_P99_US);
         Summary {
             parley_version: env!("CARGO_PKG_VERSION"),
             config,
@@ -201,10 +218,8 @@ impl Summary {
                         busy_pct: 100.0 * c.busy_fraction(),
                     })
                     .collect(),
-                saturated: rec
-                    .core_loads
-                    .iter()
-                    .any(|c| c.busy_fraction() >= SATURATED_BUSY_FRACTION),
+                send_lag_us,
+                saturated: busy || lagging,
             },
         }
     }
@@ -331,6 +346,17 @@ impl Summary {
                 ""
             }
         );
+        let lag = &self.client.send_lag_us;
+        if lag.count > 0 {
+            let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+            let _ = writeln!(
+                out,
+                "Send lag (slot ready → first byte written): p50 {} µs, p99 {} µs, max {} µs",
+                us(lag.p50),
+                us(lag.p99),
+                us(lag.max)
+            );
+        }
         if self.client.saturated {
             let busiest = self
                 .client
@@ -338,11 +364,22 @@ impl Summary {
                 .iter()
                 .map(|c| c.busy_pct)
                 .fold(0.0, f64::max);
+            let mut causes = Vec::new();
+            if busiest >= 100.0 * SATURATED_BUSY_FRACTION {
+                causes.push(format!("a client core was busy {busiest:.0}% of the run"));
+            }
+            if let Some(p99) = lag.p99.filter(|p| *p > SATURATED_SEND_LAG_P99_US) {
+                causes.push(format!(
+                    "send lag p99 was {:.1} ms (> {:.0} ms)",
+                    p99 / 1e3,
+                    SATURATED_SEND_LAG_P99_US / 1e3
+                ));
+            }
             let _ = writeln!(
                 out,
-                "WARNING: a client core was busy {busiest:.0}% of the run: parley itself may have \
-                 been the bottleneck, and TTFT/ITL/latency may include time responses waited for it. \
-                 Add --cores or lower the load."
+                "WARNING: {}: parley itself may have been the bottleneck, and TTFT/ITL/latency \
+                 may include time responses waited for it. Add --cores or lower the load.",
+                causes.join(" and ")
             );
         }
         if self.config.skipped_invalid > 0 || self.config.filtered > 0 {
@@ -442,6 +479,7 @@ mod tests {
             parallel: 1,
             number: 1,
             cores: 2,
+            spin: false,
             stream: true,
             tokenizer: "t".into(),
             seed: 0,
@@ -479,6 +517,33 @@ mod tests {
             "{}",
             s.render()
         );
+    }
+
+    #[test]
+    fn saturation_is_flagged_from_send_lag_p99() {
+        let mut rec = Recorder::new();
+        rec.core_loads = vec![CoreLoad {
+            cpu_ns: 100,
+            wall_ns: 1_000,
+        }];
+        for _ in 0..99 {
+            rec.record_send_lag(0, 40_000); // 40 µs
+        }
+        rec.record_send_lag(0, 900_000); // 0.9 ms: p99 still ≤ 1 ms
+        let s = Summary::new(config(), &rec, false, 0, false);
+        assert_eq!(s.client.send_lag_us.count, 100);
+        assert!(!s.client.saturated);
+        let text = s.render();
+        assert!(text.contains("Send lag"), "{text}");
+        assert!(!text.contains("WARNING"), "{text}");
+        for _ in 0..5 {
+            rec.record_send_lag(0, 5_000_000); // 5 ms
+        }
+        let s = Summary::new(config(), &rec, false, 0, false);
+        assert!(s.client.saturated);
+        let text = s.render();
+        assert!(text.contains("WARNING: send lag p99 was 5.0 ms"), "{text}");
+        assert!(!text.contains("core was busy"), "{text}");
     }
 
     #[test]

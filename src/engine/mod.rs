@@ -63,7 +63,16 @@ pub struct EngineConfig {
     pub cpus: Vec<usize>,
     /// Total concurrency slots, split across `cpus`.
     pub concurrency: usize,
+    /// Executors spin instead of parking when idle (`--spin`).
+    pub spin: bool,
 }
+
+/// How long an idle `--spin` executor polls before parking. Longer than any gap between events
+/// of a loaded run, so a busy executor never parks. Not unbounded: with an unbounded spin, one of
+/// six paced runs (512 × 10 ms) had a request stall ≈ 147 s until its read-timeout watchdog
+/// timer (600 s / 4) fired — a wake-up glommio's spin loop missed and the next timer recovered.
+/// Parking after this much idleness caps such a stall at this bound. (Cause not established.)
+const SPIN_BEFORE_PARK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -150,11 +159,17 @@ pub fn run(
             continue;
         }
         let shared = shared.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        let spin = config.spin;
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("parley-{core}"))
             // glommio pre-faults io_memory per executor; we do not use its DMA buffers.
-            .io_memory(64 << 10)
-            .spawn(move || async move { run_shard(shared, core, n_slots).await })
+            .io_memory(64 << 10);
+        if spin {
+            // glommio spins only on executors bound to a CPU, which ours always are.
+            builder = builder.spin_before_park(SPIN_BEFORE_PARK);
+        }
+        let handle = builder
+            .spawn(move || async move { run_shard(shared, core, n_slots, spin).await })
             .map_err(|e| EngineError::Executor {
                 cpu,
                 reason: e.to_string(),
@@ -176,7 +191,9 @@ pub fn run(
     Ok(merged)
 }
 
-async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize) -> Recorder {
+async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize, spin: bool) -> Recorder {
+    // Take (and so reset) glommio's counters: with --spin they are the only busy measure.
+    let _ = glommio::executor().executor_stats();
     let (cpu_start_ns, wall_start_ns) = (clock::thread_cpu_ns(), clock::now_ns());
     let recorder = Rc::new(RefCell::new(Recorder::new()));
     let tasks: Vec<_> = (0..n_slots)
@@ -188,8 +205,18 @@ async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize) -> Recorder
     let mut recorder = Rc::try_unwrap(recorder)
         .expect("every slot task has finished")
         .into_inner();
+    let cpu_ns = if spin {
+        // A spinning thread's CPU time is its wall time; glommio's run time (tasks + I/O
+        // polling, spin loops excluded) is what the executor actually worked.
+        glommio::executor()
+            .executor_stats()
+            .total_runtime()
+            .as_nanos() as u64
+    } else {
+        clock::thread_cpu_ns() - cpu_start_ns
+    };
     recorder.core_loads.push(metrics::CoreLoad {
-        cpu_ns: clock::thread_cpu_ns() - cpu_start_ns,
+        cpu_ns,
         wall_ns: clock::now_ns() - wall_start_ns,
     });
     shared.progress[core].done.store(true, Ordering::Release);
@@ -248,13 +275,21 @@ async fn run_conversation(
     let mut prev_completion = 0u64;
     // Client-side prompt estimate for servers that send no usage: bare tokens of every message.
     let mut estimated_prompt = 0u64;
+    // When the slot could send the current turn: the claim for the first turn; the previous
+    // reply's last byte plus the turn's delay after that. Send lag is measured from here, so
+    // the client's own processing of the previous reply and timer overshoot both count.
+    let mut ready_ns = clock::now_ns();
+    let mut prev_end_ns = ready_ns;
     for (k, turn) in conv.turns.iter().enumerate() {
         if k > 0 {
             if signal::interrupted() {
                 return Ending::Interrupted;
             }
-            if turn.delay_ns > 0 {
-                glommio::timer::sleep(Duration::from_nanos(turn.delay_ns)).await;
+            ready_ns = prev_end_ns + turn.delay_ns;
+            // An absolute deadline, so time spent processing the reply is not added to the delay.
+            let now_ns = clock::now_ns();
+            if ready_ns > now_ns {
+                glommio::timer::sleep(Duration::from_nanos(ready_ns - now_ns)).await;
             }
             if conv.context == ContextMode::Verbatim {
                 // The turn carries the whole array; nothing accumulates.
@@ -268,7 +303,13 @@ async fn run_conversation(
         estimated_prompt += turn.delta_tokens.unwrap_or(0) as u64;
 
         let c = match ensure_connection(conn, endpoint).await {
-            Ok(c) => c,
+            Ok((c, opened)) => {
+                if opened {
+                    // Connection setup is the network's time, not the client's lag.
+                    ready_ns = ready_ns.max(clock::now_ns());
+                }
+                c
+            }
             Err(kind) => {
                 let now = clock::now_ns();
                 let timing = TurnTiming {
@@ -286,7 +327,16 @@ async fn run_conversation(
             Some(open) => assemble_body_with(open.clone(), history),
             None => assemble_body(&shared.body, turn.max_tokens, history),
         };
-        match client::send_turn(c, endpoint, body, claim, k as u32, scratch).await {
+        let sent = client::send_turn(c, endpoint, body, claim, k as u32, scratch).await;
+        let timing = match &sent {
+            Ok(timing) => timing,
+            Err(failure) => &failure.timing,
+        };
+        if let Some(written_ns) = timing.first_write_ns {
+            recorder.borrow_mut().record_send_lag(ready_ns, written_ns);
+        }
+        prev_end_ns = timing.end_ns;
+        match sent {
             Ok(timing) => {
                 let (prompt, completion, from_usage) =
                     metrics::tokens_of(timing.usage, estimated_prompt, timing.output_chunks);
@@ -341,24 +391,30 @@ async fn run_conversation(
     Ending::Completed
 }
 
+/// The slot's connection, opened (or reopened) if needed; `true` when it was just opened.
 async fn ensure_connection<'a>(
     conn: &'a mut Option<Connection>,
     endpoint: &Endpoint,
-) -> Result<&'a mut Connection, FailureKind> {
+) -> Result<(&'a mut Connection, bool), FailureKind> {
     if let Some(c) = conn.as_mut() {
         if !c.ready().await {
             *conn = None;
         }
     }
-    if conn.is_none() {
+    let opened = conn.is_none();
+    if opened {
         *conn = Some(Connection::open(endpoint).await?);
     }
-    Ok(conn.as_mut().expect("set above"))
+    Ok((conn.as_mut().expect("set above"), opened))
 }
 
-/// The request body for the current turn: the fixed opening, the history segments (shared
+/// The request body for the current turn (public for `benches/turn_and_record.rs`): the fixed opening, the history segments (shared
 /// `Bytes`, no copy), and the closing brackets.
-fn assemble_body(shape: &BodyShape, max_tokens: Option<u32>, history: &[Bytes]) -> SegmentsBody {
+pub fn assemble_body(
+    shape: &BodyShape,
+    max_tokens: Option<u32>,
+    history: &[Bytes],
+) -> SegmentsBody {
     let mut segments = Vec::with_capacity(history.len() + 3);
     match max_tokens {
         None => segments.push(shape.open.clone()),

@@ -274,7 +274,7 @@ async fn serve_connection(guard: ConnGuard, stream: glommio::net::TcpStream) {
     let exec = guard.0.clone();
     // Small writes (one SSE event) must leave at once.
     let _ = stream.set_nodelay(true);
-    let (io, stamp) = HyperIo::new(stream);
+    let (io, stamp, _) = HyperIo::new(stream);
     let svc_exec = exec.clone();
     let service =
         hyper::service::service_fn(move |req| handle(svc_exec.clone(), stamp.clone(), req));
