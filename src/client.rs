@@ -74,6 +74,13 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// When the last bytes arrived on this connection (0: none yet). After a response, the
+    /// connection is ready for the next request only once the server has sent the response's
+    /// very end, which may follow the last SSE event; that wait is the server's, not ours.
+    pub fn last_read_ns(&self) -> u64 {
+        self.stamp.get()
+    }
+
     pub async fn open(endpoint: &Endpoint) -> Result<Connection, FailureKind> {
         let stream =
             glommio::net::TcpStream::connect_timeout(endpoint.addr, endpoint.connect_timeout)
@@ -121,7 +128,7 @@ pub struct Scratch {
 pub struct TurnTiming {
     /// Just before the request was handed to the connection.
     pub start_ns: u64,
-    /// When the request's first bytes were accepted by the socket (`None`: nothing written).
+    /// When the request's first write was issued to the socket (`None`: nothing written).
     pub first_write_ns: Option<u64>,
     /// Read time of the first output-bearing event (TTFT end).
     pub first_output_ns: Option<u64>,

@@ -5,9 +5,9 @@
 //! arrival time of every SSE event carried by those bytes, so a slow parse never shifts a
 //! timestamp (the drift evalscope and AIPerf show under load).
 //!
-//! It also records, in a [`WriteStamp`], when the first bytes of a request reached the socket:
-//! the owner clears the stamp before handing hyper a request, and the first write that accepts
-//! bytes sets it. That is the "actual send" time of the send-lag figure.
+//! It also records, in a [`WriteStamp`], when hyper issued the first write of a request: the owner
+//! clears the stamp before handing hyper a request, and the first write sets it. That is the
+//! "actual send" time of the send-lag figure.
 
 use std::cell::Cell;
 use std::io;
@@ -25,8 +25,8 @@ use crate::clock;
 /// Time (ns since the clock epoch) of the most recent read that returned data.
 pub type ReadStamp = Rc<Cell<u64>>;
 
-/// Time (ns since the clock epoch) of the first write that accepted bytes since the owner last
-/// set it to 0; 0 while nothing has been written.
+/// Time (ns since the clock epoch) of the first write issued since the owner last set it to 0;
+/// 0 while nothing has been written.
 pub type WriteStamp = Rc<Cell<u64>>;
 
 /// A glommio TCP stream implementing `hyper::rt::{Read, Write}`.
@@ -87,11 +87,13 @@ impl hyper::rt::Write for HyperIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) && self.write_stamp.get() == 0 {
+        // Stamped when the write is issued, not when it completes: glommio completes a write
+        // once the kernel took all of it, which for a large body waits for the server to read
+        // (its backpressure, not our lag).
+        if self.write_stamp.get() == 0 && !buf.is_empty() {
             self.write_stamp.set(clock::now_ns());
         }
-        result
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

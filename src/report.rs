@@ -351,7 +351,7 @@ impl Summary {
             let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
             let _ = writeln!(
                 out,
-                "Send lag (slot ready → first byte written): p50 {} µs, p99 {} µs, max {} µs",
+                "Send lag (slot ready → first write): p50 {} µs, p99 {} µs, max {} µs",
                 us(lag.p50),
                 us(lag.p99),
                 us(lag.max)

@@ -304,10 +304,13 @@ async fn run_conversation(
 
         let c = match ensure_connection(conn, endpoint).await {
             Ok((c, opened)) => {
-                if opened {
+                ready_ns = if opened {
                     // Connection setup is the network's time, not the client's lag.
-                    ready_ns = ready_ns.max(clock::now_ns());
-                }
+                    ready_ns.max(clock::now_ns())
+                } else {
+                    // Nor is waiting for the end of the previous response after its last event.
+                    ready_ns.max(c.last_read_ns())
+                };
                 c
             }
             Err(kind) => {
