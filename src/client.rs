@@ -5,7 +5,9 @@
 //! allocates nothing per event: the framer, parser, reply string and ITL buffer belong to the
 //! slot and are reused across requests.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -113,14 +115,28 @@ impl Connection {
 }
 
 /// Per-slot scratch state reused across requests.
-#[derive(Default)]
 pub struct Scratch {
     pub framer: SseFramer,
-    pub parser: ChunkParser,
+    /// Shared by every slot of one executor: a chunk is parsed to completion without awaiting,
+    /// so one parser per core serves them all, and an idle stream holds none of simd-json's
+    /// ≈ 7 KiB of tape and buffers (docs/performance.md, "10k idle streams").
+    pub parser: Rc<RefCell<ChunkParser>>,
     /// The reply text of the current turn (content + reasoning).
     pub reply: String,
     /// Gaps between consecutive output-bearing events of the current request, in ns.
     pub itl_ns: Vec<u64>,
+}
+
+impl Scratch {
+    /// Scratch for one slot, parsing with its executor's `parser`.
+    pub fn new(parser: Rc<RefCell<ChunkParser>>) -> Self {
+        Scratch {
+            framer: SseFramer::default(),
+            parser,
+            reply: String::new(),
+            itl_ns: Vec::new(),
+        }
+    }
 }
 
 /// What happened to one request.
@@ -264,7 +280,8 @@ async fn read_stream(
             done = true;
             return Ok(());
         }
-        let info: ChunkInfo = parser.parse_chunk(payload, reply)?;
+        // Never held across an await: the callback runs synchronously inside `feed`.
+        let info: ChunkInfo = parser.borrow_mut().parse_chunk(payload, reply)?;
         if info.error {
             return Err(StreamError::Server);
         }
@@ -329,6 +346,7 @@ async fn read_whole(
     }
     let info = scratch
         .parser
+        .borrow_mut()
         .parse_response(&mut buf, &mut scratch.reply)
         .map_err(|_| FailureKind::MalformedSse)?;
     if info.error {

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crossbeam::utils::CachePadded;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::chunk::ChunkParser;
 use crate::client::{self, Connection, Endpoint, FailureKind, Scratch, TurnTiming};
 use crate::clock;
 use crate::metrics::{self, CacheSource, Recorder, Success};
@@ -196,8 +197,12 @@ async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize, spin: bool)
     let _ = glommio::executor().executor_stats();
     let (cpu_start_ns, wall_start_ns) = (clock::thread_cpu_ns(), clock::now_ns());
     let recorder = Rc::new(RefCell::new(Recorder::new()));
+    let parser = Rc::new(RefCell::new(ChunkParser::new()));
     let tasks: Vec<_> = (0..n_slots)
-        .map(|_| glommio::spawn_local(run_slot(shared.clone(), core, recorder.clone())))
+        .map(|_| {
+            let scratch = Scratch::new(parser.clone());
+            glommio::spawn_local(run_slot(shared.clone(), core, recorder.clone(), scratch))
+        })
         .collect();
     for t in tasks {
         t.await;
@@ -230,9 +235,13 @@ enum Ending {
     Interrupted,
 }
 
-async fn run_slot(shared: Arc<Shared>, core: usize, recorder: Rc<RefCell<Recorder>>) {
+async fn run_slot(
+    shared: Arc<Shared>,
+    core: usize,
+    recorder: Rc<RefCell<Recorder>>,
+    mut scratch: Scratch,
+) {
     let mut conn: Option<Connection> = None;
-    let mut scratch = Scratch::default();
     let mut history: Vec<Bytes> = Vec::new();
     while let Some(claim) = shared.claim() {
         let pool = &shared.conversations;
