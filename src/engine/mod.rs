@@ -201,7 +201,14 @@ async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize, spin: bool)
     let tasks: Vec<_> = (0..n_slots)
         .map(|_| {
             let scratch = Scratch::new(parser.clone());
-            glommio::spawn_local(run_slot(shared.clone(), core, recorder.clone(), scratch))
+            let read_buf = client::read_buf_for(n_slots);
+            glommio::spawn_local(run_slot(
+                shared.clone(),
+                core,
+                recorder.clone(),
+                scratch,
+                read_buf,
+            ))
         })
         .collect();
     for t in tasks {
@@ -240,6 +247,7 @@ async fn run_slot(
     core: usize,
     recorder: Rc<RefCell<Recorder>>,
     mut scratch: Scratch,
+    read_buf: Option<usize>,
 ) {
     let mut conn: Option<Connection> = None;
     let mut history: Vec<Bytes> = Vec::new();
@@ -256,6 +264,7 @@ async fn run_slot(
             &mut scratch,
             &mut history,
             &recorder,
+            read_buf,
         )
         .await;
         let mut rec = recorder.borrow_mut();
@@ -277,6 +286,7 @@ async fn run_conversation(
     scratch: &mut Scratch,
     history: &mut Vec<Bytes>,
     recorder: &Rc<RefCell<Recorder>>,
+    read_buf: Option<usize>,
 ) -> Ending {
     let endpoint = &shared.endpoint;
     let progress = &shared.progress[core];
@@ -311,7 +321,7 @@ async fn run_conversation(
         history.extend(turn.delta.iter().cloned());
         estimated_prompt += turn.delta_tokens.unwrap_or(0) as u64;
 
-        let c = match ensure_connection(conn, endpoint).await {
+        let c = match ensure_connection(conn, endpoint, read_buf).await {
             Ok((c, opened)) => {
                 ready_ns = if opened {
                     // Connection setup is the network's time, not the client's lag.
@@ -407,6 +417,7 @@ async fn run_conversation(
 async fn ensure_connection<'a>(
     conn: &'a mut Option<Connection>,
     endpoint: &Endpoint,
+    read_buf: Option<usize>,
 ) -> Result<(&'a mut Connection, bool), FailureKind> {
     if let Some(c) = conn.as_mut() {
         if !c.ready().await {
@@ -415,7 +426,7 @@ async fn ensure_connection<'a>(
     }
     let opened = conn.is_none();
     if opened {
-        *conn = Some(Connection::open(endpoint).await?);
+        *conn = Some(Connection::open(endpoint, read_buf).await?);
     }
     Ok((conn.as_mut().expect("set above"), opened))
 }
