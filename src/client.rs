@@ -104,12 +104,12 @@ impl Connection {
             .handshake(io)
             .await
             .map_err(|_| FailureKind::Connect)?;
-        glommio::spawn_local(async move {
-            // The connection ends when the server closes it or the sender is dropped; either
-            // way the slot notices on its next request and reconnects.
-            let _ = conn.await;
-        })
-        .detach();
+        // The connection ends when the server closes it or the sender is dropped; either way
+        // the slot notices on its next request and reconnects, so its result is not needed.
+        // Spawned as is rather than inside `async move { conn.await }`: such a block keeps
+        // the captured connection and the awaited one side by side, doubling the task
+        // (≈ 1.6 KiB instead of ≈ 0.8 KiB per stream).
+        glommio::spawn_local(conn).detach();
         Ok(Connection {
             sender,
             stamp,
