@@ -2,8 +2,8 @@
 //! SSE framing and chunk parsing, and time every output-bearing event.
 //!
 //! Everything here runs on an engine executor, once per request and once per body frame, so it
-//! allocates nothing per event: the framer, parser, reply string and ITL buffer belong to the
-//! slot and are reused across requests.
+//! allocates nothing per event: the framer, reply string and ITL buffer belong to the slot, the
+//! chunk parser to the executor, and all are reused across requests.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -414,4 +414,21 @@ where
         }
     };
     futures_lite::future::or(work, watchdog).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_read_buffer_only_for_many_slots() {
+        // The bulk and paced cases (64 and 512 slots) keep hyper's adaptive buffer.
+        assert_eq!(read_buf_for(64), None);
+        assert_eq!(read_buf_for(512), None);
+        assert_eq!(
+            read_buf_for(SMALL_READ_BUF_FROM_SLOTS),
+            Some(SMALL_READ_BUF)
+        );
+        assert_eq!(read_buf_for(10_000), Some(SMALL_READ_BUF));
+    }
 }
