@@ -2,10 +2,12 @@
 //! SSE framing and chunk parsing, and time every output-bearing event.
 //!
 //! Everything here runs on an engine executor, once per request and once per body frame, so it
-//! allocates nothing per event: the framer, parser, reply string and ITL buffer belong to the
-//! slot and are reused across requests.
+//! allocates nothing per event: the framer, reply string and ITL buffer belong to the slot, the
+//! chunk parser to the executor, and all are reused across requests.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -81,7 +83,12 @@ impl Connection {
         self.stamp.get()
     }
 
-    pub async fn open(endpoint: &Endpoint) -> Result<Connection, FailureKind> {
+    /// Opens a connection. `read_buf_exact`: hyper's read buffer size, fixed (see
+    /// [`read_buf_for`]); `None` keeps hyper's adaptive buffer (8 KiB, growing under load).
+    pub async fn open(
+        endpoint: &Endpoint,
+        read_buf_exact: Option<usize>,
+    ) -> Result<Connection, FailureKind> {
         let stream =
             glommio::net::TcpStream::connect_timeout(endpoint.addr, endpoint.connect_timeout)
                 .await
@@ -89,16 +96,20 @@ impl Connection {
         // Each SSE event must leave our send path immediately, and requests are single writes.
         let _ = stream.set_nodelay(true);
         let (io, stamp, write_stamp) = HyperIo::new(stream);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        if read_buf_exact.is_some() {
+            builder.read_buf_exact_size(read_buf_exact);
+        }
+        let (sender, conn) = builder
             .handshake(io)
             .await
             .map_err(|_| FailureKind::Connect)?;
-        glommio::spawn_local(async move {
-            // The connection ends when the server closes it or the sender is dropped; either
-            // way the slot notices on its next request and reconnects.
-            let _ = conn.await;
-        })
-        .detach();
+        // The connection ends when the server closes it or the sender is dropped; either way
+        // the slot notices on its next request and reconnects, so its result is not needed.
+        // Spawned as is rather than inside `async move { conn.await }`: such a block keeps
+        // the captured connection and the awaited one side by side, doubling the task
+        // (≈ 1.6 KiB instead of ≈ 0.8 KiB per stream).
+        glommio::spawn_local(conn).detach();
         Ok(Connection {
             sender,
             stamp,
@@ -112,21 +123,55 @@ impl Connection {
     }
 }
 
+/// Slots per core from which connections use a small fixed read buffer instead of hyper's
+/// adaptive one. hyper's adaptive buffer starts at 8 KiB and ends up resident in full (10k
+/// streams: 34.1 → 26.6 KiB each with a 1 KiB buffer instead). A small
+/// buffer costs bulk throughput, though — more reads per event when events arrive back to back
+/// (64 bulk streams: +15 % CPU per event at 1 KiB, +4 % at 4 KiB) — so it is only used where
+/// memory is what limits: thousands of mostly idle streams per core, each read carrying an event
+/// or two. The paced case (512 streams) stays below this.
+pub const SMALL_READ_BUF_FROM_SLOTS: usize = 1024;
+
+/// The fixed read buffer of [`SMALL_READ_BUF_FROM_SLOTS`]: one or two typical chunk events
+/// (≈ 300–500 bytes each); a larger event just takes more reads.
+pub const SMALL_READ_BUF: usize = 1024;
+
+/// hyper's read buffer for connections of a core running `slots` slots (see
+/// [`SMALL_READ_BUF_FROM_SLOTS`]).
+pub fn read_buf_for(slots: usize) -> Option<usize> {
+    (slots >= SMALL_READ_BUF_FROM_SLOTS).then_some(SMALL_READ_BUF)
+}
+
 /// Per-slot scratch state reused across requests.
-#[derive(Default)]
 pub struct Scratch {
     pub framer: SseFramer,
-    pub parser: ChunkParser,
+    /// Shared by every slot of one executor: a chunk is parsed to completion without awaiting,
+    /// so one parser per core serves them all, and an idle stream holds none of simd-json's
+    /// ≈ 7 KiB of tape and buffers (docs/performance.md, "10k idle streams").
+    pub parser: Rc<RefCell<ChunkParser>>,
     /// The reply text of the current turn (content + reasoning).
     pub reply: String,
     /// Gaps between consecutive output-bearing events of the current request, in ns.
     pub itl_ns: Vec<u64>,
 }
 
+impl Scratch {
+    /// Scratch for one slot, parsing with its executor's `parser`.
+    pub fn new(parser: Rc<RefCell<ChunkParser>>) -> Self {
+        Scratch {
+            framer: SseFramer::default(),
+            parser,
+            reply: String::new(),
+            itl_ns: Vec::new(),
+        }
+    }
+}
+
 /// What happened to one request.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TurnTiming {
-    /// Just before the request was handed to the connection.
+    /// Just before the request was built (its headers, well under a µs) and handed to the
+    /// connection.
     pub start_ns: u64,
     /// When the request's first write was issued to the socket (`None`: nothing written).
     pub first_write_ns: Option<u64>,
@@ -163,19 +208,13 @@ impl From<ChunkError> for StreamError {
     }
 }
 
-/// Upper bound on a non-stream or error body we buffer.
-const MAX_BODY_BYTES: usize = 64 << 20;
-
-/// Sends one request and consumes its response. `headers` are per-request extras.
-pub async fn send_turn(
-    conn: &mut Connection,
+/// The request for one turn: fixed headers from `endpoint` plus the conversation and turn ids.
+fn build_request(
     endpoint: &Endpoint,
     body: SegmentsBody,
     conversation: u64,
     turn: u32,
-    scratch: &mut Scratch,
-) -> Result<TurnTiming, TurnFailure> {
-    let mut timing = TurnTiming::default();
+) -> Request<SegmentsBody> {
     let content_length = body.len();
     let mut builder = Request::builder()
         .method(Method::POST)
@@ -191,10 +230,24 @@ pub async fn send_turn(
     if let Some(auth) = &endpoint.authorization {
         builder = builder.header(AUTHORIZATION, auth.clone());
     }
-    let request = builder
+    builder
         .body(body)
-        .expect("request parts are valid by construction");
+        .expect("request parts are valid by construction")
+}
 
+/// Upper bound on a non-stream or error body we buffer.
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// Sends one request and consumes its response. `headers` are per-request extras.
+pub async fn send_turn(
+    conn: &mut Connection,
+    endpoint: &Endpoint,
+    body: SegmentsBody,
+    conversation: u64,
+    turn: u32,
+    scratch: &mut Scratch,
+) -> Result<TurnTiming, TurnFailure> {
+    let mut timing = TurnTiming::default();
     scratch.reply.clear();
     scratch.itl_ns.clear();
     scratch.framer.reset();
@@ -205,6 +258,10 @@ pub async fn send_turn(
     let fail = |kind, timing: TurnTiming| TurnFailure { kind, timing };
 
     let work = async {
+        // Built here rather than before this block: a request captured by the block stays in
+        // the slot's task for the whole response (the task was 2,520 bytes that way, 2,080
+        // this way).
+        let request = build_request(endpoint, body, conversation, turn);
         let response = match conn.sender.send_request(request).await {
             Ok(r) => r,
             Err(_) => return Err(FailureKind::Io),
@@ -264,7 +321,8 @@ async fn read_stream(
             done = true;
             return Ok(());
         }
-        let info: ChunkInfo = parser.parse_chunk(payload, reply)?;
+        // Never held across an await: the callback runs synchronously inside `feed`.
+        let info: ChunkInfo = parser.borrow_mut().parse_chunk(payload, reply)?;
         if info.error {
             return Err(StreamError::Server);
         }
@@ -329,6 +387,7 @@ async fn read_whole(
     }
     let info = scratch
         .parser
+        .borrow_mut()
         .parse_response(&mut buf, &mut scratch.reply)
         .map_err(|_| FailureKind::MalformedSse)?;
     if info.error {
@@ -368,4 +427,21 @@ where
         }
     };
     futures_lite::future::or(work, watchdog).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_read_buffer_only_for_many_slots() {
+        // The bulk and paced cases (64 and 512 slots) keep hyper's adaptive buffer.
+        assert_eq!(read_buf_for(64), None);
+        assert_eq!(read_buf_for(512), None);
+        assert_eq!(
+            read_buf_for(SMALL_READ_BUF_FROM_SLOTS),
+            Some(SMALL_READ_BUF)
+        );
+        assert_eq!(read_buf_for(10_000), Some(SMALL_READ_BUF));
+    }
 }

@@ -72,7 +72,9 @@ impl SseFramer {
     /// between feeds may not exceed it by more than a few bytes.
     pub fn with_max_event(max_event: usize) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // Grown on the first event to the size of the largest one: a slot that never
+            // streams holds nothing, and one that does holds one event's worth, not 1 KiB.
+            data: Vec::new(),
             has_data: false,
             line: Vec::new(),
             skip_lf: false,

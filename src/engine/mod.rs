@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crossbeam::utils::CachePadded;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::chunk::ChunkParser;
 use crate::client::{self, Connection, Endpoint, FailureKind, Scratch, TurnTiming};
 use crate::clock;
 use crate::metrics::{self, CacheSource, Recorder, Success};
@@ -196,8 +197,19 @@ async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize, spin: bool)
     let _ = glommio::executor().executor_stats();
     let (cpu_start_ns, wall_start_ns) = (clock::thread_cpu_ns(), clock::now_ns());
     let recorder = Rc::new(RefCell::new(Recorder::new()));
+    let parser = Rc::new(RefCell::new(ChunkParser::new()));
     let tasks: Vec<_> = (0..n_slots)
-        .map(|_| glommio::spawn_local(run_slot(shared.clone(), core, recorder.clone())))
+        .map(|_| {
+            let scratch = Scratch::new(parser.clone());
+            let read_buf = client::read_buf_for(n_slots);
+            glommio::spawn_local(run_slot(
+                shared.clone(),
+                core,
+                recorder.clone(),
+                scratch,
+                read_buf,
+            ))
+        })
         .collect();
     for t in tasks {
         t.await;
@@ -230,9 +242,14 @@ enum Ending {
     Interrupted,
 }
 
-async fn run_slot(shared: Arc<Shared>, core: usize, recorder: Rc<RefCell<Recorder>>) {
+async fn run_slot(
+    shared: Arc<Shared>,
+    core: usize,
+    recorder: Rc<RefCell<Recorder>>,
+    mut scratch: Scratch,
+    read_buf: Option<usize>,
+) {
     let mut conn: Option<Connection> = None;
-    let mut scratch = Scratch::default();
     let mut history: Vec<Bytes> = Vec::new();
     while let Some(claim) = shared.claim() {
         let pool = &shared.conversations;
@@ -247,6 +264,7 @@ async fn run_slot(shared: Arc<Shared>, core: usize, recorder: Rc<RefCell<Recorde
             &mut scratch,
             &mut history,
             &recorder,
+            read_buf,
         )
         .await;
         let mut rec = recorder.borrow_mut();
@@ -268,6 +286,7 @@ async fn run_conversation(
     scratch: &mut Scratch,
     history: &mut Vec<Bytes>,
     recorder: &Rc<RefCell<Recorder>>,
+    read_buf: Option<usize>,
 ) -> Ending {
     let endpoint = &shared.endpoint;
     let progress = &shared.progress[core];
@@ -302,7 +321,7 @@ async fn run_conversation(
         history.extend(turn.delta.iter().cloned());
         estimated_prompt += turn.delta_tokens.unwrap_or(0) as u64;
 
-        let c = match ensure_connection(conn, endpoint).await {
+        let c = match ensure_connection(conn, endpoint, read_buf).await {
             Ok((c, opened)) => {
                 ready_ns = if opened {
                     // Connection setup is the network's time, not the client's lag.
@@ -398,6 +417,7 @@ async fn run_conversation(
 async fn ensure_connection<'a>(
     conn: &'a mut Option<Connection>,
     endpoint: &Endpoint,
+    read_buf: Option<usize>,
 ) -> Result<(&'a mut Connection, bool), FailureKind> {
     if let Some(c) = conn.as_mut() {
         if !c.ready().await {
@@ -406,7 +426,7 @@ async fn ensure_connection<'a>(
     }
     let opened = conn.is_none();
     if opened {
-        *conn = Some(Connection::open(endpoint).await?);
+        *conn = Some(Connection::open(endpoint, read_buf).await?);
     }
     Ok((conn.as_mut().expect("set above"), opened))
 }
