@@ -21,7 +21,8 @@
 //! - [`tokenizer`] wraps the HF tokenizer (builtin Qwen2 BPE or a user's tokenizer.json) and the
 //!   chat rendering shared by the client's synthesis and the sim's prompt counting.
 //! - [`net`] adapts glommio sockets to hyper's I/O traits.
-//! - [`doctor`] checks the host's tuning for benchmarking (`parley doctor`).
+//! - [`doctor`] checks the host's tuning for benchmarking (`parley doctor`); [`host`] holds the
+//!   process-wide settings that keep parley's own timing true.
 
 pub mod chunk;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod client;
 pub mod clock;
 pub mod doctor;
 pub mod engine;
+pub mod host;
 pub mod metrics;
 pub mod net;
 pub mod plan;

@@ -22,6 +22,8 @@ use parley::{doctor, metrics, signal, sim};
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() {
+    // Before the executors allocate: huge-page faults would stall them mid-run.
+    parley::host::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench(&args),
