@@ -746,16 +746,20 @@ pub fn render_chat<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>, o
     out.push_str("<|im_start|>assistant\n");
 }
 
+/// The builtin tokenizer for unit tests, built once per test binary.
+#[cfg(test)]
+pub(crate) fn test_builtin() -> &'static Tokenizer {
+    static T: OnceLock<Tokenizer> = OnceLock::new();
+    T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
-    fn tok() -> &'static Tokenizer {
-        static T: OnceLock<Tokenizer> = OnceLock::new();
-        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
-    }
+    use crate::tokenizer::test_builtin as tok;
 
     fn scratch_dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("parley-tok-{}-{name}", std::process::id()));

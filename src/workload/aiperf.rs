@@ -446,15 +446,11 @@ pub(crate) fn join_messages(messages: impl IntoIterator<Item = Bytes>) -> Vec<By
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::Tokenizer;
+
     use crate::workload::input::Problems;
     use crate::workload::{DatasetParams, Selection};
-    use std::sync::OnceLock;
 
-    fn tok() -> &'static Tokenizer {
-        static T: OnceLock<Tokenizer> = OnceLock::new();
-        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
-    }
+    use crate::tokenizer::test_builtin as tok;
 
     fn run(source: &dyn Source, text: &str, skip: bool) -> Result<(Built, Problems), DatasetError> {
         let dir = tempfile::tempdir().unwrap();

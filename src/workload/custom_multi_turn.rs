@@ -435,12 +435,8 @@ mod tests {
     use crate::workload::input::{self, Problems};
     use crate::workload::{DatasetParams, Selection};
     use serde_json::json;
-    use std::sync::OnceLock;
 
-    fn tok() -> &'static Tokenizer {
-        static T: OnceLock<Tokenizer> = OnceLock::new();
-        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
-    }
+    use crate::tokenizer::test_builtin as tok;
 
     /// Parses a whole JSONL text, collecting bad lines.
     fn parse_text(text: &str) -> (Vec<Vec<RawTurn>>, input::Problems) {

@@ -672,15 +672,11 @@ fn parse_bailian_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::Tokenizer;
+
     use crate::workload::input::Problems;
     use crate::workload::{DatasetParams, Selection};
-    use std::sync::OnceLock;
 
-    fn tok() -> &'static Tokenizer {
-        static T: OnceLock<Tokenizer> = OnceLock::new();
-        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
-    }
+    use crate::tokenizer::test_builtin as tok;
 
     fn run(
         source: &dyn Source,

@@ -233,15 +233,11 @@ fn sharegpt_layout(c: &Value) -> Result<Vec<RawTurn>, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::Tokenizer;
+
     use crate::workload::{input::Problems, DatasetParams, Selection};
     use serde_json::json;
-    use std::sync::OnceLock;
 
-    fn tok() -> &'static Tokenizer {
-        static T: OnceLock<Tokenizer> = OnceLock::new();
-        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
-    }
+    use crate::tokenizer::test_builtin as tok;
 
     fn build(
         name: &str,

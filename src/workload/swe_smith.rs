@@ -1057,12 +1057,8 @@ impl FileBuildReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::OnceLock;
 
-    fn tok() -> &'static Tokenizer {
-        static T: OnceLock<Tokenizer> = OnceLock::new();
-        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
-    }
+    use crate::tokenizer::test_builtin as tok;
 
     /// Deterministic text of about `words` words with punctuation, digits, newlines and
     /// non-ASCII, so cuts land in awkward places.

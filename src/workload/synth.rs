@@ -202,12 +202,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::OnceLock;
 
-    pub(crate) fn tok() -> &'static Tokenizer {
-        static T: OnceLock<Tokenizer> = OnceLock::new();
-        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
-    }
+    use crate::tokenizer::test_builtin as tok;
 
     #[test]
     fn texts_are_exact_and_concatenate() {

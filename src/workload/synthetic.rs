@@ -473,14 +473,10 @@ impl Source for SyntheticSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::Tokenizer;
-    use serde_json::Value;
-    use std::sync::OnceLock;
 
-    fn tok() -> &'static Tokenizer {
-        static T: OnceLock<Tokenizer> = OnceLock::new();
-        T.get_or_init(|| Tokenizer::builtin().expect("builtin loads"))
-    }
+    use serde_json::Value;
+
+    use crate::tokenizer::test_builtin as tok;
 
     fn messages(turn: &Turn) -> Vec<Value> {
         let s = format!("[{}]", String::from_utf8(turn.delta_bytes()).unwrap());
