@@ -183,9 +183,10 @@ pub struct BenchArgs {
     /// Keep every executor spinning instead of parking (sleeping in the kernel) when it has
     /// nothing to do; it parks only after 10 ms with no work at all. Wake-ups then cost no
     /// scheduler or idle-state exit latency, so timestamps and send times are tighter, at the
-    /// price of each engine core at 100 % CPU while the run is busy. With --spin, client.cpu_s counts the spinning; client.cores[i].busy_pct counts only
-    /// the executor's own work (tasks and I/O polling). Use on a dedicated benchmark host when
-    /// timing accuracy matters more than CPU.
+    /// price of each engine core at 100 % CPU while the run is busy. With --spin, client.cpu_s
+    /// counts the spinning; client.cores[i].busy_pct counts only the executor's own work (tasks
+    /// and I/O polling). Use on a dedicated benchmark host when timing accuracy matters more than
+    /// CPU.
     #[arg(long, help_heading = "Load")]
     pub spin: bool,
 

@@ -238,7 +238,7 @@ fn build_request(
 /// Upper bound on a non-stream or error body we buffer.
 const MAX_BODY_BYTES: usize = 64 << 20;
 
-/// Sends one request and consumes its response. `headers` are per-request extras.
+/// Sends one request and consumes its response.
 pub async fn send_turn(
     conn: &mut Connection,
     endpoint: &Endpoint,

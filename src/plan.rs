@@ -69,7 +69,7 @@ pub struct RunConfig {
     pub parallel: u32,
     pub number: u64,
     pub cores: usize,
-    /// `--spin`: executors never park.
+    /// `--spin`: executors poll instead of parking while there is work (they park after 10 ms idle).
     pub spin: bool,
     pub stream: bool,
     pub tokenizer: String,

@@ -198,10 +198,10 @@ async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize, spin: bool)
     let (cpu_start_ns, wall_start_ns) = (clock::thread_cpu_ns(), clock::now_ns());
     let recorder = Rc::new(RefCell::new(Recorder::new()));
     let parser = Rc::new(RefCell::new(ChunkParser::new()));
+    let read_buf = client::read_buf_for(n_slots);
     let tasks: Vec<_> = (0..n_slots)
         .map(|_| {
             let scratch = Scratch::new(parser.clone());
-            let read_buf = client::read_buf_for(n_slots);
             glommio::spawn_local(run_slot(
                 shared.clone(),
                 core,
