@@ -234,7 +234,9 @@ pub struct BenchArgs {
     #[arg(long, visible_alias = "tokenizer", help_heading = "Workload")]
     pub tokenizer_path: Option<PathBuf>,
 
-    /// Fewest user turns per conversation (random_multi_turn: uniform in [min, max]; default 1).
+    /// Fewest user turns per conversation (random_multi_turn and swe_smith: uniform in
+    /// [min, max], default 1; custom_multi_turn and share_gpt: shorter conversations are
+    /// filtered out).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
     pub min_turns: Option<u32>,
 
