@@ -145,6 +145,8 @@ fn main() {
             for _ in 0..n {
                 rec.record_success(Success {
                     timing: black_box(&timing),
+                    intended_ns: 0,
+                    url: 0,
                     itl_ns: black_box(&itl_ns),
                     turn: 1,
                     prompt_tokens: 32_000,
@@ -164,6 +166,8 @@ fn main() {
             for _ in 0..n / 256 {
                 rec.record_success(Success {
                     timing: black_box(&timing),
+                    intended_ns: 0,
+                    url: 0,
                     itl_ns: black_box(&itl_ns),
                     turn: 1,
                     prompt_tokens: 32_000,

@@ -138,10 +138,11 @@ pub struct DoctorArgs {
 pub struct BenchArgs {
     // ----- target -----
     /// Server URL: a base (`http://host:port`, `/v1/chat/completions` is appended) or the full
-    /// endpoint URL (`…/v1/chat/completions` or `…/v1/completions`). Without it, parley starts its
-    /// built-in simulated server on 127.0.0.1 and benchmarks that.
-    #[arg(long, help_heading = "Target")]
-    pub url: Option<String>,
+    /// endpoint URL (`…/v1/chat/completions` or `…/v1/completions`). Repeat it to spread the load
+    /// over several servers: conversation i goes to URL i mod N with every one of its turns.
+    /// Without it, parley starts its built-in simulated server on 127.0.0.1 and benchmarks that.
+    #[arg(long, short = 'u', help_heading = "Target")]
+    pub url: Vec<String>,
 
     /// Model name sent in every request body. Required with --url; defaults to the sim's model
     /// otherwise.
@@ -157,6 +158,15 @@ pub struct BenchArgs {
     )]
     pub api_key: Option<String>,
 
+    /// Extra request header `NAME: VALUE` (or `NAME:VALUE`), repeatable (AIPerf `-H`).
+    #[arg(long, short = 'H', help_heading = "Target")]
+    pub header: Vec<String>,
+
+    /// Header that carries each conversation's id, e.g. `X-Session-ID` for a session-affinity
+    /// router (default `x-parley-conversation`).
+    #[arg(long, help_heading = "Target")]
+    pub session_header: Option<String>,
+
     /// Seconds allowed for a TCP connect before the request counts as failed (`connect`).
     #[arg(long, default_value_t = 10.0, value_parser = positive_f64, help_heading = "Target")]
     pub connect_timeout: f64,
@@ -167,14 +177,88 @@ pub struct BenchArgs {
     pub read_timeout: f64,
 
     // ----- load -----
-    /// Conversations in flight at once (closed loop); each slot runs one conversation at a time.
-    #[arg(long, visible_alias = "concurrency", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load")]
-    pub parallel: u32,
+    /// Conversations in flight at once (closed loop; default 10); each runs turn by turn. With
+    /// --request-rate it is a cap instead: arrivals that find it full wait for a slot. A list
+    /// (`5 10` or `5,10`) sweeps: one run per value, paired with --number / --request-rate.
+    #[arg(long, visible_alias = "concurrency", num_args = 1.., value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load")]
+    pub parallel: Vec<u32>,
 
-    /// Conversations to run in total. Conversations are claimed first come, first served, cycling
-    /// through the dataset when it holds fewer.
-    #[arg(long, short = 'n', visible_aliases = ["conversation-num", "num-conversations", "num-sessions"], default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Load")]
-    pub number: u64,
+    /// Conversations to run in total (default 100; with --duration, no limit unless given).
+    /// Conversations are taken from the dataset in order, cycling when it holds fewer. A list
+    /// sweeps, paired with --parallel.
+    #[arg(long, short = 'n', visible_aliases = ["conversation-num", "num-conversations", "num-sessions"], num_args = 1.., value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..), help_heading = "Load")]
+    pub number: Vec<u64>,
+
+    /// Requests to run in total (AIPerf): whole conversations are started until their turns
+    /// reach this count. For single-turn data it is the conversation count.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "number", help_heading = "Load")]
+    pub request_count: Option<u64>,
+
+    /// Open loop: new conversations per second (later turns follow their previous turn plus
+    /// think time). -1 = no rate (evalscope). A list sweeps.
+    #[arg(long, visible_alias = "rate", num_args = 1.., value_delimiter = ',', allow_negative_numbers = true, help_heading = "Load")]
+    pub request_rate: Vec<f64>,
+
+    /// How arrivals are spaced: poisson (default), constant, or gamma (shape --burstiness).
+    #[arg(
+        long,
+        visible_alias = "arrival-pattern",
+        value_enum,
+        help_heading = "Load"
+    )]
+    pub request_rate_mode: Option<crate::engine::ArrivalMode>,
+
+    /// Gamma shape of the arrival gaps (vLLM's --burstiness): 1 = Poisson, below 1 burstier,
+    /// above 1 more regular. Implies --request-rate-mode gamma.
+    #[arg(long, visible_alias = "arrival-smoothness", help_heading = "Load")]
+    pub burstiness: Option<f64>,
+
+    /// Seconds after which no new conversation starts; conversations in flight run every
+    /// remaining turn (evalscope's soft exit). With --number, whichever comes first.
+    #[arg(long, visible_alias = "benchmark-duration", value_parser = positive_f64, help_heading = "Load")]
+    pub duration: Option<f64>,
+
+    /// Seconds after --duration at which requests still in flight are cancelled and counted as
+    /// `cancelled` (AIPerf --benchmark-grace-period). Default: no limit.
+    #[arg(long, visible_alias = "benchmark-grace-period", value_parser = non_negative_f64, requires = "duration", help_heading = "Load")]
+    pub duration_grace: Option<f64>,
+
+    /// Conversations to run first, with the same load, excluded from every figure (the report
+    /// counts them). A fraction 0 < x < 1 means x · --number (evalscope --warmup-num).
+    #[arg(long, visible_aliases = ["warmup-num", "warmup-request-count", "num-warmup-sessions"], value_parser = non_negative_f64, help_heading = "Load")]
+    pub warmup_conversations: Option<f64>,
+
+    /// Seconds of warmup (soft end, like --duration), excluded from every figure.
+    #[arg(long, value_parser = positive_f64, help_heading = "Load")]
+    pub warmup_duration: Option<f64>,
+
+    /// Do not open every slot's connection before the measured start (first turns then include
+    /// the connect).
+    #[arg(long, help_heading = "Load")]
+    pub no_preconnect: bool,
+
+    /// Closed loop: start the --parallel slots evenly over this many seconds. With a rate and
+    /// --ramp-up-strategy: the time the rate takes to reach its target.
+    #[arg(long, value_parser = positive_f64, help_heading = "Load")]
+    pub ramp_up_duration: Option<f64>,
+
+    /// Ramp the arrival rate from --ramp-up-start-rate to --request-rate (vLLM), over
+    /// --ramp-up-duration or else over the run's conversations.
+    #[arg(
+        long,
+        value_enum,
+        requires = "ramp_up_start_rate",
+        help_heading = "Load"
+    )]
+    pub ramp_up_strategy: Option<crate::engine::RampStrategy>,
+
+    /// Rate (conversations/s) the ramp starts from.
+    #[arg(long, requires = "ramp_up_strategy", help_heading = "Load")]
+    pub ramp_up_start_rate: Option<f64>,
+
+    /// Seconds to wait between the points of a sweep (evalscope --sleep-interval).
+    #[arg(long, visible_alias = "sleep-interval", default_value_t = 0.0, value_parser = non_negative_f64, help_heading = "Load")]
+    pub sweep_pause: f64,
 
     /// Cores to run executors on: one pinned executor each. Default: every online core.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load")]
@@ -399,6 +483,15 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
     Ok((i, n))
 }
 
+fn non_negative_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be a non-negative number"))
+    }
+}
+
 fn positive_f64(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     if v.is_finite() && v > 0.0 {
@@ -425,8 +518,21 @@ mod tests {
     fn both_dialects_parse_to_the_same_fields() {
         let e = bench(&["--parallel", "7", "--number", "30"]);
         let a = bench(&["--concurrency", "7", "--conversation-num", "30"]);
-        assert_eq!((e.parallel, e.number), (7, 30));
-        assert_eq!((a.parallel, a.number), (7, 30));
+        assert_eq!((e.parallel, e.number), (vec![7], vec![30]));
+        assert_eq!((a.parallel, a.number), (vec![7], vec![30]));
+    }
+
+    #[test]
+    fn sweep_lists_take_both_spellings() {
+        let e = bench(&["--parallel", "5", "10", "--number", "10", "20"]);
+        assert_eq!((e.parallel, e.number), (vec![5, 10], vec![10, 20]));
+        let a = bench(&["--concurrency", "2,4,8", "--request-rate", "1,2.5"]);
+        assert_eq!(a.parallel, vec![2, 4, 8]);
+        assert_eq!(a.request_rate, vec![1.0, 2.5]);
+        assert_eq!(bench(&["--rate", "-1"]).request_rate, vec![-1.0]);
+        let u = bench(&["--url", "http://a:1", "-u", "http://b:2", "-H", "X-A: 1"]);
+        assert_eq!(u.url.len(), 2);
+        assert_eq!(u.header, vec!["X-A: 1".to_string()]);
     }
 
     #[test]

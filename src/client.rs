@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 
 use crate::chunk::{ChunkError, ChunkInfo, ChunkParser, Usage};
@@ -63,6 +63,11 @@ pub struct Endpoint {
     /// Request path, e.g. `/v1/chat/completions`.
     pub path: hyper::Uri,
     pub authorization: Option<HeaderValue>,
+    /// Sent with every request (`--header`), after parley's own.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The header that carries the conversation id (`--session-header`), e.g. `X-Session-ID`
+    /// for session-affinity routers.
+    pub session_header: HeaderName,
     pub stream: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -208,6 +213,12 @@ impl From<ChunkError> for StreamError {
     }
 }
 
+/// The default `--session-header`: the conversation id the sim records requests by.
+pub const SESSION_HEADER: &str = "x-parley-conversation";
+
+/// The turn index (0-based) within the conversation.
+pub const TURN_HEADER: &str = "x-parley-turn";
+
 /// The request for one turn: fixed headers from `endpoint` plus the conversation and turn ids.
 fn build_request(
     endpoint: &Endpoint,
@@ -225,10 +236,13 @@ fn build_request(
             hyper::header::CONTENT_LENGTH,
             HeaderValue::from(content_length),
         )
-        .header("x-parley-conversation", HeaderValue::from(conversation))
-        .header("x-parley-turn", HeaderValue::from(turn));
+        .header(&endpoint.session_header, HeaderValue::from(conversation))
+        .header(TURN_HEADER, HeaderValue::from(turn));
     if let Some(auth) = &endpoint.authorization {
         builder = builder.header(AUTHORIZATION, auth.clone());
+    }
+    for (name, value) in &endpoint.headers {
+        builder = builder.header(name, value.clone());
     }
     builder
         .body(body)

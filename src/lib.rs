@@ -9,13 +9,17 @@
 //!   before any I/O executor starts.
 //! - [`workload`] owns the conversation sources (`random_multi_turn`, …) and the immutable,
 //!   pre-serialized turn data the engine sends.
-//! - [`engine`] pins one glommio executor per core; each owns a disjoint set of concurrency slots,
-//!   its connections and its own [`metrics::Recorder`]. Conversations are claimed with one atomic
-//!   counter; nothing else is shared while the run is hot.
+//! - [`engine`] pins one glommio executor per core; each follows its share of the load
+//!   [`engine::schedule`] (closed loop, open-loop arrivals, fixed timestamps), walks each
+//!   conversation with a [`engine::cursor`] and counts tokens with [`engine::accounting`], over
+//!   its own pooled connections into its own [`metrics::Recorder`]. Closed-loop claims use one
+//!   atomic counter; nothing else is shared while the run is hot.
 //! - [`client`] sends one turn over a keep-alive hyper connection and streams the reply through
 //!   [`sse`] framing and [`chunk`] parsing (simd-json), stamping every read with [`clock`].
 //! - [`metrics`] merges per-core histograms once at the end; [`report`] prints the tables and
 //!   writes `summary.json`.
+//! - [`run`] is the pipeline after the plan: resources built in one place, each load point run
+//!   through the engine into a summary, files written. `main.rs` only calls it.
 //! - [`sim`] is the built-in OpenAI-compatible server: the default target and every test's
 //!   ground truth.
 //! - [`tokenizer`] wraps the HF tokenizer (builtin Qwen2 BPE or a user's tokenizer.json) and the
@@ -35,6 +39,7 @@ pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod signal;
 pub mod sim;
 pub mod sse;

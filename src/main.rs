@@ -1,8 +1,5 @@
 //! The `parley` binary: parse flags, dispatch, turn library errors into messages.
 
-use std::io::{IsTerminal, Write};
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 use clap::Parser;
 use mimalloc::MiMalloc;
@@ -10,13 +7,10 @@ use mimalloc::MiMalloc;
 use parley::cli::{
     BenchArgs, Cli, Command, DatasetArgs, DatasetBuildSource, DatasetCommand, DoctorArgs,
 };
-use parley::client::Endpoint;
-use parley::engine::{self, EngineConfig, Shared};
-use parley::plan::{BenchPlan, Target};
-use parley::report::Summary;
+use parley::plan::BenchPlan;
 use parley::tokenizer::Tokenizer;
 use parley::workload::swe_smith;
-use parley::{doctor, metrics, signal, sim};
+use parley::{doctor, run, signal, sim};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -89,99 +83,9 @@ fn run_doctor(args: &DoctorArgs) -> Result<()> {
 fn bench(args: &BenchArgs) -> Result<()> {
     signal::install();
     let plan = BenchPlan::build(args)?;
-
-    // Without --url, serve the built-in sim from this process on a free loopback port.
-    let mut sim_handle = None;
-    let (addr, host, path) = match &plan.target {
-        Target::Url {
-            addr, host, path, ..
-        } => (*addr, host.clone(), path.clone()),
-        Target::BuiltinSim => {
-            let sim_args = sim::SimArgs {
-                port: 0,
-                ..Default::default()
-            };
-            let handle = sim::spawn(&sim_args, plan.tokenizer.clone())
-                .context("starting the built-in sim")?;
-            let addr = handle.addr;
-            sim_handle = Some(handle);
-            (addr, addr.to_string(), "/v1/chat/completions".to_string())
-        }
-    };
-    let endpoint = Endpoint {
-        addr,
-        host: host
-            .parse()
-            .context("--url host is not a valid Host header")?,
-        path: path.parse().context("--url path")?,
-        authorization: match &plan.authorization {
-            Some(a) => Some(a.parse().context("--api-key is not a valid header value")?),
-            None => None,
-        },
-        stream: plan.stream,
-        connect_timeout: plan.connect_timeout,
-        read_timeout: plan.read_timeout,
-    };
-    let shared = Arc::new(Shared::new(
-        endpoint,
-        plan.body.clone(),
-        plan.conversations.clone(),
-        plan.number,
-        plan.cpus.len(),
-    ));
-    let config = EngineConfig {
-        cpus: plan.cpus.clone(),
-        concurrency: plan.concurrency,
-        spin: plan.config.spin,
-    };
-    if !args.quiet {
-        eprintln!(
-            "parley: {} conversations, {} in flight, {} cores -> {}",
-            plan.number,
-            plan.concurrency,
-            plan.cpus.len(),
-            plan.config.url
-        );
-    }
-    // A live line on a terminal; otherwise (logs, CI) a plain line every 10 s.
-    let live = !args.quiet && std::io::stderr().is_terminal();
-    let periodic = !args.quiet && !live;
-    let started = std::time::Instant::now();
-    let cpu_before_ns = metrics::process_cpu_ns();
-    let mut next_line_s = 10.0;
-    let recorder = engine::run(&config, shared, |p| {
-        let elapsed_s = started.elapsed().as_secs_f64();
-        let line = format!(
-            "{elapsed_s:>7.1}s  conversations {}/{}  requests ok {}  failed {}",
-            p.claimed, p.number, p.succeeded, p.failed
-        );
-        if live {
-            eprint!("\r{line}   ");
-            let _ = std::io::stderr().flush();
-        } else if periodic && elapsed_s >= next_line_s {
-            eprintln!("{line}");
-            next_line_s += 10.0;
-        }
-    })?;
-    let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
-    if live {
-        eprintln!();
-    }
-    let with_sim = sim_handle.is_some();
-    if let Some(h) = sim_handle {
-        h.shutdown();
-    }
-    let summary = Summary::new(
-        plan.config.clone(),
-        &recorder,
-        signal::interrupted(),
-        cpu_ns,
-        with_sim,
-    );
-    print!("{}", summary.render());
-    let path = summary
-        .write(&plan.run_dir)
-        .with_context(|| format!("writing {}", plan.run_dir.display()))?;
-    println!("\nsummary: {}", path.display());
+    let resources = run::Resources::build(&plan)?;
+    let result = run::bench(&plan, &resources, run::Console { quiet: args.quiet });
+    resources.shutdown();
+    result?;
     Ok(())
 }

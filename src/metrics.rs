@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-use crate::chunk::Usage;
 use crate::client::{FailureKind, TurnTiming};
 
 const SIGFIG: u8 = 3;
@@ -79,6 +78,10 @@ pub enum CacheSource {
 #[derive(Clone, Copy, Debug)]
 pub struct Success<'a> {
     pub timing: &'a TurnTiming,
+    /// When the request was meant to be sent (its schedule; see `docs/metrics.md`).
+    pub intended_ns: u64,
+    /// Index of the endpoint (`--url`) it went to.
+    pub url: usize,
     /// Gaps between output-bearing events, ns.
     pub itl_ns: &'a [u64],
     /// 0-based turn index within the conversation.
@@ -109,6 +112,36 @@ impl CoreLoad {
     }
 }
 
+/// The figures kept per endpoint when a run has several `--url`s.
+#[derive(Clone, Debug)]
+pub struct UrlStats {
+    pub requests_succeeded: u64,
+    pub requests_failed: u64,
+    pub ttft_us: Dist,
+    pub latency_us: Dist,
+    pub output_tokens: u64,
+}
+
+impl UrlStats {
+    fn new() -> UrlStats {
+        UrlStats {
+            requests_succeeded: 0,
+            requests_failed: 0,
+            ttft_us: Dist::new(MAX_US),
+            latency_us: Dist::new(MAX_US),
+            output_tokens: 0,
+        }
+    }
+
+    fn merge(&mut self, other: &UrlStats) {
+        self.requests_succeeded += other.requests_succeeded;
+        self.requests_failed += other.requests_failed;
+        self.ttft_us.merge(&other.ttft_us);
+        self.latency_us.merge(&other.latency_us);
+        self.output_tokens += other.output_tokens;
+    }
+}
+
 /// Everything one core measured.
 #[derive(Clone, Debug)]
 pub struct Recorder {
@@ -124,13 +157,30 @@ pub struct Recorder {
     /// written to the socket (see `docs/metrics.md`). Nanoseconds, because a healthy client
     /// keeps it in the tens of microseconds.
     pub send_lag_ns: Dist,
+    /// Per request sent: its start − its intended start (the schedule), µs.
+    pub schedule_lag_us: Dist,
+    /// TTFT and latency counted from the intended start instead of the actual one, µs.
+    pub ttft_from_schedule_us: Dist,
+    pub latency_from_schedule_us: Dist,
+    /// Per conversation of an open loop with a cap: time its arrival waited for a free slot, µs.
+    pub cap_wait_us: Dist,
     pub requests_succeeded: u64,
+    /// In flight at the hard end of the run (`--duration-grace`): cancelled, not failed.
+    pub requests_cancelled: u64,
     pub requests_failed: u64,
     pub failures: BTreeMap<FailureKind, u64>,
     pub conversations_completed: u64,
     pub conversations_abandoned: u64,
     /// Conversations cut short by Ctrl-C (not failures).
     pub conversations_interrupted: u64,
+    /// Conversations cut off at the hard end of the run (`--duration` + `--duration-grace`).
+    pub conversations_cancelled: u64,
+    /// Conversations started, and the first and last start (ns; when their task began).
+    pub conversations_started: u64,
+    pub first_conversation_start_ns: u64,
+    pub last_conversation_start_ns: u64,
+    /// Per endpoint, when there are several (empty otherwise).
+    pub by_url: Vec<UrlStats>,
     /// Σ(turn index + 1) over successful requests (evalscope's Turns/Req numerator).
     pub turn_depth_sum: u64,
     /// Σprompt and Σcached over successful requests with prompt > 0.
@@ -166,12 +216,22 @@ impl Recorder {
             first_turn_ttft_us: Dist::new(MAX_US),
             subsequent_turn_ttft_us: Dist::new(MAX_US),
             send_lag_ns: Dist::new(MAX_NS),
+            schedule_lag_us: Dist::new(MAX_US),
+            ttft_from_schedule_us: Dist::new(MAX_US),
+            latency_from_schedule_us: Dist::new(MAX_US),
+            cap_wait_us: Dist::new(MAX_US),
             requests_succeeded: 0,
+            requests_cancelled: 0,
             requests_failed: 0,
             failures: BTreeMap::new(),
             conversations_completed: 0,
             conversations_abandoned: 0,
             conversations_interrupted: 0,
+            conversations_cancelled: 0,
+            conversations_started: 0,
+            first_conversation_start_ns: u64::MAX,
+            last_conversation_start_ns: 0,
+            by_url: Vec::new(),
             turn_depth_sum: 0,
             cache_prompt_tokens: 0,
             cache_cached_tokens: 0,
@@ -185,6 +245,35 @@ impl Recorder {
         }
     }
 
+    /// Keeps per-endpoint figures for `urls` endpoints (only when there are several).
+    pub fn with_urls(&mut self, urls: usize) {
+        self.by_url = if urls > 1 {
+            (0..urls).map(|_| UrlStats::new()).collect()
+        } else {
+            Vec::new()
+        };
+    }
+
+    /// A conversation started at `now_ns`.
+    pub fn record_conversation_start(&mut self, now_ns: u64) {
+        self.conversations_started += 1;
+        self.first_conversation_start_ns = self.first_conversation_start_ns.min(now_ns);
+        self.last_conversation_start_ns = self.last_conversation_start_ns.max(now_ns);
+    }
+
+    /// A request meant to be sent at `intended_ns` started at `start_ns`.
+    #[inline]
+    pub fn record_schedule_lag(&mut self, intended_ns: u64, start_ns: u64) {
+        self.schedule_lag_us
+            .record(start_ns.saturating_sub(intended_ns) / 1_000);
+    }
+
+    /// An open-loop arrival waited `waited_ns` for a slot under the cap.
+    #[inline]
+    pub fn record_cap_wait(&mut self, waited_ns: u64) {
+        self.cap_wait_us.record(waited_ns / 1_000);
+    }
+
     fn span(&mut self, timing: &TurnTiming) {
         self.first_start_ns = self.first_start_ns.min(timing.start_ns);
         self.last_end_ns = self.last_end_ns.max(timing.end_ns);
@@ -196,9 +285,21 @@ impl Recorder {
         self.requests_succeeded += 1;
         let latency_ns = t.end_ns.saturating_sub(t.start_ns);
         self.latency_us.record(latency_ns / 1_000);
+        self.latency_from_schedule_us
+            .record(t.end_ns.saturating_sub(s.intended_ns) / 1_000);
+        if let Some(u) = self.by_url.get_mut(s.url) {
+            u.requests_succeeded += 1;
+            u.latency_us.record(latency_ns / 1_000);
+            u.output_tokens += s.completion_tokens;
+            if let Some(first) = t.first_output_ns {
+                u.ttft_us.record(first.saturating_sub(t.start_ns) / 1_000);
+            }
+        }
         if let Some(first) = t.first_output_ns {
             let ttft_ns = first.saturating_sub(t.start_ns);
             self.ttft_us.record(ttft_ns / 1_000);
+            self.ttft_from_schedule_us
+                .record(first.saturating_sub(s.intended_ns) / 1_000);
             if s.turn == 0 {
                 self.first_turn_ttft_us.record(ttft_ns / 1_000);
             } else {
@@ -238,9 +339,12 @@ impl Recorder {
         self.send_lag_ns.record(written_ns.saturating_sub(ready_ns));
     }
 
-    pub fn record_failure(&mut self, timing: &TurnTiming, kind: FailureKind) {
+    pub fn record_failure(&mut self, timing: &TurnTiming, kind: FailureKind, url: usize) {
         self.span(timing);
         self.requests_failed += 1;
+        if let Some(u) = self.by_url.get_mut(url) {
+            u.requests_failed += 1;
+        }
         *self.failures.entry(kind).or_insert(0) += 1;
     }
 
@@ -255,7 +359,14 @@ impl Recorder {
         self.subsequent_turn_ttft_us
             .merge(&other.subsequent_turn_ttft_us);
         self.send_lag_ns.merge(&other.send_lag_ns);
+        self.schedule_lag_us.merge(&other.schedule_lag_us);
+        self.ttft_from_schedule_us
+            .merge(&other.ttft_from_schedule_us);
+        self.latency_from_schedule_us
+            .merge(&other.latency_from_schedule_us);
+        self.cap_wait_us.merge(&other.cap_wait_us);
         self.requests_succeeded += other.requests_succeeded;
+        self.requests_cancelled += other.requests_cancelled;
         self.requests_failed += other.requests_failed;
         for (k, v) in &other.failures {
             *self.failures.entry(*k).or_insert(0) += v;
@@ -263,6 +374,21 @@ impl Recorder {
         self.conversations_completed += other.conversations_completed;
         self.conversations_abandoned += other.conversations_abandoned;
         self.conversations_interrupted += other.conversations_interrupted;
+        self.conversations_cancelled += other.conversations_cancelled;
+        self.conversations_started += other.conversations_started;
+        self.first_conversation_start_ns = self
+            .first_conversation_start_ns
+            .min(other.first_conversation_start_ns);
+        self.last_conversation_start_ns = self
+            .last_conversation_start_ns
+            .max(other.last_conversation_start_ns);
+        if self.by_url.is_empty() {
+            self.by_url = other.by_url.clone();
+        } else {
+            for (a, b) in self.by_url.iter_mut().zip(&other.by_url) {
+                a.merge(b);
+            }
+        }
         self.turn_depth_sum += other.turn_depth_sum;
         self.cache_prompt_tokens += other.cache_prompt_tokens;
         self.cache_cached_tokens += other.cache_cached_tokens;
@@ -273,6 +399,16 @@ impl Recorder {
         self.first_start_ns = self.first_start_ns.min(other.first_start_ns);
         self.last_end_ns = self.last_end_ns.max(other.last_end_ns);
         self.core_loads.extend_from_slice(&other.core_loads);
+    }
+
+    /// Conversations started per second between the first and the last start (`None` with
+    /// fewer than two).
+    pub fn conversation_start_rate_per_s(&self) -> Option<f64> {
+        let span_ns = self
+            .last_conversation_start_ns
+            .checked_sub(self.first_conversation_start_ns)?;
+        (self.conversations_started > 1 && span_ns > 0)
+            .then(|| (self.conversations_started - 1) as f64 / (span_ns as f64 / 1e9))
     }
 
     /// Wall time from the first request's start to the last response's end, in seconds.
@@ -297,18 +433,6 @@ pub fn process_cpu_ns() -> u64 {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Token counts for a request, from `usage` when the server sent it, else estimated.
-pub fn tokens_of(
-    usage: Option<Usage>,
-    estimated_prompt: u64,
-    output_chunks: u32,
-) -> (u64, u64, bool) {
-    match usage {
-        Some(u) => (u.prompt_tokens, u.completion_tokens, true),
-        None => (estimated_prompt, output_chunks as u64, false),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +455,8 @@ mod tests {
         let mut a = Recorder::new();
         a.record_success(Success {
             timing: &t1,
+            intended_ns: 0,
+            url: 0,
             itl_ns: &[10_000_000, 12_000_000],
             turn: 0,
             prompt_tokens: 100,
@@ -342,6 +468,8 @@ mod tests {
         let mut b = Recorder::new();
         b.record_success(Success {
             timing: &t2,
+            intended_ns: 100_000_000,
+            url: 0,
             itl_ns: &[],
             turn: 1,
             prompt_tokens: 300,
@@ -353,6 +481,7 @@ mod tests {
         b.record_failure(
             &timing(400_000_000, 0, 410_000_000),
             FailureKind::HttpStatus(500),
+            0,
         );
         a.merge(&b);
         assert_eq!(a.requests_succeeded, 2);
@@ -362,6 +491,9 @@ mod tests {
         assert_eq!(a.ttft_us.mean(), Some(12_500.0));
         assert_eq!(a.first_turn_ttft_us.count(), 1);
         assert_eq!(a.subsequent_turn_ttft_us.mean(), Some(5_000.0));
+        // From the schedule: 21 ms and 105 ms.
+        assert_eq!(a.ttft_from_schedule_us.mean(), Some(63_000.0));
+        assert_eq!(a.latency_from_schedule_us.sum, 101_000 + 205_000);
         // TPOT only for completion > 1: (101 − 21) ms / 10 = 8 ms.
         assert_eq!(a.tpot_us.count(), 1);
         assert_eq!(a.tpot_us.mean(), Some(8_000.0));

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::cli::BenchArgs;
-use crate::engine::BodyShape;
+use crate::engine::{ArrivalMode, BodyShape, Load, RampStrategy, RateRamp, RateSpec, Shape};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::workload::{self, ContextMode, Conversation, DatasetError, DatasetParams, Selection};
 
@@ -53,7 +53,9 @@ pub enum Target {
 /// Settings echoed into the report so a summary says what produced it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunConfig {
+    /// The first target (`builtin-sim` without --url); `urls` lists them all.
     pub url: String,
+    pub urls: Vec<String>,
     pub model: String,
     pub dataset: String,
     pub dataset_path: Option<PathBuf>,
@@ -66,8 +68,10 @@ pub struct RunConfig {
     pub filtered: u64,
     /// Conversations in the run's pool (the run cycles through them).
     pub pool: usize,
-    pub parallel: u32,
-    pub number: u64,
+    /// This run's load (one point of a sweep).
+    pub point: Point,
+    /// Everything else about the load, as resolved.
+    pub load: LoadConfig,
     pub cores: usize,
     /// `--spin`: executors poll instead of parking while there is work (they park after 10 ms idle).
     pub spin: bool,
@@ -82,16 +86,54 @@ pub struct RunConfig {
     pub extra_args: Value,
 }
 
+/// One point of the load: what varies across a sweep.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Point {
+    /// Run directory name inside a sweep (`parallel_5_number_10`, `rate_2_number_20`, …).
+    pub label: String,
+    /// Closed loop: conversations in flight; with a rate: the cap, if any.
+    pub parallel: Option<u32>,
+    /// Open loop: new conversations per second.
+    pub rate_per_s: Option<f64>,
+    /// Conversations to run (`None`: until --duration).
+    pub number: Option<u64>,
+}
+
+/// The load settings shared by every point.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadConfig {
+    pub request_rate_mode: ArrivalMode,
+    pub burstiness: f64,
+    pub duration_s: Option<f64>,
+    pub duration_grace_s: Option<f64>,
+    /// Warmup conversations (a count), if any.
+    pub warmup_conversations: Option<u64>,
+    pub warmup_duration_s: Option<f64>,
+    pub preconnect: bool,
+    /// Closed loop: slot starts spread over this many seconds; with a rate ramp: its length.
+    pub ramp_up_duration_s: Option<f64>,
+    pub ramp_up_strategy: Option<RampStrategy>,
+    pub ramp_up_start_rate: Option<f64>,
+    pub sweep_pause_s: f64,
+    /// `--request-count` as given (the conversations it came to are each point's `number`).
+    pub request_count: Option<u64>,
+}
+
 /// A validated, ready-to-run benchmark.
 pub struct BenchPlan {
-    pub target: Target,
+    /// One per `--url` (the built-in sim when none).
+    pub targets: Vec<Target>,
     pub model: String,
     pub authorization: Option<String>,
+    /// `--header` lines as (name, value).
+    pub headers: Vec<(String, String)>,
+    pub session_header: String,
     pub stream: bool,
     pub body: BodyShape,
     pub conversations: Arc<Vec<Conversation>>,
-    pub number: u64,
-    pub concurrency: usize,
+    /// The run's load points: one, or one per value of a sweep.
+    pub points: Vec<Point>,
+    pub load: LoadConfig,
     pub cpus: Vec<usize>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -102,11 +144,16 @@ pub struct BenchPlan {
 
 impl BenchPlan {
     pub fn build(args: &BenchArgs) -> Result<BenchPlan, PlanError> {
-        let target = match &args.url {
-            Some(url) => parse_url(url)?,
-            None => Target::BuiltinSim,
+        let targets = if args.url.is_empty() {
+            vec![Target::BuiltinSim]
+        } else {
+            args.url
+                .iter()
+                .map(|u| parse_url(u))
+                .collect::<Result<Vec<_>, _>>()?
         };
-        let model = match (&args.model, &target) {
+        let target = &targets[0];
+        let model = match (&args.model, target) {
             (Some(m), _) => m.clone(),
             (None, Target::BuiltinSim) => SIM_MODEL.to_string(),
             (None, Target::Url { .. }) => return Err(PlanError::ModelRequired),
@@ -136,6 +183,15 @@ impl BenchPlan {
             }
         }
         let extra = parse_extra_args(args.extra_args.as_deref())?;
+        let headers = parse_headers(&args.header)?;
+        let session_header = match &args.session_header {
+            Some(name) => {
+                check_header_name(name)?;
+                name.to_ascii_lowercase()
+            }
+            None => crate::client::SESSION_HEADER.to_string(),
+        };
+        let (point_specs, mut load) = load_config(args)?;
         let dataset = dataset_name(args)?;
         let params = dataset_params(args)?;
         let cpus = pick_cpus(args.cores)?;
@@ -149,7 +205,7 @@ impl BenchPlan {
             shard_index,
             shard_count,
             // Only as many conversations as will be claimed: the pool cycles when smaller.
-            limit: args.number.min(MAX_POOL) as usize,
+            limit: pool_limit(&point_specs, &load).min(MAX_POOL) as usize,
         };
         let (built, skipped_invalid) = workload::build(
             &dataset,
@@ -216,12 +272,23 @@ impl BenchPlan {
             .outputs_dir
             .join(local_timestamp())
             .join(sanitize(&name));
-        let url_label = match &target {
-            Target::Url { url, .. } => url.clone(),
-            Target::BuiltinSim => "builtin-sim".to_string(),
-        };
+        let url_labels: Vec<String> = targets
+            .iter()
+            .map(|t| match t {
+                Target::Url { url, .. } => url.clone(),
+                Target::BuiltinSim => "builtin-sim".to_string(),
+            })
+            .collect();
+        // --request-count: whole conversations, in sequence order, until their turns reach it.
+        let points = resolve_points(point_specs, &load, &conversations);
+        if let Some(w) = load.warmup_fraction.take() {
+            let number = points.iter().filter_map(|p| p.number).max().unwrap_or(0);
+            load.config.warmup_conversations = Some(((w * number as f64) as u64).max(1));
+        }
+        let load = load.config;
         let config = RunConfig {
-            url: url_label,
+            url: url_labels[0].clone(),
+            urls: url_labels,
             model: model.clone(),
             dataset: dataset.clone(),
             dataset_path: args.dataset_path.clone(),
@@ -231,8 +298,8 @@ impl BenchPlan {
             skipped_invalid,
             filtered: built.filtered,
             pool: conversations.len(),
-            parallel: args.parallel,
-            number: args.number,
+            point: points[0].clone(),
+            load: load.clone(),
             cores: cpus.len(),
             spin: args.spin,
             stream,
@@ -246,14 +313,16 @@ impl BenchPlan {
             extra_args: Value::Object(extra),
         };
         Ok(BenchPlan {
-            target,
+            targets,
             model,
             authorization: args.api_key.as_ref().map(|k| format!("Bearer {k}")),
+            headers,
+            session_header,
             stream,
             body,
             conversations: Arc::new(conversations),
-            number: args.number,
-            concurrency: args.parallel as usize,
+            points,
+            load,
             cpus,
             connect_timeout: Duration::from_secs_f64(args.connect_timeout),
             read_timeout: Duration::from_secs_f64(args.read_timeout),
@@ -261,6 +330,325 @@ impl BenchPlan {
             config,
             tokenizer,
         })
+    }
+}
+
+/// Default conversations per point: `--number`'s default.
+pub const DEFAULT_NUMBER: u64 = 100;
+
+/// Default closed-loop concurrency: `--parallel`'s default.
+pub const DEFAULT_PARALLEL: u32 = 10;
+
+/// Pool size of a run limited only by `--duration`: the run cycles through it.
+pub const DURATION_POOL: u64 = 1_000;
+
+/// A point before `--request-count` is resolved against the conversations.
+#[derive(Clone, Debug)]
+struct PointSpec {
+    parallel: Option<u32>,
+    rate_per_s: Option<f64>,
+    number: Option<u64>,
+}
+
+/// The load flags, validated.
+struct LoadFlags {
+    config: LoadConfig,
+    /// evalscope's fractional `--warmup-num`: resolved against `--number`.
+    warmup_fraction: Option<f64>,
+}
+
+fn flag_err(flag: &'static str, reason: impl Into<String>) -> PlanError {
+    PlanError::Flag {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Validates the load flags and expands sweep lists into points (zipped: every list has one
+/// value or the same number of values, as evalscope pairs `--parallel` with `--number`).
+fn load_config(args: &BenchArgs) -> Result<(Vec<PointSpec>, LoadFlags), PlanError> {
+    let rates: Vec<f64> = match args.request_rate.as_slice() {
+        // evalscope's -1: no rate.
+        [r] if *r == -1.0 => Vec::new(),
+        rates => rates.to_vec(),
+    };
+    for &r in &rates {
+        if !r.is_finite() || r <= 0.0 {
+            return Err(flag_err(
+                "request-rate",
+                format!("{r} must be a positive rate (conversations/s), or -1 for none"),
+            ));
+        }
+    }
+    let n = [args.parallel.len(), args.number.len(), rates.len()]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    for (flag, len) in [
+        ("parallel", args.parallel.len()),
+        ("number", args.number.len()),
+        ("request-rate", rates.len()),
+    ] {
+        if len > 1 && len != n {
+            return Err(flag_err(
+                flag,
+                format!(
+                    "a sweep pairs its lists value by value: {len} values here, {n} in another list"
+                ),
+            ));
+        }
+    }
+    let pick = |v: &[u64], i: usize| v.get(if v.len() == 1 { 0 } else { i }).copied();
+    let parallel: Vec<u64> = args.parallel.iter().map(|&p| p as u64).collect();
+    let rate_at = |i: usize| rates.get(if rates.len() == 1 { 0 } else { i }).copied();
+    let points: Vec<PointSpec> = (0..n)
+        .map(|i| {
+            let rate_per_s = rate_at(i);
+            let parallel = pick(&parallel, i)
+                .map(|p| p as u32)
+                .or((rate_per_s.is_none()).then_some(DEFAULT_PARALLEL));
+            let number = pick(&args.number, i).or_else(|| {
+                if args.duration.is_some() || args.request_count.is_some() {
+                    None
+                } else {
+                    Some(DEFAULT_NUMBER)
+                }
+            });
+            PointSpec {
+                parallel,
+                rate_per_s,
+                number,
+            }
+        })
+        .collect();
+
+    let has_rate = !rates.is_empty();
+    let mode = match (args.request_rate_mode, args.burstiness) {
+        (Some(m), _) if !has_rate => {
+            return Err(flag_err(
+                "request-rate-mode",
+                format!("{m:?} spaces arrivals of --request-rate, which is not given"),
+            ))
+        }
+        (None, Some(_)) | (Some(ArrivalMode::Gamma), _) => ArrivalMode::Gamma,
+        (Some(m), Some(_)) => {
+            return Err(flag_err(
+                "burstiness",
+                format!("is the gamma shape; it does not apply to --request-rate-mode {m:?}"),
+            ))
+        }
+        (Some(m), None) => m,
+        (None, None) => ArrivalMode::Poisson,
+    };
+    let burstiness = args.burstiness.unwrap_or(1.0);
+    if !burstiness.is_finite() || burstiness <= 0.0 {
+        return Err(flag_err(
+            "burstiness",
+            format!("{burstiness} must be positive"),
+        ));
+    }
+    if args.burstiness.is_some() && !has_rate {
+        return Err(flag_err(
+            "burstiness",
+            "applies to --request-rate, which is not given",
+        ));
+    }
+    if let Some(strategy) = args.ramp_up_strategy {
+        if !has_rate {
+            return Err(flag_err(
+                "ramp-up-strategy",
+                "ramps --request-rate, which is not given (a closed loop ramps its slots with                  --ramp-up-duration alone)",
+            ));
+        }
+        let start = args.ramp_up_start_rate.unwrap_or(0.0);
+        let positive = if strategy == RampStrategy::Exponential {
+            start > 0.0
+        } else {
+            start >= 0.0
+        };
+        if !start.is_finite() || !positive {
+            return Err(flag_err(
+                "ramp-up-start-rate",
+                format!("{start} must be a rate above 0 (at least 0 for a linear ramp)"),
+            ));
+        }
+    } else if has_rate && args.ramp_up_duration.is_some() {
+        return Err(flag_err(
+            "ramp-up-duration",
+            "with --request-rate, a ramp needs --ramp-up-strategy and --ramp-up-start-rate",
+        ));
+    }
+    let (warmup_conversations, warmup_fraction) = match args.warmup_conversations {
+        None => (None, None),
+        Some(0.0) => (None, None),
+        Some(w) if w < 1.0 => (None, Some(w)),
+        Some(w) if w.fract() == 0.0 => (Some(w as u64), None),
+        Some(w) => {
+            return Err(flag_err(
+                "warmup-conversations",
+                format!("{w}: a whole count, or a fraction below 1 of --number"),
+            ))
+        }
+    };
+    if warmup_fraction.is_some() && points.iter().all(|p| p.number.is_none()) {
+        return Err(flag_err(
+            "warmup-conversations",
+            "a fraction needs --number to be a fraction of",
+        ));
+    }
+    let config = LoadConfig {
+        request_rate_mode: mode,
+        burstiness,
+        duration_s: args.duration,
+        duration_grace_s: args.duration_grace,
+        warmup_conversations,
+        warmup_duration_s: args.warmup_duration,
+        preconnect: !args.no_preconnect,
+        ramp_up_duration_s: args.ramp_up_duration,
+        ramp_up_strategy: args.ramp_up_strategy,
+        ramp_up_start_rate: args.ramp_up_start_rate,
+        sweep_pause_s: args.sweep_pause,
+        request_count: args.request_count,
+    };
+    Ok((
+        points,
+        LoadFlags {
+            config,
+            warmup_fraction,
+        },
+    ))
+}
+
+/// Conversations the pool needs: the most any point runs, plus the warmup's.
+fn pool_limit(points: &[PointSpec], load: &LoadFlags) -> u64 {
+    let measured = points
+        .iter()
+        .map(|p| p.number.unwrap_or(DURATION_POOL))
+        .max()
+        .unwrap_or(DEFAULT_NUMBER);
+    let warmup = match (load.config.warmup_conversations, load.warmup_fraction) {
+        (Some(w), _) => w,
+        (None, Some(f)) => (f * measured as f64) as u64 + 1,
+        _ => 0,
+    };
+    if load.config.request_count.is_some() {
+        // Unknown until the conversations exist: as many as a single-turn run could need.
+        return load
+            .config
+            .request_count
+            .unwrap_or(0)
+            .saturating_add(warmup);
+    }
+    measured.saturating_add(warmup)
+}
+
+/// Final points: `--request-count` becomes each point's conversation count, and labels.
+fn resolve_points(specs: Vec<PointSpec>, load: &LoadFlags, pool: &[Conversation]) -> Vec<Point> {
+    specs
+        .into_iter()
+        .map(|p| {
+            let number = match load.config.request_count {
+                Some(requests) => Some(conversations_for_requests(requests, pool)),
+                None => p.number,
+            };
+            let mut label = Vec::new();
+            if let Some(r) = p.rate_per_s {
+                label.push(format!("rate_{r}"));
+            }
+            if let Some(c) = p.parallel {
+                label.push(format!("parallel_{c}"));
+            }
+            if let Some(n) = number {
+                label.push(format!("number_{n}"));
+            }
+            Point {
+                label: label.join("_"),
+                parallel: p.parallel,
+                rate_per_s: p.rate_per_s,
+                number,
+            }
+        })
+        .collect()
+}
+
+/// Conversations, taken in sequence order from `pool` (cycling), whose turns first reach
+/// `requests`.
+fn conversations_for_requests(requests: u64, pool: &[Conversation]) -> u64 {
+    let mut turns = 0u64;
+    let mut n = 0u64;
+    while turns < requests {
+        turns += pool[(n % pool.len() as u64) as usize].turns.len().max(1) as u64;
+        n += 1;
+    }
+    n
+}
+
+/// `--header NAME: VALUE` lines.
+fn parse_headers(lines: &[String]) -> Result<Vec<(String, String)>, PlanError> {
+    lines
+        .iter()
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| flag_err("header", format!("`{line}` is not NAME: VALUE")))?;
+            let (name, value) = (name.trim(), value.trim());
+            check_header_name(name)?;
+            if hyper::header::HeaderValue::from_str(value).is_err() {
+                return Err(flag_err(
+                    "header",
+                    format!("`{line}`: the value is not a valid header value"),
+                ));
+            }
+            Ok((name.to_ascii_lowercase(), value.to_string()))
+        })
+        .collect()
+}
+
+fn check_header_name(name: &str) -> Result<(), PlanError> {
+    hyper::header::HeaderName::from_bytes(name.as_bytes())
+        .map(|_| ())
+        .map_err(|_| flag_err("header", format!("`{name}` is not a valid header name")))
+}
+
+impl BenchPlan {
+    /// The engine's load for one point.
+    pub fn engine_load(&self, point: &Point) -> (Option<Load>, Load) {
+        let s_to_ns = |s: f64| (s * 1e9) as u64;
+        let l = &self.load;
+        let shape = match point.rate_per_s {
+            None => Shape::Closed {
+                concurrency: point.parallel.unwrap_or(DEFAULT_PARALLEL) as usize,
+                ramp_up_ns: l.ramp_up_duration_s.map(s_to_ns),
+            },
+            Some(per_s) => Shape::Rate {
+                spec: RateSpec {
+                    per_s,
+                    mode: l.request_rate_mode,
+                    burstiness: l.burstiness,
+                    ramp: l.ramp_up_strategy.map(|strategy| RateRamp {
+                        strategy,
+                        start_per_s: l.ramp_up_start_rate.unwrap_or(0.0),
+                        duration_ns: l.ramp_up_duration_s.map(s_to_ns),
+                    }),
+                },
+                cap: point.parallel.map(|p| p as usize),
+            },
+        };
+        let warmup =
+            (l.warmup_conversations.is_some() || l.warmup_duration_s.is_some()).then(|| Load {
+                shape: shape.clone(),
+                limit: l.warmup_conversations,
+                duration_ns: l.warmup_duration_s.map(s_to_ns),
+                grace_ns: None,
+            });
+        let load = Load {
+            shape,
+            limit: point.number,
+            duration_ns: l.duration_s.map(s_to_ns),
+            grace_ns: l.duration_grace_s.map(s_to_ns),
+        };
+        (warmup, load)
     }
 }
 
@@ -416,14 +804,30 @@ pub fn parse_url(url: &str) -> Result<Target, PlanError> {
         url: url.to_string(),
         reason: reason.to_string(),
     };
-    let uri: hyper::Uri = url.parse().map_err(|_| err("not a valid URL"))?;
+    // AIPerf's `localhost:8000`: no scheme means http.
+    let with_scheme = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let uri: hyper::Uri = with_scheme.parse().map_err(|_| err("not a valid URL"))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => return Err(err("https is not supported yet; use http")),
-        _ => return Err(err("must start with http://")),
+        _ => return Err(err("must be http://host[:port][/path] or host:port")),
     }
     let host = uri.host().ok_or_else(|| err("has no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
+    // Read from the authority text: hyper's parsed port is silently absent when out of range.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_end = authority.rfind(']').unwrap_or(0);
+    let port = match authority[host_end..].rsplit_once(':') {
+        Some((_, p)) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| err(&format!("port {p} is not 1-65535")))?,
+        None => 80,
+    };
     let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
         .to_socket_addrs()
         .map_err(|e| err(&format!("cannot resolve host: {e}")))?
@@ -594,7 +998,9 @@ mod tests {
             "/v1/completions"
         );
         assert!(parse_url("https://127.0.0.1").is_err());
-        assert!(parse_url("127.0.0.1:8000").is_err());
+        assert_eq!(path("127.0.0.1:8000"), "/v1/chat/completions");
+        assert!(parse_url("ftp://127.0.0.1:8000").is_err());
+        assert!(parse_url("http://127.0.0.1:99999").is_err());
         assert!(parse_url("http://127.0.0.1:8000/foo").is_err());
     }
 

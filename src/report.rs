@@ -40,18 +40,61 @@ impl Stats {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Requests {
+    /// Requests sent: succeeded + failed + cancelled.
     pub total: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// In flight at the hard end of the run (`--duration-grace`); not failures.
+    pub cancelled: u64,
     /// Failed requests by cause (`http_500`, `io`, `read_timeout`, …).
     pub failures: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Conversations {
+    pub started: u64,
     pub completed: u64,
     pub abandoned: u64,
     pub interrupted: u64,
+    /// Cut off at the hard end of the run (`--duration` + `--duration-grace`).
+    pub cancelled: u64,
+}
+
+/// The schedule: when requests were meant to start against when they did (see
+/// `docs/metrics.md`, "Schedule").
+#[derive(Clone, Debug, Serialize)]
+pub struct Schedule {
+    /// Open loop: the arrival rate asked for (conversations/s).
+    pub offered_rate_per_s: Option<f64>,
+    /// Conversations started per second, first start to last.
+    pub achieved_rate_per_s: Option<f64>,
+    /// Per request: start − intended start.
+    pub schedule_lag_ms: Stats,
+    /// TTFT and latency from the intended start (coordinated-omission free).
+    pub ttft_from_schedule_ms: Stats,
+    pub latency_from_schedule_ms: Stats,
+    /// Open loop with a cap: per conversation, the wait of its arrival for a free slot.
+    pub cap_wait_ms: Stats,
+}
+
+/// The warmup phase, excluded from every other figure.
+#[derive(Clone, Debug, Serialize)]
+pub struct Warmup {
+    pub conversations_started: u64,
+    pub conversations_completed: u64,
+    pub requests_succeeded: u64,
+    pub requests_failed: u64,
+}
+
+/// One endpoint's share of a run with several `--url`s.
+#[derive(Clone, Debug, Serialize)]
+pub struct UrlSummary {
+    pub url: String,
+    pub requests_succeeded: u64,
+    pub requests_failed: u64,
+    pub output_tokens: u64,
+    pub ttft_ms: Stats,
+    pub latency_ms: Stats,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -111,7 +154,11 @@ pub struct Summary {
     pub duration_s: f64,
     pub requests: Requests,
     pub conversations: Conversations,
+    pub warmup: Option<Warmup>,
     pub throughput: Throughput,
+    pub schedule: Schedule,
+    /// Per endpoint, when the run had several `--url`s.
+    pub by_url: Vec<UrlSummary>,
     pub ttft_ms: Stats,
     pub itl_ms: Stats,
     pub tpot_ms: Stats,
@@ -131,10 +178,12 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// `cpu_ns`: the client process's CPU time over the run; `with_sim`: the sim ran in-process.
+    /// `cpu_ns`: the client process's CPU time over the run; `with_sim`: the sim ran in-process;
+    /// `warmup`: the warmup phase's recorder, if one ran.
     pub fn new(
         config: RunConfig,
         rec: &Recorder,
+        warmup: Option<&Recorder>,
         interrupted: bool,
         cpu_ns: u64,
         with_sim: bool,
@@ -160,21 +209,53 @@ impl Summary {
         let lagging = send_lag_us
             .p99
             .is_some_and(|p99| p99 > SATURATED_SEND_LAG_P99_US);
+        let by_url = rec
+            .by_url
+            .iter()
+            .zip(&config.urls)
+            .map(|(u, url)| UrlSummary {
+                url: url.clone(),
+                requests_succeeded: u.requests_succeeded,
+                requests_failed: u.requests_failed,
+                output_tokens: u.output_tokens,
+                ttft_ms: Stats::of(&u.ttft_us, 1e-3),
+                latency_ms: Stats::of(&u.latency_us, 1e-3),
+            })
+            .collect();
+        let schedule = Schedule {
+            offered_rate_per_s: config.point.rate_per_s,
+            achieved_rate_per_s: rec.conversation_start_rate_per_s(),
+            schedule_lag_ms: Stats::of(&rec.schedule_lag_us, 1e-3),
+            ttft_from_schedule_ms: Stats::of(&rec.ttft_from_schedule_us, 1e-3),
+            latency_from_schedule_ms: Stats::of(&rec.latency_from_schedule_us, 1e-3),
+            cap_wait_ms: Stats::of(&rec.cap_wait_us, 1e-3),
+        };
         Summary {
             parley_version: env!("CARGO_PKG_VERSION"),
             config,
             interrupted,
             duration_s,
+            warmup: warmup.map(|w| Warmup {
+                conversations_started: w.conversations_started,
+                conversations_completed: w.conversations_completed,
+                requests_succeeded: w.requests_succeeded,
+                requests_failed: w.requests_failed,
+            }),
+            schedule,
+            by_url,
             requests: Requests {
-                total: ok + rec.requests_failed,
+                total: ok + rec.requests_failed + rec.requests_cancelled,
                 succeeded: ok,
                 failed: rec.requests_failed,
+                cancelled: rec.requests_cancelled,
                 failures: rec.failures.iter().map(|(k, v)| (k.label(), *v)).collect(),
             },
             conversations: Conversations {
+                started: rec.conversations_started,
                 completed: rec.conversations_completed,
                 abandoned: rec.conversations_abandoned,
                 interrupted: rec.conversations_interrupted,
+                cancelled: rec.conversations_cancelled,
             },
             throughput: Throughput {
                 requests_per_s: per_s(ok as f64),
@@ -236,7 +317,16 @@ impl Summary {
     /// The console tables.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let conc = self.config.parallel.to_string();
+        let conc = self
+            .config
+            .point
+            .parallel
+            .map_or("-".to_string(), |p| p.to_string());
+        let rate = self
+            .config
+            .point
+            .rate_per_s
+            .map_or("-".to_string(), |r| format!("{r}"));
         let success_pct = if self.requests.total > 0 {
             100.0 * self.requests.succeeded as f64 / self.requests.total as f64
         } else {
@@ -246,6 +336,7 @@ impl Summary {
         out.push_str(&table(
             &[
                 "Conc.",
+                "Rate",
                 "Num requests",
                 "Conversations",
                 "RPS",
@@ -254,6 +345,7 @@ impl Summary {
             ],
             &[vec![
                 conc.clone(),
+                rate,
                 self.requests.total.to_string(),
                 self.conversations.completed.to_string(),
                 format!("{:.2}", self.throughput.requests_per_s),
@@ -324,6 +416,68 @@ impl Summary {
             &rows,
         ));
 
+        let sched = &self.schedule;
+        if let Some(offered) = sched.offered_rate_per_s {
+            let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+            let _ = writeln!(
+                out,
+                "Schedule: offered {offered} conversations/s, achieved {}; schedule lag p50 {} ms, \
+                 p99 {} ms; TTFT from schedule p50 {} ms, p99 {} ms; latency from schedule p99 {} ms",
+                sched
+                    .achieved_rate_per_s
+                    .map_or("-".into(), |v| format!("{v:.2}/s")),
+                ms(sched.schedule_lag_ms.p50),
+                ms(sched.schedule_lag_ms.p99),
+                ms(sched.ttft_from_schedule_ms.p50),
+                ms(sched.ttft_from_schedule_ms.p99),
+                ms(sched.latency_from_schedule_ms.p99),
+            );
+            if sched.cap_wait_ms.count > 0 {
+                let _ = writeln!(
+                    out,
+                    "Cap wait (arrival → free slot): mean {} ms, p99 {} ms, max {} ms",
+                    ms(sched.cap_wait_ms.mean),
+                    ms(sched.cap_wait_ms.p99),
+                    ms(sched.cap_wait_ms.max)
+                );
+            }
+        }
+        if let Some(w) = &self.warmup {
+            let _ = writeln!(
+                out,
+                "Warmup (excluded from every figure): {} conversations, {} requests ok, {} failed",
+                w.conversations_started, w.requests_succeeded, w.requests_failed
+            );
+        }
+        if !self.by_url.is_empty() {
+            let rows: Vec<Vec<String>> = self
+                .by_url
+                .iter()
+                .map(|u| {
+                    let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+                    vec![
+                        u.url.clone(),
+                        u.requests_succeeded.to_string(),
+                        u.requests_failed.to_string(),
+                        f(u.ttft_ms.p50),
+                        f(u.ttft_ms.p99),
+                        f(u.latency_ms.p50.map(|v| v / 1e3)),
+                    ]
+                })
+                .collect();
+            out.push_str("Per URL\n");
+            out.push_str(&table(
+                &[
+                    "URL",
+                    "ok",
+                    "failed",
+                    "TTFT p50 (ms)",
+                    "TTFT p99 (ms)",
+                    "Latency p50 (s)",
+                ],
+                &rows,
+            ));
+        }
         let _ = writeln!(
             out,
             "Client CPU: {:.3} s, {} µs per request, {} µs per output event, cores busy {}{}",
@@ -398,6 +552,13 @@ impl Summary {
             out.push_str(&line);
             out.push('\n');
         }
+        if self.requests.cancelled > 0 || self.conversations.cancelled > 0 {
+            let _ = writeln!(
+                out,
+                "Cancelled at --duration + --duration-grace: {} requests, {} conversations",
+                self.requests.cancelled, self.conversations.cancelled
+            );
+        }
         if self.conversations.abandoned > 0 {
             let _ = writeln!(
                 out,
@@ -414,6 +575,95 @@ impl Summary {
         }
         out
     }
+}
+
+/// One point's headline figures in a sweep.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepRow {
+    pub label: String,
+    pub parallel: Option<u32>,
+    pub rate_per_s: Option<f64>,
+    pub number: Option<u64>,
+    pub requests_succeeded: u64,
+    pub requests_failed: u64,
+    pub conversations_completed: u64,
+    pub duration_s: f64,
+    pub requests_per_s: f64,
+    pub output_tokens_per_s: f64,
+    pub ttft_ms_p50: Option<f64>,
+    pub ttft_ms_p99: Option<f64>,
+    pub itl_ms_p50: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    pub cache_hit_rate: Option<f64>,
+}
+
+impl SweepRow {
+    pub fn of(s: &Summary) -> SweepRow {
+        SweepRow {
+            label: s.config.point.label.clone(),
+            parallel: s.config.point.parallel,
+            rate_per_s: s.config.point.rate_per_s,
+            number: s.config.point.number,
+            requests_succeeded: s.requests.succeeded,
+            requests_failed: s.requests.failed,
+            conversations_completed: s.conversations.completed,
+            duration_s: s.duration_s,
+            requests_per_s: s.throughput.requests_per_s,
+            output_tokens_per_s: s.throughput.output_tokens_per_s,
+            ttft_ms_p50: s.ttft_ms.p50,
+            ttft_ms_p99: s.ttft_ms.p99,
+            itl_ms_p50: s.itl_ms.p50,
+            latency_ms_p99: s.latency_ms.p99,
+            cache_hit_rate: s.cache_hit_rate,
+        }
+    }
+}
+
+/// The sweep table: one row per point.
+pub fn sweep_table(rows: &[SweepRow]) -> String {
+    let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.parallel.map_or("-".into(), |p| p.to_string()),
+                r.rate_per_s.map_or("-".into(), |v| v.to_string()),
+                r.number.map_or("-".into(), |n| n.to_string()),
+                format!("{:.2}", r.requests_per_s),
+                format!("{:.2}", r.output_tokens_per_s),
+                f(r.ttft_ms_p50, 2),
+                f(r.ttft_ms_p99, 2),
+                f(r.itl_ms_p50, 2),
+                f(r.latency_ms_p99.map(|v| v / 1e3), 3),
+                r.requests_failed.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "Conc.",
+            "Rate",
+            "Number",
+            "RPS",
+            "Gen/s",
+            "TTFT p50 (ms)",
+            "TTFT p99 (ms)",
+            "ITL p50 (ms)",
+            "Latency p99 (s)",
+            "Failed",
+        ],
+        &body,
+    )
+}
+
+/// Writes `sweep_summary.json` (`{"points": [SweepRow…]}`) into `dir`.
+pub fn write_sweep(dir: &Path, rows: &[SweepRow]) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("sweep_summary.json");
+    let json = serde_json::to_vec_pretty(&serde_json::json!({ "points": rows }))
+        .map_err(std::io::Error::other)?;
+    std::fs::write(&path, json)?;
+    Ok(path)
 }
 
 /// A box-drawn table; the first column is left-aligned, the rest right-aligned.
@@ -467,6 +717,7 @@ mod tests {
     fn config() -> RunConfig {
         RunConfig {
             url: "u".into(),
+            urls: vec!["u".into()],
             model: "m".into(),
             dataset: "d".into(),
             dataset_path: None,
@@ -476,8 +727,26 @@ mod tests {
             skipped_invalid: 0,
             filtered: 0,
             pool: 1,
-            parallel: 1,
-            number: 1,
+            point: crate::plan::Point {
+                label: "p".into(),
+                parallel: Some(1),
+                rate_per_s: None,
+                number: Some(1),
+            },
+            load: crate::plan::LoadConfig {
+                request_rate_mode: crate::engine::ArrivalMode::Poisson,
+                burstiness: 1.0,
+                duration_s: None,
+                duration_grace_s: None,
+                warmup_conversations: None,
+                warmup_duration_s: None,
+                preconnect: true,
+                ramp_up_duration_s: None,
+                ramp_up_strategy: None,
+                ramp_up_start_rate: None,
+                sweep_pause_s: 0.0,
+                request_count: None,
+            },
             cores: 2,
             spin: false,
             stream: true,
@@ -505,12 +774,12 @@ mod tests {
                 wall_ns: 1_000,
             },
         ];
-        let s = Summary::new(config(), &rec, false, 0, false);
+        let s = Summary::new(config(), &rec, None, false, 0, false);
         assert!(!s.client.saturated);
         assert_eq!(s.client.cores[1].busy_pct, 89.0);
         assert!(!s.render().contains("WARNING"));
         rec.core_loads[0].cpu_ns = 950;
-        let s = Summary::new(config(), &rec, false, 0, false);
+        let s = Summary::new(config(), &rec, None, false, 0, false);
         assert!(s.client.saturated);
         assert!(
             s.render().contains("WARNING: a client core was busy 95%"),
@@ -530,7 +799,7 @@ mod tests {
             rec.record_send_lag(0, 40_000); // 40 µs
         }
         rec.record_send_lag(0, 900_000); // 0.9 ms: p99 still ≤ 1 ms
-        let s = Summary::new(config(), &rec, false, 0, false);
+        let s = Summary::new(config(), &rec, None, false, 0, false);
         assert_eq!(s.client.send_lag_us.count, 100);
         assert!(!s.client.saturated);
         let text = s.render();
@@ -539,7 +808,7 @@ mod tests {
         for _ in 0..5 {
             rec.record_send_lag(0, 5_000_000); // 5 ms
         }
-        let s = Summary::new(config(), &rec, false, 0, false);
+        let s = Summary::new(config(), &rec, None, false, 0, false);
         assert!(s.client.saturated);
         let text = s.render();
         assert!(text.contains("WARNING: send lag p99 was 5.0 ms"), "{text}");

@@ -1,60 +1,74 @@
-//! The engine: one pinned glommio executor per core, each owning a disjoint share of the
-//! concurrency slots, its own connections and its own [`Recorder`].
+//! The engine: one pinned glommio executor per core, each owning a disjoint share of the run's
+//! conversations, its own connections and its own [`Recorder`].
 //!
-//! A slot runs one conversation at a time, turn by turn, over its own keep-alive connection.
-//! Conversations are claimed first come, first served from one atomic counter (the only state
-//! the cores share while the run is hot), cycling through the pool, until exactly `number` have
-//! been claimed. Each executor returns its recorder from `join()`; they are merged once at the end.
+//! A run is one or two phases (an optional warmup, then the measured phase). In each phase every
+//! core follows its [`schedule::Schedule`] — closed loop, open loop or fixed — starting each
+//! conversation as a task that walks it turn by turn ([`cursor`], [`accounting`]) over a pooled
+//! keep-alive connection. The cores share only read-only data, the closed-loop claim counter,
+//! their progress counters and a barrier between phases; each returns its recorders from `join()`
+//! and they are merged once at the end.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub mod accounting;
+pub mod cursor;
+pub mod schedule;
+mod shard;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use crossbeam::utils::CachePadded;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::chunk::ChunkParser;
-use crate::client::{self, Connection, Endpoint, FailureKind, Scratch, TurnTiming};
-use crate::clock;
-use crate::metrics::{self, CacheSource, Recorder, Success};
-use crate::net::SegmentsBody;
-use crate::signal;
-use crate::workload::{message_json, ContextMode, Conversation, COMMA};
+use crate::client::Endpoint;
+use crate::metrics::Recorder;
+use crate::workload::Conversation;
 
-/// The fixed byte pieces every request body is assembled from.
+pub use cursor::{assemble_body, BodyShape};
+pub use schedule::{ArrivalMode, RampStrategy, RateRamp, RateSpec};
+
+/// How conversations start in one phase.
 #[derive(Clone, Debug)]
-pub struct BodyShape {
-    /// `{` + every body field (with the run's `max_tokens`) + `,"messages":[`.
-    pub open: Bytes,
-    /// The same fields without `max_tokens` + `,"messages":[`; sent after a per-turn
-    /// `{"max_tokens":N,` when the dataset sets one.
-    pub open_without_max: Bytes,
-    /// Name of the max-tokens field (`max_tokens` or `max_completion_tokens`).
-    pub max_tokens_field: &'static str,
+pub enum Shape {
+    /// `concurrency` conversations in flight; the next starts when one ends.
+    Closed {
+        concurrency: usize,
+        /// Slot starts spread evenly over this time (`--ramp-up-duration`).
+        ramp_up_ns: Option<u64>,
+    },
+    /// Arrivals at a rate; `cap` (`--parallel` given with a rate) bounds conversations in
+    /// flight: arrivals that find it full wait for a slot.
+    Rate { spec: RateSpec, cap: Option<usize> },
+    /// Recorded start offsets (ns from the schedule origin), one per conversation in sequence
+    /// order, sorted.
+    Fixed {
+        offsets_ns: Arc<Vec<u64>>,
+        cap: Option<usize>,
+    },
 }
 
-const CLOSE: Bytes = Bytes::from_static(b"]}");
-
-/// Everything the executors share, read-only except the claim counter and per-core progress.
-pub struct Shared {
-    pub endpoint: Endpoint,
-    pub body: BodyShape,
-    pub conversations: Arc<Vec<Conversation>>,
-    /// Conversations to claim in total (`--number`).
-    pub number: u64,
-    claims: AtomicU64,
-    progress: Vec<CachePadded<CoreProgress>>,
+impl Shape {
+    /// Conversations in flight at most, when bounded.
+    pub fn cap(&self) -> Option<usize> {
+        match self {
+            Shape::Closed { concurrency, .. } => Some(*concurrency),
+            Shape::Rate { cap, .. } | Shape::Fixed { cap, .. } => *cap,
+        }
+    }
 }
 
-/// Written only by its own core; read by the progress printer.
-#[derive(Default)]
-pub struct CoreProgress {
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-    pub done: AtomicBool,
+/// One phase's load: its shape and when it stops starting conversations.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub shape: Shape,
+    /// Conversations to start in total (`None`: until `duration_ns`).
+    pub limit: Option<u64>,
+    /// Soft end: no conversation starts after this long from the phase start; in-flight ones
+    /// run every remaining turn.
+    pub duration_ns: Option<u64>,
+    /// Hard end after the soft one: in-flight requests are cancelled this long after
+    /// `duration_ns` and counted as `cancelled`.
+    pub grace_ns: Option<u64>,
 }
 
 /// Where and how wide to run.
@@ -62,10 +76,15 @@ pub struct CoreProgress {
 pub struct EngineConfig {
     /// CPU ids to pin one executor each to.
     pub cpus: Vec<usize>,
-    /// Total concurrency slots, split across `cpus`.
-    pub concurrency: usize,
     /// Executors spin instead of parking when idle (`--spin`).
     pub spin: bool,
+    /// The warmup phase, if any: run first, excluded from every figure.
+    pub warmup: Option<Load>,
+    pub load: Load,
+    /// Open every slot's connection before the first phase starts.
+    pub preconnect: bool,
+    /// Seed of the open-loop arrival process.
+    pub seed: u64,
 }
 
 /// How long an idle `--spin` executor polls before parking. Longer than any gap between events
@@ -88,29 +107,87 @@ pub fn split_slots(concurrency: usize, cores: usize) -> Vec<usize> {
         .collect()
 }
 
-/// A progress snapshot for the console.
-#[derive(Clone, Copy, Debug)]
+/// Cores a phase runs on: with a cap below the core count, only as many cores as slots.
+fn active_cores(config: &EngineConfig) -> usize {
+    let cores = config.cpus.len();
+    let caps = [
+        config.load.shape.cap(),
+        config.warmup.as_ref().and_then(|w| w.shape.cap()),
+    ];
+    caps.iter()
+        .flatten()
+        .fold(cores, |n, &cap| n.min(cap.max(1)))
+}
+
+/// A progress snapshot for the console (measured phase only).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
-    pub claimed: u64,
-    pub number: u64,
+    /// Still in the warmup phase.
+    pub warming_up: bool,
+    pub started: u64,
+    pub limit: Option<u64>,
     pub succeeded: u64,
     pub failed: u64,
+    pub completed: u64,
+    pub in_flight: u64,
+}
+
+/// Written only by its own core; read by the progress printer and the phase barrier.
+#[derive(Default)]
+pub(crate) struct CoreProgress {
+    pub started: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub completed: AtomicU64,
+    pub in_flight: AtomicU64,
+    /// Conversations this core started in the warmup phase (the measured sequence continues
+    /// after the warmup's).
+    pub warmup_started: AtomicU64,
+    pub done: AtomicBool,
+}
+
+/// Everything the executors share: read-only except the claim counters, the progress counters
+/// and the phase barrier.
+pub struct Shared {
+    /// One per `--url`; conversation `seq` goes to `endpoints[seq % len]`.
+    pub endpoints: Vec<Endpoint>,
+    pub body: BodyShape,
+    pub conversations: Arc<Vec<Conversation>>,
+    /// Pool entry of the conversation with sequence number `seq` (`None`: `seq mod pool size`).
+    pub pool_index: Option<Arc<dyn Fn(u64) -> usize + Send + Sync>>,
+    config: EngineConfig,
+    /// Closed-loop claim counters, one per phase.
+    claims: [Arc<AtomicU64>; 2],
+    /// Cores that reached the barrier before each phase.
+    arrived: [AtomicUsize; 2],
+    /// Start of each phase (ns), published by the last core at its barrier; 0 before.
+    phase_start_ns: [AtomicU64; 2],
+    /// Sequence number of each phase's first conversation.
+    phase_base: [AtomicU64; 2],
+    warming_up: AtomicBool,
+    progress: Vec<CachePadded<CoreProgress>>,
 }
 
 impl Shared {
     pub fn new(
-        endpoint: Endpoint,
+        endpoints: Vec<Endpoint>,
         body: BodyShape,
         conversations: Arc<Vec<Conversation>>,
-        number: u64,
-        cores: usize,
+        config: EngineConfig,
     ) -> Shared {
+        assert!(!endpoints.is_empty(), "at least one endpoint");
+        let cores = config.cpus.len();
         Shared {
-            endpoint,
+            endpoints,
             body,
             conversations,
-            number,
-            claims: AtomicU64::new(0),
+            pool_index: None,
+            warming_up: AtomicBool::new(config.warmup.is_some()),
+            config,
+            claims: [Arc::default(), Arc::default()],
+            arrived: Default::default(),
+            phase_start_ns: Default::default(),
+            phase_base: Default::default(),
             progress: (0..cores)
                 .map(|_| CachePadded::new(CoreProgress::default()))
                 .collect(),
@@ -119,14 +196,16 @@ impl Shared {
 
     pub fn progress(&self) -> Progress {
         let mut p = Progress {
-            claimed: self.claims.load(Ordering::Relaxed).min(self.number),
-            number: self.number,
-            succeeded: 0,
-            failed: 0,
+            warming_up: self.warming_up.load(Ordering::Relaxed),
+            limit: self.config.load.limit,
+            ..Progress::default()
         };
         for c in &self.progress {
+            p.started += c.started.load(Ordering::Relaxed);
             p.succeeded += c.succeeded.load(Ordering::Relaxed);
             p.failed += c.failed.load(Ordering::Relaxed);
+            p.completed += c.completed.load(Ordering::Relaxed);
+            p.in_flight += c.in_flight.load(Ordering::Relaxed);
         }
         p
     }
@@ -135,27 +214,31 @@ impl Shared {
         self.progress.iter().all(|c| c.done.load(Ordering::Acquire))
     }
 
-    /// Claims the next conversation: its claim index, or `None` once `number` are claimed.
-    fn claim(&self) -> Option<u64> {
-        if signal::interrupted() {
-            return None;
-        }
-        let n = self.claims.fetch_add(1, Ordering::Relaxed);
-        (n < self.number).then_some(n)
+    /// The pool entry for sequence number `seq`.
+    fn conversation(&self, seq: u64) -> &Conversation {
+        let i = match &self.pool_index {
+            Some(f) => f(seq),
+            None => (seq % self.conversations.len() as u64) as usize,
+        };
+        &self.conversations[i]
     }
 }
 
-/// Runs the benchmark to completion (or interrupt) and returns the merged recorder.
+/// What the engine measured: the measured phase's recorder and the warmup's, if one ran.
+pub struct Measured {
+    pub recorder: Recorder,
+    pub warmup: Option<Recorder>,
+}
+
+/// Runs the benchmark to completion (or interrupt) and returns the merged recorders.
 /// `on_tick` is called about every 200 ms on the calling thread while the run is hot.
-pub fn run(
-    config: &EngineConfig,
-    shared: Arc<Shared>,
-    mut on_tick: impl FnMut(Progress),
-) -> Result<Recorder, EngineError> {
-    let slots = split_slots(config.concurrency, config.cpus.len());
+pub fn run(shared: Shared, mut on_tick: impl FnMut(Progress)) -> Result<Measured, EngineError> {
+    let shared = Arc::new(shared);
+    let config = shared.config.clone();
+    let active = active_cores(&config);
     let mut handles = Vec::new();
-    for (core, (&cpu, &n_slots)) in config.cpus.iter().zip(&slots).enumerate() {
-        if n_slots == 0 {
+    for (core, &cpu) in config.cpus.iter().enumerate() {
+        if core >= active {
             shared.progress[core].done.store(true, Ordering::Release);
             continue;
         }
@@ -170,7 +253,7 @@ pub fn run(
             builder = builder.spin_before_park(SPIN_BEFORE_PARK);
         }
         let handle = builder
-            .spawn(move || async move { run_shard(shared, core, n_slots, spin).await })
+            .spawn(move || async move { shard::run(shared, core, active, spin).await })
             .map_err(|e| EngineError::Executor {
                 cpu,
                 reason: e.to_string(),
@@ -181,286 +264,19 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(200));
         on_tick(shared.progress());
     }
-    let mut merged = Recorder::new();
+    let mut recorder = Recorder::new();
+    let mut warmup: Option<Recorder> = None;
     for (cpu, h) in handles {
-        let rec = h.join().map_err(|e| EngineError::Executor {
+        let out = h.join().map_err(|e| EngineError::Executor {
             cpu,
             reason: e.to_string(),
         })?;
-        merged.merge(&rec);
-    }
-    Ok(merged)
-}
-
-async fn run_shard(shared: Arc<Shared>, core: usize, n_slots: usize, spin: bool) -> Recorder {
-    // Take (and so reset) glommio's counters: with --spin they are the only busy measure.
-    let _ = glommio::executor().executor_stats();
-    let (cpu_start_ns, wall_start_ns) = (clock::thread_cpu_ns(), clock::now_ns());
-    let recorder = Rc::new(RefCell::new(Recorder::new()));
-    let parser = Rc::new(RefCell::new(ChunkParser::new()));
-    let read_buf = client::read_buf_for(n_slots);
-    let tasks: Vec<_> = (0..n_slots)
-        .map(|_| {
-            let scratch = Scratch::new(parser.clone());
-            glommio::spawn_local(run_slot(
-                shared.clone(),
-                core,
-                recorder.clone(),
-                scratch,
-                read_buf,
-            ))
-        })
-        .collect();
-    for t in tasks {
-        t.await;
-    }
-    let mut recorder = Rc::try_unwrap(recorder)
-        .expect("every slot task has finished")
-        .into_inner();
-    let cpu_ns = if spin {
-        // A spinning thread's CPU time is its wall time; glommio's run time (tasks + I/O
-        // polling, spin loops excluded) is what the executor actually worked.
-        glommio::executor()
-            .executor_stats()
-            .total_runtime()
-            .as_nanos() as u64
-    } else {
-        clock::thread_cpu_ns() - cpu_start_ns
-    };
-    recorder.core_loads.push(metrics::CoreLoad {
-        cpu_ns,
-        wall_ns: clock::now_ns() - wall_start_ns,
-    });
-    shared.progress[core].done.store(true, Ordering::Release);
-    recorder
-}
-
-/// How a conversation ended.
-enum Ending {
-    Completed,
-    Abandoned,
-    Interrupted,
-}
-
-async fn run_slot(
-    shared: Arc<Shared>,
-    core: usize,
-    recorder: Rc<RefCell<Recorder>>,
-    mut scratch: Scratch,
-    read_buf: Option<usize>,
-) {
-    let mut conn: Option<Connection> = None;
-    let mut history: Vec<Bytes> = Vec::new();
-    while let Some(claim) = shared.claim() {
-        let pool = &shared.conversations;
-        let conv = &pool[(claim % pool.len() as u64) as usize];
-        history.clear();
-        let ending = run_conversation(
-            &shared,
-            core,
-            claim,
-            conv,
-            &mut conn,
-            &mut scratch,
-            &mut history,
-            &recorder,
-            read_buf,
-        )
-        .await;
-        let mut rec = recorder.borrow_mut();
-        match ending {
-            Ending::Completed => rec.conversations_completed += 1,
-            Ending::Abandoned => rec.conversations_abandoned += 1,
-            Ending::Interrupted => rec.conversations_interrupted += 1,
+        recorder.merge(&out.recorder);
+        if let Some(w) = out.warmup {
+            warmup.get_or_insert_with(Recorder::new).merge(&w);
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_conversation(
-    shared: &Shared,
-    core: usize,
-    claim: u64,
-    conv: &Conversation,
-    conn: &mut Option<Connection>,
-    scratch: &mut Scratch,
-    history: &mut Vec<Bytes>,
-    recorder: &Rc<RefCell<Recorder>>,
-    read_buf: Option<usize>,
-) -> Ending {
-    let endpoint = &shared.endpoint;
-    let progress = &shared.progress[core];
-    let mut prev_prompt = 0u64;
-    let mut prev_completion = 0u64;
-    // Client-side prompt estimate for servers that send no usage: bare tokens of every message.
-    let mut estimated_prompt = 0u64;
-    // When the slot could send the current turn: the claim for the first turn; the previous
-    // reply's last byte plus the turn's delay after that. Send lag is measured from here, so
-    // the client's own processing of the previous reply and timer overshoot both count.
-    let mut ready_ns = clock::now_ns();
-    let mut prev_end_ns = ready_ns;
-    for (k, turn) in conv.turns.iter().enumerate() {
-        if k > 0 {
-            if signal::interrupted() {
-                return Ending::Interrupted;
-            }
-            ready_ns = prev_end_ns + turn.delay_ns;
-            // An absolute deadline, so time spent processing the reply is not added to the delay.
-            let now_ns = clock::now_ns();
-            if ready_ns > now_ns {
-                glommio::timer::sleep(Duration::from_nanos(ready_ns - now_ns)).await;
-            }
-            if conv.context == ContextMode::Verbatim {
-                // The turn carries the whole array; nothing accumulates.
-                history.clear();
-                estimated_prompt = 0;
-            } else {
-                history.push(COMMA);
-            }
-        }
-        history.extend(turn.delta.iter().cloned());
-        estimated_prompt += turn.delta_tokens.unwrap_or(0) as u64;
-
-        let c = match ensure_connection(conn, endpoint, read_buf).await {
-            Ok((c, opened)) => {
-                ready_ns = if opened {
-                    // Connection setup is the network's time, not the client's lag.
-                    ready_ns.max(clock::now_ns())
-                } else {
-                    // Nor is waiting for the end of the previous response after its last event.
-                    ready_ns.max(c.last_read_ns())
-                };
-                c
-            }
-            Err(kind) => {
-                let now = clock::now_ns();
-                let timing = TurnTiming {
-                    start_ns: now,
-                    end_ns: now,
-                    ..TurnTiming::default()
-                };
-                recorder.borrow_mut().record_failure(&timing, kind);
-                progress.failed.fetch_add(1, Ordering::Relaxed);
-                return Ending::Abandoned;
-            }
-        };
-
-        let body = match &turn.open {
-            Some(open) => assemble_body_with(open.clone(), history),
-            None => assemble_body(&shared.body, turn.max_tokens, history),
-        };
-        let sent = client::send_turn(c, endpoint, body, claim, k as u32, scratch).await;
-        let timing = match &sent {
-            Ok(timing) => timing,
-            Err(failure) => &failure.timing,
-        };
-        if let Some(written_ns) = timing.first_write_ns {
-            recorder.borrow_mut().record_send_lag(ready_ns, written_ns);
-        }
-        prev_end_ns = timing.end_ns;
-        match sent {
-            Ok(timing) => {
-                let (prompt, completion, from_usage) =
-                    metrics::tokens_of(timing.usage, estimated_prompt, timing.output_chunks);
-                let (cached, source) = match timing.usage.and_then(|u| u.cached_tokens) {
-                    Some(c) => (c, CacheSource::Server),
-                    None => (prev_prompt + prev_completion, CacheSource::Estimated),
-                };
-                recorder.borrow_mut().record_success(Success {
-                    timing: &timing,
-                    itl_ns: &scratch.itl_ns,
-                    turn: k as u32,
-                    prompt_tokens: prompt,
-                    completion_tokens: completion,
-                    tokens_from_usage: from_usage,
-                    cached_tokens: cached,
-                    cache_source: source,
-                });
-                progress.succeeded.fetch_add(1, Ordering::Relaxed);
-                prev_prompt = prompt;
-                prev_completion = completion;
-                estimated_prompt += completion;
-                if k + 1 < conv.turns.len() {
-                    match conv.context {
-                        ContextMode::Live => {
-                            history.push(COMMA);
-                            history.push(Bytes::from(message_json("assistant", &scratch.reply)));
-                        }
-                        ContextMode::Canned => {
-                            if let Some(reply) = &turn.reply {
-                                history.push(COMMA);
-                                history.push(reply.clone());
-                            }
-                        }
-                        ContextMode::Verbatim => {}
-                    }
-                }
-            }
-            Err(failure) => {
-                recorder
-                    .borrow_mut()
-                    .record_failure(&failure.timing, failure.kind);
-                progress.failed.fetch_add(1, Ordering::Relaxed);
-                // After a clean error status the connection is still in sync; after anything
-                // else its state is unknown, so start the next conversation on a fresh one.
-                if !matches!(failure.kind, FailureKind::HttpStatus(_)) {
-                    *conn = None;
-                }
-                return Ending::Abandoned;
-            }
-        }
-    }
-    Ending::Completed
-}
-
-/// The slot's connection, opened (or reopened) if needed; `true` when it was just opened.
-async fn ensure_connection<'a>(
-    conn: &'a mut Option<Connection>,
-    endpoint: &Endpoint,
-    read_buf: Option<usize>,
-) -> Result<(&'a mut Connection, bool), FailureKind> {
-    if let Some(c) = conn.as_mut() {
-        if !c.ready().await {
-            *conn = None;
-        }
-    }
-    let opened = conn.is_none();
-    if opened {
-        *conn = Some(Connection::open(endpoint, read_buf).await?);
-    }
-    Ok((conn.as_mut().expect("set above"), opened))
-}
-
-/// The request body for the current turn (public for `benches/turn_and_record.rs`): the fixed opening, the history segments (shared
-/// `Bytes`, no copy), and the closing brackets.
-pub fn assemble_body(
-    shape: &BodyShape,
-    max_tokens: Option<u32>,
-    history: &[Bytes],
-) -> SegmentsBody {
-    let mut segments = Vec::with_capacity(history.len() + 3);
-    match max_tokens {
-        None => segments.push(shape.open.clone()),
-        Some(n) => {
-            segments.push(Bytes::from(format!(
-                "{{\"{}\":{n},",
-                shape.max_tokens_field
-            )));
-            segments.push(shape.open_without_max.clone());
-        }
-    }
-    segments.extend(history.iter().cloned());
-    segments.push(CLOSE);
-    SegmentsBody::new(segments)
-}
-
-/// [`assemble_body`] with a turn's own opening (per-turn extra fields).
-fn assemble_body_with(open: Bytes, history: &[Bytes]) -> SegmentsBody {
-    let mut segments = Vec::with_capacity(history.len() + 2);
-    segments.push(open);
-    segments.extend(history.iter().cloned());
-    segments.push(CLOSE);
-    SegmentsBody::new(segments)
+    Ok(Measured { recorder, warmup })
 }
 
 #[cfg(test)]
@@ -475,36 +291,31 @@ mod tests {
     }
 
     #[test]
-    fn body_is_valid_json_with_history() {
-        let shape = BodyShape {
-            open: Bytes::from_static(b"{\"model\":\"m\",\"max_tokens\":8,\"messages\":["),
-            open_without_max: Bytes::from_static(b"\"model\":\"m\",\"messages\":["),
-            max_tokens_field: "max_tokens",
+    fn a_small_cap_uses_fewer_cores() {
+        let load = |cap| Load {
+            shape: Shape::Rate {
+                spec: RateSpec {
+                    per_s: 1.0,
+                    mode: ArrivalMode::Poisson,
+                    burstiness: 1.0,
+                    ramp: None,
+                },
+                cap,
+            },
+            limit: Some(1),
+            duration_ns: None,
+            grace_ns: None,
         };
-        let history = vec![
-            Bytes::from(message_json("user", "hi \"there\"")),
-            COMMA,
-            Bytes::from(message_json("assistant", "hello\n")),
-            COMMA,
-            Bytes::from(message_json("user", "again")),
-        ];
-        for max in [None, Some(3)] {
-            let mut body = assemble_body(&shape, max, &history);
-            let len = body.len();
-            let mut bytes = Vec::new();
-            use hyper::body::Body;
-            let waker = std::task::Waker::noop();
-            let mut cx = std::task::Context::from_waker(waker);
-            while let std::task::Poll::Ready(Some(Ok(frame))) =
-                std::pin::Pin::new(&mut body).poll_frame(&mut cx)
-            {
-                bytes.extend_from_slice(frame.data_ref().unwrap());
-            }
-            assert_eq!(bytes.len() as u64, len);
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            assert_eq!(v["messages"].as_array().unwrap().len(), 3);
-            assert_eq!(v["messages"][1]["content"], "hello\n");
-            assert_eq!(v["max_tokens"], max.unwrap_or(8));
-        }
+        let config = |cap| EngineConfig {
+            cpus: vec![0, 1, 2, 3],
+            spin: false,
+            warmup: None,
+            load: load(cap),
+            preconnect: true,
+            seed: 0,
+        };
+        assert_eq!(active_cores(&config(Some(2))), 2);
+        assert_eq!(active_cores(&config(None)), 4);
+        assert_eq!(active_cores(&config(Some(9))), 4);
     }
 }

@@ -1,0 +1,591 @@
+//! One core's share of a run: its phases, its schedule, its conversation tasks, its pooled
+//! connections and its recorders. Everything here runs on the core's own executor and touches
+//! only that core's state (`Rc`/`RefCell`), except the progress counters and the phase barrier.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+
+use super::accounting::Accounting;
+use super::cursor::Cursor;
+use super::schedule::{ClosedLoop, Fixed, OpenLoop, Schedule};
+use super::{split_slots, CoreProgress, Load, Shape, Shared};
+use crate::chunk::ChunkParser;
+use crate::client::{self, Connection, FailureKind, Scratch, TurnTiming};
+use crate::clock;
+use crate::metrics::{self, Recorder, Success};
+use crate::signal;
+use crate::workload::Conversation;
+
+/// What a core hands back at `join()`.
+pub(crate) struct ShardOutput {
+    pub recorder: Recorder,
+    pub warmup: Option<Recorder>,
+}
+
+/// A conversation task's reusable buffers; pooled per core so a closed loop allocates them once
+/// per slot, not once per conversation.
+struct SlotState {
+    scratch: Scratch,
+    history: Vec<Bytes>,
+    /// A request is on the wire (so a cancellation cancels a request, not only a wait).
+    in_flight: bool,
+}
+
+/// The core's state, shared by its tasks.
+struct Core {
+    shared: Arc<Shared>,
+    /// This core's index among the active cores, and their number.
+    index: usize,
+    cores: usize,
+    parser: Rc<RefCell<ChunkParser>>,
+    read_buf: Option<usize>,
+    /// Idle keep-alive connections per endpoint, most recently used last.
+    idle: RefCell<Vec<Vec<Connection>>>,
+    states: RefCell<Vec<SlotState>>,
+}
+
+impl Core {
+    fn progress(&self) -> &CoreProgress {
+        &self.shared.progress[self.index]
+    }
+
+    fn take_state(&self) -> SlotState {
+        self.states.borrow_mut().pop().unwrap_or_else(|| SlotState {
+            scratch: Scratch::new(self.parser.clone()),
+            history: Vec::new(),
+            in_flight: false,
+        })
+    }
+
+    fn take_conn(&self, url: usize) -> Option<Connection> {
+        self.idle.borrow_mut()[url].pop()
+    }
+}
+
+/// One phase as this core runs it.
+struct Phase {
+    /// 0 = warmup, 1 = measured.
+    id: usize,
+    load: Load,
+    recorder: Rc<RefCell<Recorder>>,
+}
+
+impl Phase {
+    fn measured(&self) -> bool {
+        self.id == 1
+    }
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    index: usize,
+    cores: usize,
+    spin: bool,
+) -> ShardOutput {
+    // Take (and so reset) glommio's counters: with --spin they are the only busy measure.
+    let _ = glommio::executor().executor_stats();
+    let (cpu_start_ns, wall_start_ns) = (clock::thread_cpu_ns(), clock::now_ns());
+    let config = shared.config.clone();
+    let slots = config
+        .load
+        .shape
+        .cap()
+        .map(|cap| split_slots(cap, cores)[index]);
+    let core = Rc::new(Core {
+        index,
+        cores,
+        parser: Rc::new(RefCell::new(ChunkParser::new())),
+        read_buf: client::read_buf_for(slots.unwrap_or(0)),
+        idle: RefCell::new(shared.endpoints.iter().map(|_| Vec::new()).collect()),
+        states: RefCell::new(Vec::new()),
+        shared,
+    });
+    if config.preconnect {
+        if let Some(n) = slots {
+            preconnect(&core, n).await;
+        }
+    }
+    let mut phases = Vec::new();
+    if let Some(w) = &config.warmup {
+        phases.push(Phase {
+            id: 0,
+            load: w.clone(),
+            recorder: Rc::new(RefCell::new(recorder_for(&core))),
+        });
+    }
+    phases.push(Phase {
+        id: 1,
+        load: config.load.clone(),
+        recorder: Rc::new(RefCell::new(recorder_for(&core))),
+    });
+    let mut out = ShardOutput {
+        recorder: Recorder::new(),
+        warmup: None,
+    };
+    for phase in phases {
+        let (start_ns, base) = barrier(&core, phase.id).await;
+        drive(&core, &phase, start_ns, base).await;
+        let measured = phase.measured();
+        let rec = Rc::try_unwrap(phase.recorder)
+            .map_err(|_| ())
+            .expect("every conversation task of the phase has finished")
+            .into_inner();
+        if measured {
+            out.recorder = rec;
+        } else {
+            out.warmup = Some(rec);
+        }
+    }
+    let cpu_ns = if spin {
+        // A spinning thread's CPU time is its wall time; glommio's run time (tasks + I/O
+        // polling, spin loops excluded) is what the executor actually worked.
+        glommio::executor()
+            .executor_stats()
+            .total_runtime()
+            .as_nanos() as u64
+    } else {
+        clock::thread_cpu_ns() - cpu_start_ns
+    };
+    out.recorder.core_loads.push(metrics::CoreLoad {
+        cpu_ns,
+        wall_ns: clock::now_ns() - wall_start_ns,
+    });
+    core.progress().done.store(true, Ordering::Release);
+    out
+}
+
+fn recorder_for(core: &Core) -> Recorder {
+    let mut rec = Recorder::new();
+    rec.with_urls(core.shared.endpoints.len());
+    rec
+}
+
+/// Opens `n` connections (spread over the endpoints) before traffic, so the first turns do not
+/// pay for a connect storm. A failure here is not counted: the conversation that would have used
+/// the connection connects itself, and its failure is counted then.
+async fn preconnect(core: &Rc<Core>, n: usize) {
+    let endpoints = core.shared.endpoints.len();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let core = core.clone();
+            let url = (core.index + i * core.cores) % endpoints;
+            glommio::spawn_local(async move {
+                let endpoint = &core.shared.endpoints[url];
+                if let Ok(c) = Connection::open(endpoint, core.read_buf).await {
+                    core.idle.borrow_mut()[url].push(c);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+}
+
+/// Waits until every active core is ready for `phase`; returns the phase's start time and the
+/// sequence number of its first conversation. The last core to arrive publishes both: the
+/// start a little ahead, so every core sees it before it passes.
+async fn barrier(core: &Core, phase: usize) -> (u64, u64) {
+    let shared = &core.shared;
+    let arrived = shared.arrived[phase].fetch_add(1, Ordering::AcqRel) + 1;
+    if arrived == core.cores {
+        let base = if phase == 1 {
+            shared.phase_base[0].load(Ordering::Acquire)
+                + shared.progress[..core.cores]
+                    .iter()
+                    .map(|p| p.warmup_started.load(Ordering::Acquire))
+                    .sum::<u64>()
+        } else {
+            0
+        };
+        shared.phase_base[phase].store(base, Ordering::Release);
+        if phase == 1 {
+            shared.warming_up.store(false, Ordering::Relaxed);
+        }
+        let start = clock::now_ns() + PHASE_LEAD_NS;
+        shared.phase_start_ns[phase].store(start, Ordering::Release);
+    }
+    loop {
+        let start = shared.phase_start_ns[phase].load(Ordering::Acquire);
+        if start != 0 {
+            sleep_until(start).await;
+            return (start, shared.phase_base[phase].load(Ordering::Acquire));
+        }
+        glommio::timer::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// How far ahead of "now" the last core at a barrier puts the phase start: longer than the
+/// other cores' polling period, so all start together.
+const PHASE_LEAD_NS: u64 = 2_000_000;
+
+/// Sleeps until `deadline_ns` on the run clock (absolute: time spent before the call counts).
+async fn sleep_until(deadline_ns: u64) {
+    let now_ns = clock::now_ns();
+    if deadline_ns > now_ns {
+        glommio::timer::sleep(Duration::from_nanos(deadline_ns - now_ns)).await;
+    }
+}
+
+/// Runs one phase on this core: draws starts from the schedule and spawns a task per
+/// conversation, then waits for all of them.
+async fn drive(core: &Rc<Core>, phase: &Phase, start_ns: u64, base: u64) {
+    let shared = &core.shared;
+    let load = &phase.load;
+    let (index, cores) = (core.index, core.cores);
+    let slots = load.shape.cap().map(|cap| split_slots(cap, cores)[index]);
+    let mut schedule: Box<dyn Schedule> = match &load.shape {
+        Shape::Closed { .. } => {
+            Box::new(ClosedLoop::new(shared.claims[phase.id].clone(), load.limit))
+        }
+        Shape::Rate { spec, .. } => Box::new(OpenLoop::new(
+            *spec,
+            // Warmup draws from another stream than the measured phase.
+            shared.config.seed ^ (phase.id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            start_ns,
+            load.limit,
+            index,
+            cores,
+        )),
+        Shape::Fixed { offsets_ns, .. } => {
+            Box::new(Fixed::new(offsets_ns.clone(), start_ns, index, cores))
+        }
+    };
+    let soft_end_ns = load.duration_ns.map(|d| start_ns + d);
+    let hard_end_ns = soft_end_ns.and_then(|s| load.grace_ns.map(|g| s + g));
+    // Slots: permits for conversations in flight on this core (none: unbounded).
+    let permits = slots.map(|n| {
+        let ramped = matches!(
+            load.shape,
+            Shape::Closed {
+                ramp_up_ns: Some(_),
+                ..
+            }
+        );
+        Rc::new(Semaphore::new(if ramped { 0 } else { n as u64 }))
+    });
+    // Closed-loop ramp-up: this core's k-th slot is the run's slot k·cores + index, opened at
+    // its share of the ramp.
+    let _ramp = match (&load.shape, &permits, slots) {
+        (
+            Shape::Closed {
+                concurrency,
+                ramp_up_ns: Some(ramp_ns),
+            },
+            Some(sem),
+            Some(n),
+        ) => {
+            let (sem, total, ramp_ns) = (sem.clone(), *concurrency as u64, *ramp_ns);
+            Some(glommio::spawn_local(async move {
+                for k in 0..n as u64 {
+                    let slot = k * cores as u64 + index as u64;
+                    sleep_until(start_ns + ramp_ns * slot / total).await;
+                    sem.signal(1);
+                }
+            }))
+        }
+        _ => None,
+    };
+    let finished = Rc::new(Semaphore::new(0));
+    let mut spawned = 0u64;
+    loop {
+        if signal::interrupted() {
+            break;
+        }
+        // `ready_ns`: when the conversation could be sent, for the send-lag figure: its intended
+        // start, or when a slot freed if it had to wait for one.
+        let (arrival, permit, intended_ns, ready_ns) = if schedule.slot_driven() {
+            let permit = match &permits {
+                Some(p) => Some(p.acquire_static_permit(1).await.expect("never closed")),
+                None => None,
+            };
+            let now = clock::now_ns();
+            if soft_end_ns.is_some_and(|end| now >= end) || signal::interrupted() {
+                break;
+            }
+            let Some(arrival) = schedule.next() else {
+                break;
+            };
+            (arrival, permit, now, now)
+        } else {
+            let Some(arrival) = schedule.next() else {
+                break;
+            };
+            let at_ns = arrival.at_ns.expect("open schedules give times");
+            if soft_end_ns.is_some_and(|end| at_ns >= end) {
+                break;
+            }
+            sleep_until(at_ns).await;
+            let (permit, ready_ns) = match &permits {
+                Some(p) => match p.try_acquire_static_permit(1) {
+                    Ok(permit) => {
+                        phase.recorder.borrow_mut().record_cap_wait(0);
+                        (Some(permit), at_ns)
+                    }
+                    Err(_) => {
+                        let permit = p.acquire_static_permit(1).await.expect("never closed");
+                        let now = clock::now_ns();
+                        phase
+                            .recorder
+                            .borrow_mut()
+                            .record_cap_wait(now.saturating_sub(at_ns));
+                        (Some(permit), now)
+                    }
+                },
+                None => (None, at_ns),
+            };
+            (arrival, permit, at_ns, ready_ns)
+        };
+        let progress = core.progress();
+        if phase.measured() {
+            progress.started.fetch_add(1, Ordering::Relaxed);
+            progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        } else {
+            progress.warmup_started.fetch_add(1, Ordering::Relaxed);
+        }
+        spawned += 1;
+        let task = Task {
+            core: core.clone(),
+            recorder: phase.recorder.clone(),
+            measured: phase.measured(),
+            seq: base + arrival.seq,
+            intended_ns,
+            ready_ns,
+            hard_end_ns,
+        };
+        let finished = finished.clone();
+        glommio::spawn_local(async move {
+            task.run().await;
+            drop(permit);
+            finished.signal(1);
+        })
+        .detach();
+    }
+    if spawned > 0 {
+        finished.acquire(spawned).await.expect("never closed");
+    }
+}
+
+/// How a conversation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    Completed,
+    Abandoned,
+    Interrupted,
+    /// Cut off at the hard end of the phase (`--duration` + `--duration-grace`).
+    Cancelled,
+}
+
+/// One conversation, as a task.
+struct Task {
+    core: Rc<Core>,
+    recorder: Rc<RefCell<Recorder>>,
+    measured: bool,
+    /// Sequence number in the run (names the conversation on the wire, picks its pool entry and
+    /// its endpoint).
+    seq: u64,
+    /// When the conversation was meant to start (closed loop: when its slot freed).
+    intended_ns: u64,
+    /// When it could be sent: `intended_ns`, or later if it waited for a slot.
+    ready_ns: u64,
+    hard_end_ns: Option<u64>,
+}
+
+impl Task {
+    async fn run(self) {
+        let core = &self.core;
+        let shared = &core.shared;
+        let url = (self.seq % shared.endpoints.len() as u64) as usize;
+        let conv = shared.conversation(self.seq);
+        let mut state = core.take_state();
+        let mut conn = core.take_conn(url);
+        self.recorder
+            .borrow_mut()
+            .record_conversation_start(clock::now_ns());
+        let walk = self.walk(conv, url, &mut conn, &mut state);
+        let ending = match self.hard_end_ns {
+            Some(end_ns) => {
+                futures_lite::future::or(walk, async move {
+                    sleep_until(end_ns).await;
+                    Ending::Cancelled
+                })
+                .await
+            }
+            None => walk.await,
+        };
+        {
+            let mut rec = self.recorder.borrow_mut();
+            match ending {
+                Ending::Completed => rec.conversations_completed += 1,
+                Ending::Abandoned => rec.conversations_abandoned += 1,
+                Ending::Interrupted => rec.conversations_interrupted += 1,
+                Ending::Cancelled => {
+                    rec.conversations_cancelled += 1;
+                    if state.in_flight {
+                        rec.requests_cancelled += 1;
+                    }
+                }
+            }
+        }
+        if self.measured {
+            let progress = core.progress();
+            progress.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if ending == Ending::Completed {
+                progress.completed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if ending == Ending::Cancelled {
+            // A request was dropped mid-response: the connection is out of step.
+            conn = None;
+            state.in_flight = false;
+        }
+        if let Some(c) = conn {
+            core.idle.borrow_mut()[url].push(c);
+        }
+        core.states.borrow_mut().push(state);
+    }
+
+    /// Walks the conversation turn by turn.
+    async fn walk(
+        &self,
+        conv: &Conversation,
+        url: usize,
+        conn: &mut Option<Connection>,
+        state: &mut SlotState,
+    ) -> Ending {
+        let core = &self.core;
+        let endpoint = &core.shared.endpoints[url];
+        let progress = core.progress();
+        let SlotState {
+            scratch,
+            history,
+            in_flight,
+        } = state;
+        let mut cursor = Cursor::new(conv, history);
+        let mut accounting = Accounting::default();
+        // When the turn was meant to be sent: the conversation's intended start for the first;
+        // the previous reply's last byte plus the turn's delay after that.
+        let mut intended_ns = self.intended_ns;
+        let mut ready_ns = self.ready_ns;
+        let mut prev_end_ns = intended_ns;
+        while let Some((k, turn)) = cursor.advance() {
+            if k > 0 {
+                if signal::interrupted() {
+                    return Ending::Interrupted;
+                }
+                intended_ns = prev_end_ns + turn.delay_ns;
+                ready_ns = intended_ns;
+                sleep_until(intended_ns).await;
+            }
+            // Send lag is measured from when the client could send: connection setup is the
+            // network's time, and waiting for the end of the previous response after its last
+            // event is the server's.
+            let c = match ensure_connection(conn, endpoint, core.read_buf).await {
+                Ok((c, opened)) => {
+                    ready_ns = if opened {
+                        ready_ns.max(clock::now_ns())
+                    } else {
+                        ready_ns.max(c.last_read_ns())
+                    };
+                    c
+                }
+                Err(kind) => {
+                    let now = clock::now_ns();
+                    let timing = TurnTiming {
+                        start_ns: now,
+                        end_ns: now,
+                        ..TurnTiming::default()
+                    };
+                    self.recorder
+                        .borrow_mut()
+                        .record_failure(&timing, kind, url);
+                    if self.measured {
+                        progress.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ending::Abandoned;
+                }
+            };
+            let body = cursor.body(&core.shared.body, turn);
+            *in_flight = true;
+            let sent = client::send_turn(c, endpoint, body, self.seq, k as u32, scratch).await;
+            *in_flight = false;
+            let timing = match &sent {
+                Ok(timing) => timing,
+                Err(failure) => &failure.timing,
+            };
+            {
+                let mut rec = self.recorder.borrow_mut();
+                if let Some(written_ns) = timing.first_write_ns {
+                    rec.record_send_lag(ready_ns, written_ns);
+                }
+                rec.record_schedule_lag(intended_ns, timing.start_ns);
+            }
+            prev_end_ns = timing.end_ns;
+            match sent {
+                Ok(timing) => {
+                    let tokens = accounting.on_success(
+                        timing.usage,
+                        cursor.estimated_prompt(),
+                        timing.output_chunks,
+                    );
+                    self.recorder.borrow_mut().record_success(Success {
+                        timing: &timing,
+                        intended_ns,
+                        itl_ns: &scratch.itl_ns,
+                        turn: k as u32,
+                        url,
+                        prompt_tokens: tokens.prompt,
+                        completion_tokens: tokens.completion,
+                        tokens_from_usage: tokens.from_usage,
+                        cached_tokens: tokens.cached,
+                        cache_source: tokens.cache_source,
+                    });
+                    if self.measured {
+                        progress.succeeded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    cursor.on_reply(turn, tokens.completion, &scratch.reply);
+                }
+                Err(failure) => {
+                    self.recorder
+                        .borrow_mut()
+                        .record_failure(&failure.timing, failure.kind, url);
+                    if self.measured {
+                        progress.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // After a clean error status the connection is still in sync; after
+                    // anything else its state is unknown, so the next conversation opens a
+                    // fresh one.
+                    if !matches!(failure.kind, FailureKind::HttpStatus(_)) {
+                        *conn = None;
+                    }
+                    return Ending::Abandoned;
+                }
+            }
+        }
+        Ending::Completed
+    }
+}
+
+/// The connection, opened (or reopened) if needed; `true` when it was just opened.
+async fn ensure_connection<'a>(
+    conn: &'a mut Option<Connection>,
+    endpoint: &crate::client::Endpoint,
+    read_buf: Option<usize>,
+) -> Result<(&'a mut Connection, bool), FailureKind> {
+    if let Some(c) = conn.as_mut() {
+        if !c.ready().await {
+            *conn = None;
+        }
+    }
+    let opened = conn.is_none();
+    if opened {
+        *conn = Some(Connection::open(endpoint, read_buf).await?);
+    }
+    Ok((conn.as_mut().expect("set above"), opened))
+}
