@@ -26,6 +26,8 @@ pub(crate) struct Config {
     pub(crate) fail_every: u64,
     pub(crate) pm_qos: bool,
     pub(crate) usage: super::UsageMode,
+    /// Lower-case name of the header carrying the conversation id.
+    pub(crate) session_header: String,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> SimError {
@@ -102,6 +104,7 @@ impl Config {
             fail_every: a.fail_every,
             pm_qos: !a.advanced.no_pm_qos,
             usage: a.advanced.usage,
+            session_header: a.advanced.session_header.to_ascii_lowercase(),
         })
     }
 }

@@ -146,6 +146,10 @@ pub struct SimAdvancedArgs {
     /// `stream_options.include_usage` asks for it).
     #[arg(long, value_enum, default_value_t = UsageMode::Full)]
     pub usage: UsageMode,
+    /// Header the record takes each request's conversation id from (the client's
+    /// `--session-header`).
+    #[arg(long, default_value = crate::client::SESSION_HEADER)]
+    pub session_header: String,
 }
 
 /// See `--usage`.
@@ -167,6 +171,7 @@ impl Default for SimAdvancedArgs {
             max_body_bytes: 64 << 20,
             no_pm_qos: false,
             usage: UsageMode::Full,
+            session_header: crate::client::SESSION_HEADER.into(),
         }
     }
 }

@@ -411,8 +411,8 @@ async fn generate(
     let mut record = shared.record.as_ref().map(|_| {
         Box::new(Record {
             request_id,
-            conversation: header_id(&req, "x-parley-conversation"),
-            turn: header_id(&req, "x-parley-turn"),
+            conversation: header_id(&req, &cfg.session_header),
+            turn: header_id(&req, crate::client::TURN_HEADER),
             endpoint: endpoint.name().to_owned(),
             arrival_ns,
             ..Record::default()

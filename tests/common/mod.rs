@@ -223,3 +223,52 @@ pub fn f(v: &Value) -> f64 {
 pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not an integer: {v}"))
 }
+
+/// Runs `parley bench ARGS` (asserting success) and returns its output and outputs directory,
+/// for runs that write more than one summary (sweeps).
+pub fn bench_in_dir(args: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = parley()
+        .arg("bench")
+        .args(args)
+        .args(["--quiet", "--name", "t", "--outputs-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run parley bench");
+    assert!(
+        output.status.success(),
+        "parley bench failed: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, dir)
+}
+
+/// Every file named `name` below `dir`, sorted.
+pub fn find_all(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == name) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The first-turn record of each conversation, sorted by arrival.
+pub fn first_turns(records: &[Value]) -> Vec<Value> {
+    let mut firsts: Vec<Value> = by_conversation(records)
+        .into_values()
+        .map(|turns| turns[0].clone())
+        .collect();
+    firsts.sort_by_key(|r| u(&r["arrival_ns"]));
+    firsts
+}
