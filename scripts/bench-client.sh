@@ -4,7 +4,7 @@
 # (the bench process's own getrusage, from summary.json), peak RSS, and the client's TTFT/ITL
 # p50/p99 next to the sim's recorded truth.
 #
-#   scripts/bench-client.sh [bulk|paced|streams10k|multiturn|all]   (default: all)
+#   scripts/bench-client.sh [bulk|paced|streams10k|multiturn|openloop|all]   (default: all)
 #
 # Cases (issue 4's targets in brackets):
 #   bulk        64 streams, TTFT = ITL = 0                     [≤ 0.5 µs CPU/event]
@@ -16,6 +16,9 @@
 #   multiturn   4 turns × 8k new tokens → 32k-token histories, [per-turn CPU ∝ new bytes only]
 #               next to multiturn-base: 1 turn × 8k tokens (the same new bytes per request with
 #               no history); equal cpu/req means history costs nothing per turn
+#   openloop    1-turn conversations with 2-token replies        [achieved rate ≥ 99.5 % of target,
+#               arriving at RATE (default 20,000) per second       schedule lag p99 ≤ 200 µs]
+#               for 5 s (Poisson), no cap
 #
 # Needs: a release build (built here if missing), python3, taskset, /usr/bin/time. Loopback only.
 # REPEAT=3 runs each case three times (median of 3 is what docs/performance.md reports).
@@ -87,12 +90,26 @@ c = s["client"]
 rss_kib = int(open(f"{work}/rss").read().split()[-1])
 rss_mib = rss_kib / 1024
 base_kib = int(open(f"{work}/base_rss").read().split()[-1])
-streams = s['config']['parallel']
+point = s['config']['point']
+streams = point['parallel'] or 0
 mem = f" mem/stream={(rss_kib - base_kib) / streams:.1f}KiB (base {base_kib/1024:.0f}MiB)" if base_kib else ""
 req = s['requests']['total'] or 1
 in_tok = s['input_tokens']['mean'] or 0
 lag = c.get('send_lag_us', {})
-print(f"{name:10s} streams={s['config']['parallel']:<5d} events/s={c['output_events']/s['duration_s']:>10.0f} "
+if point['rate_per_s']:
+    sch = s['schedule']
+    lag_ms = sch['schedule_lag_ms']
+    achieved = sch['achieved_rate_per_s'] or 0
+    print(f"{name:10s} offered={point['rate_per_s']:.0f}/s achieved={achieved:.0f}/s "
+          f"({100 * achieved / point['rate_per_s']:.2f} %) "
+          f"schedule lag p50/p99/max={lag_ms['p50'] * 1e3:.0f}/{lag_ms['p99'] * 1e3:.0f}/{lag_ms['max'] * 1e3:.0f}us "
+          f"send lag p50/p99={lag.get('p50') or 0:.0f}/{lag.get('p99') or 0:.0f}us "
+          f"cpu/req={c['cpu_us_per_request']:.1f}us busy={c['cores'][0]['busy_pct']:.0f}% "
+          f"ok={s['requests']['succeeded']}/{s['requests']['total']} rss={rss_mib:.0f}MiB "
+          f"ttft p50/p99={s['ttft_ms']['p50']:.2f}/{s['ttft_ms']['p99']:.2f}ms (sim {pct(ttft,50):.2f}/{pct(ttft,99):.2f})"
+          f"{' SATURATED' if c['saturated'] else ''}")
+    sys.exit(0)
+print(f"{name:10s} streams={streams:<5d} events/s={c['output_events']/s['duration_s']:>10.0f} "
       f"cpu/event={c['cpu_us_per_event']:.2f}us cpu/req={c['cpu_us_per_request']:.1f}us rss={rss_mib:.0f}MiB "
       f"ttft p50/p99={s['ttft_ms']['p50']:.2f}/{s['ttft_ms']['p99']:.2f}ms (sim {pct(ttft,50):.2f}/{pct(ttft,99):.2f}) "
       f"itl p50/p99={s['itl_ms']['p50']:.2f}/{s['itl_ms']['p99']:.2f}ms (sim {pct(itl,50):.2f}/{pct(itl,99):.2f}) "
@@ -126,4 +143,10 @@ if [ "$case_name" = multiturn ] || [ "$case_name" = all ]; then
   run_case multiturn "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 1" \
     --parallel 16 --number 16 --min-turns 4 --max-turns 4 --min-prompt-length 8000 \
     --max-prompt-length 8000 --max-tokens 64 --extra-args '{"ignore_eos":true}'
+fi
+if [ "$case_name" = openloop ] || [ "$case_name" = all ]; then
+  rate="${RATE:-20000}"
+  run_case openloop "--ttft-base-ms 0 --ttft-per-uncached-token-us 0 --itl-ms 0" \
+    --request-rate "$rate" --number "$((rate * 5))" --min-turns 1 --max-turns 1 \
+    --min-prompt-length 8 --max-prompt-length 8 --max-tokens 2 --extra-args '{"ignore_eos":true}'
 fi
