@@ -351,6 +351,7 @@ struct PointSpec {
 }
 
 /// The load flags, validated.
+#[derive(Debug)]
 struct LoadFlags {
     config: LoadConfig,
     /// evalscope's fractional `--warmup-num`: resolved against `--number`.
@@ -1002,6 +1003,119 @@ mod tests {
         assert!(parse_url("ftp://127.0.0.1:8000").is_err());
         assert!(parse_url("http://127.0.0.1:99999").is_err());
         assert!(parse_url("http://127.0.0.1:8000/foo").is_err());
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        use clap::Parser;
+        let mut full = vec!["parley", "bench"];
+        full.extend_from_slice(flags);
+        match crate::cli::Cli::try_parse_from(full).unwrap().command {
+            crate::cli::Command::Bench(b) => *b,
+            _ => unreachable!(),
+        }
+    }
+
+    fn load(flags: &[&str]) -> Result<(Vec<PointSpec>, LoadFlags), String> {
+        load_config(&args(flags)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sweep_lists_pair_value_by_value() {
+        let (points, _) = load(&["--parallel", "5", "10", "--number", "10", "20"]).unwrap();
+        let pairs: Vec<_> = points.iter().map(|p| (p.parallel, p.number)).collect();
+        assert_eq!(pairs, [(Some(5), Some(10)), (Some(10), Some(20))]);
+        // One --number applies to every point.
+        let (points, _) = load(&["--concurrency", "2,4,8", "--number", "7"]).unwrap();
+        assert!(points.iter().all(|p| p.number == Some(7)));
+        assert_eq!(points.len(), 3);
+        let e = load(&["--parallel", "1", "2", "3", "--number", "1", "2"]).unwrap_err();
+        assert!(e.contains("--number") && e.contains("pairs"), "{e}");
+        // A rate sweep: no default concurrency (no cap) unless given.
+        let (points, _) = load(&["--request-rate", "1,2"]).unwrap();
+        assert!(points.iter().all(|p| p.parallel.is_none()));
+        assert_eq!(points[1].rate_per_s, Some(2.0));
+    }
+
+    #[test]
+    fn duration_without_number_has_no_count_limit() {
+        let (points, _) = load(&["--duration", "5"]).unwrap();
+        assert_eq!(points[0].number, None);
+        let (points, _) = load(&[]).unwrap();
+        assert_eq!(points[0].number, Some(DEFAULT_NUMBER));
+        assert_eq!(points[0].parallel, Some(DEFAULT_PARALLEL));
+    }
+
+    #[test]
+    fn rate_flags_are_checked() {
+        let (points, _) = load(&["--rate", "-1"]).unwrap();
+        assert_eq!(points[0].rate_per_s, None, "evalscope's -1 is no rate");
+        assert!(load(&["--rate", "0"]).unwrap_err().contains("positive"));
+        let (_, l) = load(&["--rate", "3", "--burstiness", "0.5"]).unwrap();
+        assert_eq!(l.config.request_rate_mode, ArrivalMode::Gamma);
+        let e = load(&[
+            "--rate",
+            "3",
+            "--request-rate-mode",
+            "poisson",
+            "--burstiness",
+            "2",
+        ]);
+        assert!(e.unwrap_err().contains("gamma"));
+        let e = load(&["--request-rate-mode", "constant"]).unwrap_err();
+        assert!(e.contains("--request-rate"), "{e}");
+        let e = load(&["--ramp-up-strategy", "linear", "--ramp-up-start-rate", "1"]);
+        assert!(e.unwrap_err().contains("--request-rate"));
+        let e = load(&[
+            "--rate",
+            "5",
+            "--ramp-up-strategy",
+            "exponential",
+            "--ramp-up-start-rate",
+            "0",
+        ]);
+        assert!(e.unwrap_err().contains("above 0"));
+        let e = load(&["--rate", "5", "--ramp-up-duration", "3"]).unwrap_err();
+        assert!(e.contains("--ramp-up-strategy"), "{e}");
+    }
+
+    #[test]
+    fn warmup_count_or_fraction() {
+        let (_, l) = load(&["--warmup-num", "5"]).unwrap();
+        assert_eq!(l.config.warmup_conversations, Some(5));
+        let (_, l) = load(&["--warmup-num", "0.2", "--number", "50"]).unwrap();
+        assert_eq!(l.warmup_fraction, Some(0.2));
+        assert!(load(&["--warmup-num", "2.5"]).is_err());
+        assert!(load(&["--warmup-num", "0.5", "--duration", "3"]).is_err());
+    }
+
+    #[test]
+    fn request_count_takes_whole_conversations() {
+        let conv = |turns: usize| {
+            Conversation::live(vec![crate::workload::Turn::user("x", Some(1)); turns])
+        };
+        let pool = vec![conv(3), conv(1), conv(2)];
+        assert_eq!(conversations_for_requests(3, &pool), 1);
+        assert_eq!(conversations_for_requests(4, &pool), 2);
+        assert_eq!(conversations_for_requests(5, &pool), 3);
+        assert_eq!(
+            conversations_for_requests(7, &pool),
+            4,
+            "cycles through the pool"
+        );
+    }
+
+    #[test]
+    fn headers_parse_and_are_checked() {
+        let h = parse_headers(&["X-Tenant: a b".into(), "x-k:v".into()]).unwrap();
+        assert_eq!(
+            h,
+            [
+                ("x-tenant".into(), "a b".into()),
+                ("x-k".into(), "v".into())
+            ]
+        );
+        assert!(parse_headers(&["novalue".into()]).is_err());
+        assert!(parse_headers(&["bad name: v".into()]).is_err());
     }
 
     #[test]
