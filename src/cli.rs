@@ -6,10 +6,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::sim::SimArgs;
-use crate::workload::ContextMode;
+use crate::workload::sampling::SamplingStrategy;
+use crate::workload::{self, ContextMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +40,55 @@ pub enum Command {
     /// somaxconn, CPU governor and idle states, cpu_dma_latency, IRQ affinity, isolcpus) and
     /// print what to change. Exits 0 with warnings: they are advice.
     Doctor(DoctorArgs),
+}
+
+/// The `parley` command with what derive cannot write: `--dataset`'s long help generated from
+/// the source registry ([`workload::SOURCES`]), so a new source is listed without editing help
+/// text.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("bench", |bench| {
+        bench.mut_arg("dataset", |arg| arg.long_help(dataset_help()))
+    })
+}
+
+/// Parses the process's arguments with [`command`]; prints help or the error and exits like
+/// `Cli::parse`.
+pub fn parse() -> Cli {
+    try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// [`parse`] over given arguments (the first is the program name).
+pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// `--dataset`'s long help: every source's names, description and the flags it reads.
+fn dataset_help() -> String {
+    let mut out = String::from(
+        "Conversation source (default random_multi_turn; synthetic when an AIPerf synthetic flag \
+         is given and no --dataset). A dataset-shaping flag the chosen source does not read is \
+         an error. Every source, its format and flags: docs/datasets.md.\n",
+    );
+    for s in workload::SOURCES {
+        let file = match s.path_use() {
+            workload::PathUse::None => "",
+            workload::PathUse::Required => " [--dataset-path]",
+            workload::PathUse::Optional => " [--dataset-path, optional]",
+        };
+        out.push_str(&format!(
+            "\n{}{file}\n    {}\n    reads: {}\n",
+            s.names().join(", "),
+            s.describe(),
+            workload::flag_list(s.flags()),
+        ));
+    }
+    out
 }
 
 /// `parley dataset …`.
@@ -275,11 +325,9 @@ pub struct BenchArgs {
     pub spin: bool,
 
     // ----- workload -----
-    /// Conversation source (see docs/datasets.md). Synthetic: random_multi_turn (default),
-    /// synthetic (AIPerf-style; chosen automatically when an AIPerf synthetic flag is given).
-    /// Files: custom_multi_turn, share_gpt_zh_multi_turn, share_gpt_en_multi_turn, swe_smith,
-    /// trie_agentic_coding, trie_code_qa, trie_office_work, multi_turn, single_turn,
-    /// mooncake_trace, bailian_trace.
+    /// Conversation source: random_multi_turn (default), synthetic (chosen when an AIPerf
+    /// synthetic flag is given), or a file format; --help lists every source and the flags it
+    /// reads (docs/datasets.md).
     #[arg(long, visible_alias = "custom-dataset-type", help_heading = "Workload")]
     pub dataset: Option<String>,
 
@@ -368,6 +416,61 @@ pub struct BenchArgs {
     /// Tokens per hash_id block (mooncake_trace default 512, bailian_trace 16).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Workload")]
     pub isl_block_size: Option<u32>,
+
+    /// Unique conversations in the run's pool (AIPerf): synthetic sources generate this many,
+    /// file sources keep at most this many. Default: --number (at most 100000). Claims beyond the
+    /// pool reuse it as --dataset-sampling-strategy says.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::plan::MAX_POOL), help_heading = "Workload")]
+    pub num_dataset_entries: Option<u64>,
+
+    /// Which pool entry the k-th claimed conversation runs: sequential = k mod pool size, in
+    /// order (default); random = uniform with replacement; shuffle = a fresh permutation of the
+    /// pool for every pass. random and shuffle are seeded by --seed.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = SamplingStrategy::Sequential,
+        conflicts_with = "fixed_schedule",
+        help_heading = "Workload"
+    )]
+    pub dataset_sampling_strategy: SamplingStrategy,
+
+    /// Replay the dataset's recorded send times: each conversation's first turn is sent at its
+    /// `timestamp` (after the schedule origin), later turns at the later of their own timestamp
+    /// and the previous reply's end (or their delay after it). Every conversation of the file
+    /// runs once, in time order (--number, when given and smaller, keeps the earliest). Needs a
+    /// source with timestamps: mooncake_trace, bailian_trace, multi_turn, single_turn.
+    #[arg(long, help_heading = "Fixed schedule")]
+    pub fixed_schedule: bool,
+
+    /// Start the schedule at the earliest first-turn timestamp instead of at 0 on the trace's
+    /// clock (no idle wait before the first request).
+    #[arg(
+        long,
+        requires = "fixed_schedule",
+        conflicts_with = "fixed_schedule_start_offset",
+        help_heading = "Fixed schedule"
+    )]
+    pub fixed_schedule_auto_offset: bool,
+
+    /// Milliseconds on the trace's clock: conversations whose first turn is earlier are left
+    /// out, and the schedule starts here.
+    #[arg(
+        long,
+        value_name = "MS",
+        requires = "fixed_schedule",
+        help_heading = "Fixed schedule"
+    )]
+    pub fixed_schedule_start_offset: Option<u64>,
+
+    /// Milliseconds on the trace's clock: conversations whose first turn is later are left out.
+    #[arg(
+        long,
+        value_name = "MS",
+        requires = "fixed_schedule",
+        help_heading = "Fixed schedule"
+    )]
+    pub fixed_schedule_end_offset: Option<u64>,
 
     // ----- AIPerf synthetic -----
     /// Mean turns per conversation: max(1, ceil(N(mean, stddev))).
@@ -508,7 +611,7 @@ mod tests {
     fn bench(args: &[&str]) -> BenchArgs {
         let mut full = vec!["parley", "bench"];
         full.extend_from_slice(args);
-        match Cli::try_parse_from(full).unwrap().command {
+        match try_parse_from(full).unwrap().command {
             Command::Bench(b) => *b,
             _ => unreachable!(),
         }
@@ -553,6 +656,69 @@ mod tests {
         assert_eq!(
             a.dataset_path.as_deref(),
             Some(std::path::Path::new("f.jsonl"))
+        );
+    }
+
+    #[test]
+    fn dataset_help_lists_every_registered_source() {
+        let mut cmd = command();
+        let help = cmd
+            .find_subcommand_mut("bench")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for name in workload::known_names() {
+            assert!(help.contains(name), "--help does not list {name}");
+        }
+        assert!(help.contains("reads: --isl-block-size"), "{help}");
+        // The source's own description, not a hand-written copy.
+        assert!(help.contains(workload::SOURCES[0].describe()), "{help}");
+    }
+
+    #[test]
+    fn pool_and_fixed_schedule_flags() {
+        let a = bench(&[
+            "--num-dataset-entries",
+            "7",
+            "--dataset-sampling-strategy",
+            "shuffle",
+        ]);
+        assert_eq!(a.num_dataset_entries, Some(7));
+        assert_eq!(a.dataset_sampling_strategy, SamplingStrategy::Shuffle);
+        assert_eq!(
+            bench(&[]).dataset_sampling_strategy,
+            SamplingStrategy::Sequential
+        );
+        let parse = |args: &[&str]| {
+            let mut full = vec!["parley", "bench"];
+            full.extend_from_slice(args);
+            try_parse_from(full)
+        };
+        assert!(parse(&["--num-dataset-entries", "0"]).is_err());
+        assert!(parse(&["--num-dataset-entries", "100001"]).is_err());
+        // The offsets need --fixed-schedule; auto-offset and a start offset exclude each other;
+        // a fixed schedule has no sampling strategy (it runs the file once, in time order).
+        assert!(parse(&["--fixed-schedule-auto-offset"]).is_err());
+        assert!(parse(&["--fixed-schedule-end-offset", "5"]).is_err());
+        assert!(parse(&[
+            "--fixed-schedule",
+            "--fixed-schedule-auto-offset",
+            "--fixed-schedule-start-offset",
+            "5"
+        ])
+        .is_err());
+        assert!(parse(&["--fixed-schedule", "--dataset-sampling-strategy", "random"]).is_err());
+        let f = bench(&[
+            "--fixed-schedule",
+            "--fixed-schedule-start-offset",
+            "100",
+            "--fixed-schedule-end-offset",
+            "900",
+        ]);
+        assert!(f.fixed_schedule);
+        assert_eq!(
+            (f.fixed_schedule_start_offset, f.fixed_schedule_end_offset),
+            (Some(100), Some(900))
         );
     }
 

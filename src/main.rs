@@ -1,11 +1,10 @@
 //! The `parley` binary: parse flags, dispatch, turn library errors into messages.
 
 use anyhow::{Context, Result};
-use clap::Parser;
 use mimalloc::MiMalloc;
 
 use parley::cli::{
-    BenchArgs, Cli, Command, DatasetArgs, DatasetBuildSource, DatasetCommand, DoctorArgs,
+    BenchArgs, Command, DatasetArgs, DatasetBuildSource, DatasetCommand, DoctorArgs,
 };
 use parley::plan::BenchPlan;
 use parley::tokenizer::Tokenizer;
@@ -18,7 +17,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 fn main() {
     // Before the executors allocate: huge-page faults would stall them mid-run.
     parley::host::disable_transparent_huge_pages();
-    let cli = Cli::parse();
+    let cli = parley::cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench(&args),
         Command::Sim(args) => sim::run(&args).context("parley sim"),

@@ -15,7 +15,11 @@ use serde_json::{Map, Value};
 use crate::cli::BenchArgs;
 use crate::engine::{ArrivalMode, BodyShape, Load, RampStrategy, RateRamp, RateSpec, Shape};
 use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::workload::{self, ContextMode, Conversation, DatasetError, DatasetParams, Selection};
+use crate::workload::fixed::{self, FixedError, FixedOptions, FixedSchedule};
+use crate::workload::sampling::{Sampler, SamplingStrategy};
+use crate::workload::{
+    self, ContextMode, Conversation, DatasetError, DatasetFlag, DatasetParams, Selection,
+};
 
 /// Model name the built-in sim serves when `parley bench` starts it.
 pub const SIM_MODEL: &str = "parley-sim";
@@ -34,6 +38,8 @@ pub enum PlanError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    #[error("--dataset {dataset}: {source}")]
+    Fixed { dataset: String, source: FixedError },
 }
 
 /// Where requests go.
@@ -84,6 +90,20 @@ pub struct RunConfig {
     pub max_prompt_length: Option<u32>,
     pub max_tokens: u32,
     pub extra_args: Value,
+    /// How the pool is built and used (flattened: its keys sit beside the others).
+    #[serde(flatten)]
+    pub pool_config: PoolConfig,
+}
+
+/// The run's pool settings, as summary.json records them.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PoolConfig {
+    /// `--num-dataset-entries`, when given.
+    pub num_dataset_entries: Option<u64>,
+    /// `--dataset-sampling-strategy`.
+    pub dataset_sampling_strategy: SamplingStrategy,
+    /// `--fixed-schedule` and its offsets, when on.
+    pub fixed_schedule: Option<FixedOptions>,
 }
 
 /// One point of the load: what varies across a sweep.
@@ -140,6 +160,11 @@ pub struct BenchPlan {
     pub run_dir: PathBuf,
     pub config: RunConfig,
     pub tokenizer: Arc<Tokenizer>,
+    /// Which pool entry claim k runs (`--dataset-sampling-strategy`); each core clones it.
+    pub sampling: Sampler,
+    /// `--fixed-schedule`: when each conversation's first turn is sent. Then every entry of
+    /// `conversations` is scheduled exactly once and `number` is the schedule's length.
+    pub fixed: Option<FixedSchedule>,
 }
 
 impl BenchPlan {
@@ -192,8 +217,37 @@ impl BenchPlan {
             None => crate::client::SESSION_HEADER.to_string(),
         };
         let (point_specs, mut load) = load_config(args)?;
-        let dataset = dataset_name(args)?;
         let params = dataset_params(args)?;
+        let dataset = dataset_name(args, &params);
+        // Before the tokenizer loads or a file is read: flags the source would ignore, and a
+        // fixed schedule over a format that records no send times.
+        let source = workload::check_flags(&dataset, &params)?;
+        let fixed_options = fixed_options(args)?;
+        if fixed_options.is_some() {
+            for (given, flag) in [
+                (!args.request_rate.is_empty(), "request-rate"),
+                (args.warmup_conversations.is_some(), "warmup-conversations"),
+                (args.warmup_duration.is_some(), "warmup-duration"),
+                (args.ramp_up_duration.is_some(), "ramp-up-duration"),
+            ] {
+                if given {
+                    return Err(flag_err(
+                        flag,
+                        "does not apply with --fixed-schedule (the trace's times are the load)",
+                    ));
+                }
+            }
+        }
+        if fixed_options.is_some() && !source.has_timestamps() {
+            return Err(PlanError::Flag {
+                flag: "fixed-schedule",
+                reason: format!(
+                    "--dataset {dataset} has no recorded send times to replay (sources with \
+                     timestamps: {})",
+                    timestamped_sources().join(", ")
+                ),
+            });
+        }
         let cpus = pick_cpus(args.cores)?;
         let stream = args.streaming();
         let body = body_shape(&model, stream, args.max_tokens, args.min_tokens, &extra);
@@ -204,8 +258,12 @@ impl BenchPlan {
             offset: args.dataset_offset,
             shard_index,
             shard_count,
-            // Only as many conversations as will be claimed: the pool cycles when smaller.
-            limit: pool_limit(&point_specs, &load).min(MAX_POOL) as usize,
+            limit: pool_limit(
+                args.num_dataset_entries,
+                &point_specs,
+                &load,
+                fixed_options.is_some(),
+            ),
         };
         let (built, skipped_invalid) = workload::build(
             &dataset,
@@ -247,6 +305,22 @@ impl BenchPlan {
             }
             conversations = kept;
         }
+        let mut fixed = None;
+        if let Some(opts) = &fixed_options {
+            let (pool, schedule, skipped) = fixed_pool(
+                conversations,
+                opts,
+                args.number.iter().copied().max(),
+                args.skip_invalid,
+            )
+            .map_err(|source| PlanError::Fixed {
+                dataset: dataset.clone(),
+                source,
+            })?;
+            conversations = pool;
+            skipped_invalid += skipped;
+            fixed = Some(schedule);
+        }
         // Turns with their own body fields get their own opening, built once here.
         for c in &mut conversations {
             for t in &mut c.turns {
@@ -280,7 +354,21 @@ impl BenchPlan {
             })
             .collect();
         // --request-count: whole conversations, in sequence order, until their turns reach it.
-        let points = resolve_points(point_specs, &load, &conversations);
+        let mut points = resolve_points(point_specs, &load, &conversations);
+        if let Some(schedule) = &fixed {
+            // A fixed schedule runs its conversations once each, at their times; --parallel,
+            // when given, caps them.
+            for p in &mut points {
+                p.number = Some(schedule.len() as u64);
+                if args.parallel.is_empty() {
+                    p.parallel = None;
+                }
+                p.label = match p.parallel {
+                    Some(c) => format!("fixed_schedule_parallel_{c}"),
+                    None => "fixed_schedule".into(),
+                };
+            }
+        }
         if let Some(w) = load.warmup_fraction.take() {
             let number = points.iter().filter_map(|p| p.number).max().unwrap_or(0);
             load.config.warmup_conversations = Some(((w * number as f64) as u64).max(1));
@@ -311,7 +399,17 @@ impl BenchPlan {
             max_prompt_length: args.max_prompt_length,
             max_tokens: args.max_tokens,
             extra_args: Value::Object(extra),
+            pool_config: PoolConfig {
+                num_dataset_entries: args.num_dataset_entries,
+                dataset_sampling_strategy: args.dataset_sampling_strategy,
+                fixed_schedule: fixed_options,
+            },
         };
+        let sampling = Sampler::new(
+            args.dataset_sampling_strategy,
+            args.seed,
+            conversations.len(),
+        );
         Ok(BenchPlan {
             targets,
             model,
@@ -329,6 +427,8 @@ impl BenchPlan {
             run_dir,
             config,
             tokenizer,
+            sampling,
+            fixed,
         })
     }
 }
@@ -521,8 +621,22 @@ fn load_config(args: &BenchArgs) -> Result<(Vec<PointSpec>, LoadFlags), PlanErro
     ))
 }
 
-/// Conversations the pool needs: the most any point runs, plus the warmup's.
-fn pool_limit(points: &[PointSpec], load: &LoadFlags) -> u64 {
+/// Conversations a run builds (`Selection::limit`): `--num-dataset-entries` when given; else,
+/// for a fixed schedule, the whole file (it runs once, no cycling); else only as many as will be
+/// claimed — the most any point runs plus the warmup's, at most [`MAX_POOL`] (the pool cycles
+/// when smaller).
+fn pool_limit(
+    num_dataset_entries: Option<u64>,
+    points: &[PointSpec],
+    load: &LoadFlags,
+    fixed: bool,
+) -> usize {
+    if let Some(n) = num_dataset_entries {
+        return n.min(MAX_POOL) as usize;
+    }
+    if fixed {
+        return usize::MAX;
+    }
     let measured = points
         .iter()
         .map(|p| p.number.unwrap_or(DURATION_POOL))
@@ -533,15 +647,12 @@ fn pool_limit(points: &[PointSpec], load: &LoadFlags) -> u64 {
         (None, Some(f)) => (f * measured as f64) as u64 + 1,
         _ => 0,
     };
-    if load.config.request_count.is_some() {
+    let wanted = match load.config.request_count {
         // Unknown until the conversations exist: as many as a single-turn run could need.
-        return load
-            .config
-            .request_count
-            .unwrap_or(0)
-            .saturating_add(warmup);
-    }
-    measured.saturating_add(warmup)
+        Some(requests) => requests,
+        None => measured,
+    };
+    wanted.saturating_add(warmup).min(MAX_POOL) as usize
 }
 
 /// Final points: `--request-count` becomes each point's conversation count, and labels.
@@ -617,12 +728,16 @@ impl BenchPlan {
     pub fn engine_load(&self, point: &Point) -> (Option<Load>, Load) {
         let s_to_ns = |s: f64| (s * 1e9) as u64;
         let l = &self.load;
-        let shape = match point.rate_per_s {
-            None => Shape::Closed {
+        let shape = match (&self.fixed, point.rate_per_s) {
+            (Some(schedule), _) => Shape::Fixed {
+                schedule: Arc::new(schedule.clone()),
+                cap: point.parallel.map(|p| p as usize),
+            },
+            (None, None) => Shape::Closed {
                 concurrency: point.parallel.unwrap_or(DEFAULT_PARALLEL) as usize,
                 ramp_up_ns: l.ramp_up_duration_s.map(s_to_ns),
             },
-            Some(per_s) => Shape::Rate {
+            (None, Some(per_s)) => Shape::Rate {
                 spec: RateSpec {
                     per_s,
                     mode: l.request_rate_mode,
@@ -653,6 +768,62 @@ impl BenchPlan {
     }
 }
 
+/// `--fixed-schedule` and its offsets, when on. A start offset after the end offset is caught
+/// here, before the dataset is read ([`fixed::fixed_schedule`] checks it again).
+fn fixed_options(args: &BenchArgs) -> Result<Option<FixedOptions>, PlanError> {
+    if let (Some(start), Some(end)) = (
+        args.fixed_schedule_start_offset,
+        args.fixed_schedule_end_offset,
+    ) {
+        if start > end {
+            return Err(PlanError::Flag {
+                flag: "fixed-schedule-start-offset",
+                reason: format!("{start} is after --fixed-schedule-end-offset {end}"),
+            });
+        }
+    }
+    Ok(args.fixed_schedule.then_some(FixedOptions {
+        auto_offset: args.fixed_schedule_auto_offset,
+        start_offset_ms: args.fixed_schedule_start_offset,
+        end_offset_ms: args.fixed_schedule_end_offset,
+    }))
+}
+
+/// Every `--dataset` name whose format records send times.
+fn timestamped_sources() -> Vec<&'static str> {
+    workload::SOURCES
+        .iter()
+        .filter(|s| s.has_timestamps())
+        .flat_map(|s| s.names().iter().copied())
+        .collect()
+}
+
+/// The pool of a fixed-schedule run and its schedule: with `skip_invalid`, conversations whose
+/// first turn has no timestamp are left out (and counted, third value) instead of an error; at
+/// most `number` conversations (the earliest) when given; the pool keeps only those scheduled.
+fn fixed_pool(
+    pool: Vec<Conversation>,
+    opts: &FixedOptions,
+    number: Option<u64>,
+    skip_invalid: bool,
+) -> Result<(Vec<Conversation>, FixedSchedule, u64), FixedError> {
+    let before = pool.len();
+    let pool: Vec<Conversation> = if skip_invalid {
+        pool.into_iter()
+            .filter(|c| c.turns.first().is_some_and(|t| t.timestamp_ns.is_some()))
+            .collect()
+    } else {
+        pool
+    };
+    let skipped = (before - pool.len()) as u64;
+    let mut schedule = fixed::fixed_schedule(&pool, opts)?;
+    if let Some(n) = number {
+        schedule.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    let (pool, schedule) = schedule.compact(pool);
+    Ok((pool, schedule, skipped))
+}
+
 /// Bare tokens of a serialised message's content (a string, or the text of its parts); 0 when it
 /// has none. Runs before the benchmark, for the client-side prompt estimate only.
 fn message_tokens(tokenizer: &Tokenizer, message: &[u8]) -> u32 {
@@ -674,62 +845,19 @@ fn message_tokens(tokenizer: &Tokenizer, message: &[u8]) -> u32 {
 /// Largest conversation pool a run builds; `--number` above it cycles the pool.
 pub const MAX_POOL: u64 = 100_000;
 
-/// AIPerf synthetic flags that select `--dataset synthetic` when no dataset is named.
-fn aiperf_synthetic_flags(args: &BenchArgs) -> Vec<&'static str> {
-    let mut given = Vec::new();
-    let flags: [(&'static str, bool); 9] = [
-        (
-            "conversation-turn-mean",
-            args.conversation_turn_mean.is_some(),
-        ),
-        (
-            "conversation-turn-stddev",
-            args.conversation_turn_stddev.is_some(),
-        ),
-        (
-            "synthetic-input-tokens-mean",
-            args.synthetic_input_tokens_mean.is_some(),
-        ),
-        (
-            "synthetic-input-tokens-stddev",
-            args.synthetic_input_tokens_stddev.is_some(),
-        ),
-        ("output-tokens-mean", args.output_tokens_mean.is_some()),
-        ("output-tokens-stddev", args.output_tokens_stddev.is_some()),
-        (
-            "conversation-turn-delay-mean",
-            args.conversation_turn_delay_mean.is_some(),
-        ),
-        (
-            "conversation-turn-delay-stddev",
-            args.conversation_turn_delay_stddev.is_some(),
-        ),
-        (
-            "conversation-turn-delay-ratio",
-            args.conversation_turn_delay_ratio.is_some(),
-        ),
-    ];
-    for (name, set) in flags {
-        if set {
-            given.push(name);
-        }
-    }
-    given
-}
-
 /// The dataset to run: `--dataset`, else `synthetic` when AIPerf synthetic flags are given,
-/// else `random_multi_turn`. AIPerf synthetic flags with another dataset are an error rather
-/// than silently ignored.
-fn dataset_name(args: &BenchArgs) -> Result<String, PlanError> {
-    let aiperf = aiperf_synthetic_flags(args);
+/// else `random_multi_turn`. AIPerf synthetic flags with another dataset are rejected by
+/// [`workload::check_flags`] (that source does not read them).
+fn dataset_name(args: &BenchArgs, params: &DatasetParams) -> String {
     match &args.dataset {
-        None if !aiperf.is_empty() => Ok("synthetic".to_string()),
-        None => Ok("random_multi_turn".to_string()),
-        Some(d) if d != "synthetic" && !aiperf.is_empty() => Err(PlanError::Flag {
-            flag: aiperf[0],
-            reason: format!("applies to --dataset synthetic, not --dataset {d}"),
-        }),
-        Some(d) => Ok(d.clone()),
+        Some(d) => d.clone(),
+        None if DatasetFlag::AIPERF_SYNTHETIC
+            .iter()
+            .any(|f| f.given(params)) =>
+        {
+            "synthetic".to_string()
+        }
+        None => "random_multi_turn".to_string(),
     }
 }
 
@@ -986,6 +1114,233 @@ pub fn local_timestamp() -> String {
 mod tests {
     use super::*;
 
+    fn args(flags: &[&str]) -> BenchArgs {
+        let mut full = vec!["parley", "bench"];
+        full.extend_from_slice(flags);
+        match crate::cli::try_parse_from(full).unwrap().command {
+            crate::cli::Command::Bench(b) => *b,
+            _ => unreachable!(),
+        }
+    }
+
+    fn plan_err(flags: &[&str]) -> String {
+        match BenchPlan::build(&args(flags)) {
+            Ok(_) => panic!("expected an error for {flags:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Issue 9: these were silently ignored.
+    #[test]
+    fn flags_the_source_ignores_are_errors() {
+        let e = plan_err(&["--isl-block-size", "64"]);
+        assert!(
+            e.starts_with("--isl-block-size is not read by --dataset random_multi_turn (it reads: --min-turns,"),
+            "{e}"
+        );
+        let e = plan_err(&[
+            "--dataset",
+            "mooncake_trace",
+            "--dataset-path",
+            "/nonexistent/trace.jsonl",
+            "--prefix-length",
+            "100",
+        ]);
+        assert_eq!(
+            e,
+            "--prefix-length is not read by --dataset mooncake_trace (it reads: --isl-block-size)"
+        );
+        // AIPerf synthetic flags still pick `synthetic` when no dataset is named, and are
+        // rejected with another one.
+        let e = plan_err(&["--isl", "100", "--min-turns", "2"]);
+        assert!(
+            e.starts_with("--min-turns is not read by --dataset synthetic"),
+            "{e}"
+        );
+        let e = plan_err(&["--dataset", "random_multi_turn", "--osl", "20"]);
+        assert!(
+            e.starts_with("--output-tokens-mean is not read by --dataset random_multi_turn"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pool_size_follows_num_dataset_entries_number_warmup_and_fixed() {
+        let limit = |flags: &[&str], entries: Option<u64>, fixed: bool| {
+            let (points, load) = load(flags).unwrap();
+            pool_limit(entries, &points, &load, fixed)
+        };
+        assert_eq!(limit(&[], None, false), 100);
+        assert_eq!(limit(&["--number", "5", "40"], None, false), 40);
+        assert_eq!(
+            limit(&["--number", "40", "--warmup-num", "6"], None, false),
+            46
+        );
+        assert_eq!(
+            limit(&["--duration", "9"], None, false),
+            DURATION_POOL as usize
+        );
+        assert_eq!(
+            limit(&["--number", "1000000"], None, false),
+            MAX_POOL as usize
+        );
+        assert_eq!(limit(&[], Some(7), false), 7);
+        assert_eq!(limit(&[], Some(7), true), 7);
+        assert_eq!(limit(&[], None, true), usize::MAX, "fixed: the whole file");
+    }
+
+    #[test]
+    fn fixed_schedule_needs_a_source_with_timestamps() {
+        let e = plan_err(&["--dataset", "synthetic", "--fixed-schedule"]);
+        assert!(
+            e.starts_with("--fixed-schedule: --dataset synthetic has no recorded send times")
+                && e.contains("mooncake_trace"),
+            "{e}"
+        );
+        let e = plan_err(&[
+            "--dataset",
+            "mooncake_trace",
+            "--dataset-path",
+            "/nonexistent/trace.jsonl",
+            "--fixed-schedule",
+            "--fixed-schedule-start-offset",
+            "9",
+            "--fixed-schedule-end-offset",
+            "3",
+        ]);
+        assert_eq!(
+            e,
+            "--fixed-schedule-start-offset: 9 is after --fixed-schedule-end-offset 3"
+        );
+    }
+
+    fn trace(dir: &tempfile::TempDir, lines: &[&str]) -> String {
+        let path = dir.path().join("trace.jsonl");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn fixed_schedule_plan_runs_the_file_once_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = trace(
+            &dir,
+            &[
+                r#"{"timestamp": 3000, "input_length": 4}"#,
+                r#"{"timestamp": 1000, "input_length": 4}"#,
+                r#"{"timestamp": 2000, "input_length": 4, "session_id": "s"}"#,
+                r#"{"timestamp": 2600, "input_length": 4, "session_id": "s"}"#,
+            ],
+        );
+        let base = [
+            "--dataset",
+            "mooncake_trace",
+            "--dataset-path",
+            &path,
+            "--fixed-schedule",
+            "--cores",
+            "1",
+        ];
+        // --number's default (100) and a larger one do not limit; the file runs once.
+        let plan = BenchPlan::build(&args(&base)).unwrap();
+        assert_eq!(
+            (plan.points[0].number, plan.conversations.len()),
+            (Some(3), 3)
+        );
+        let fixed = plan.fixed.as_ref().unwrap();
+        let firsts: Vec<u64> = fixed
+            .entries
+            .iter()
+            .map(|e| e.offset_ns / 1_000_000)
+            .collect();
+        assert_eq!(firsts, [1000, 2000, 3000]);
+        let session = &plan.conversations[fixed.entries[1].conversation];
+        assert_eq!(fixed.turn_offset_ns(&session.turns[1]), Some(2_600_000_000));
+        assert_eq!(session.turns[1].delay_ns, 600_000_000, "delays are kept");
+        assert_eq!(plan.config.point.number, Some(3));
+        assert!(plan.config.pool_config.fixed_schedule.is_some());
+
+        // A given, smaller --number keeps the earliest; a window drops the rest from the pool.
+        let mut flags = base.to_vec();
+        flags.extend(["--number", "2", "--fixed-schedule-start-offset", "1500"]);
+        let plan = BenchPlan::build(&args(&flags)).unwrap();
+        let fixed = plan.fixed.as_ref().unwrap();
+        assert_eq!(
+            (plan.points[0].number, plan.conversations.len()),
+            (Some(2), 2)
+        );
+        assert_eq!(fixed.origin_ns, 1_500_000_000);
+        let firsts: Vec<u64> = fixed
+            .entries
+            .iter()
+            .map(|e| e.offset_ns / 1_000_000)
+            .collect();
+        assert_eq!(firsts, [500, 1500]);
+    }
+
+    #[test]
+    fn fixed_schedule_first_turn_without_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = trace(
+            &dir,
+            &[
+                r#"{"turns": [{"text": "a", "timestamp": 5}]}"#,
+                r#"{"turns": [{"text": "b", "delay": 5}]}"#,
+            ],
+        );
+        let flags = [
+            "--dataset",
+            "multi_turn",
+            "--dataset-path",
+            &path,
+            "--fixed-schedule",
+            "--cores",
+            "1",
+        ];
+        let e = plan_err(&flags);
+        assert!(
+            e.starts_with("--dataset multi_turn: --fixed-schedule: conversation 1 "),
+            "{e}"
+        );
+        let mut skip = flags.to_vec();
+        skip.push("--skip-invalid");
+        let plan = BenchPlan::build(&args(&skip)).unwrap();
+        assert_eq!(plan.conversations.len(), 1);
+        assert_eq!(plan.config.skipped_invalid, 1);
+    }
+
+    #[test]
+    fn sampling_strategy_reaches_the_plan_and_the_summary() {
+        let plan = BenchPlan::build(&args(&[
+            "--num-dataset-entries",
+            "3",
+            "--dataset-sampling-strategy",
+            "shuffle",
+            "--min-prompt-length",
+            "1",
+            "--max-prompt-length",
+            "2",
+            "--max-turns",
+            "1",
+            "--cores",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(plan.conversations.len(), 3);
+        assert_eq!(
+            plan.points[0].number,
+            Some(100),
+            "claims cycle through the pool"
+        );
+        assert_eq!(plan.sampling.len(), 3);
+        assert_eq!(plan.sampling.strategy(), SamplingStrategy::Shuffle);
+        assert!(plan.fixed.is_none());
+        let v = serde_json::to_value(&plan.config).unwrap();
+        assert_eq!(v["dataset_sampling_strategy"], "shuffle");
+        assert_eq!(v["num_dataset_entries"], 3);
+        assert_eq!(v["fixed_schedule"], Value::Null);
+    }
+
     #[test]
     fn url_forms() {
         let path = |u: &str| match parse_url(u).unwrap() {
@@ -1003,16 +1358,6 @@ mod tests {
         assert!(parse_url("ftp://127.0.0.1:8000").is_err());
         assert!(parse_url("http://127.0.0.1:99999").is_err());
         assert!(parse_url("http://127.0.0.1:8000/foo").is_err());
-    }
-
-    fn args(flags: &[&str]) -> BenchArgs {
-        use clap::Parser;
-        let mut full = vec!["parley", "bench"];
-        full.extend_from_slice(flags);
-        match crate::cli::Cli::try_parse_from(full).unwrap().command {
-            crate::cli::Command::Bench(b) => *b,
-            _ => unreachable!(),
-        }
     }
 
     fn load(flags: &[&str]) -> Result<(Vec<PointSpec>, LoadFlags), String> {

@@ -758,6 +758,7 @@ mod tests {
             max_prompt_length: Some(1),
             max_tokens: 1,
             extra_args: serde_json::Value::Null,
+            pool_config: Default::default(),
         }
     }
 

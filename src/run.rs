@@ -144,6 +144,7 @@ pub fn run_point(
         res.endpoints.clone(),
         plan.body.clone(),
         plan.conversations.clone(),
+        plan.sampling.clone(),
         engine_config(plan, point),
     );
     let cpu_before_ns = metrics::process_cpu_ns();

@@ -413,3 +413,36 @@ fn bad_hash_ids_stop_the_run_naming_line_and_field_unless_skipped() {
     let lens: Vec<u64> = records.iter().map(|r| tokens(r)[0]).collect();
     assert_eq!(lens, [40, 12]);
 }
+
+/// Issue 9: flags a source does not read were silently ignored; now the run stops before
+/// sending, naming the flag, the source and what it does read.
+#[test]
+fn flags_the_source_does_not_read_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = write(
+        dir.path(),
+        "t.jsonl",
+        &[serde_json::json!({"input_length": 8, "hash_ids": [1]})],
+    );
+    let err = bench_err(&[
+        "--dataset",
+        "mooncake_trace",
+        "--dataset-path",
+        path_str(&trace),
+        "--prefix-length",
+        "100",
+    ]);
+    assert!(
+        err.contains(
+            "--prefix-length is not read by --dataset mooncake_trace (it reads: --isl-block-size)"
+        ),
+        "{err}"
+    );
+    let err = bench_err(&["--dataset", "random_multi_turn", "--isl-block-size", "64"]);
+    assert!(
+        err.contains(
+            "--isl-block-size is not read by --dataset random_multi_turn (it reads: --min-turns,"
+        ),
+        "{err}"
+    );
+}

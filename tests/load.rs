@@ -27,6 +27,14 @@ const ONE_TURN: &[&str] = &[
     r#"{"ignore_eos": true}"#,
 ];
 
+/// Timing tests run one at a time: tests of one file run in parallel threads, and on a 2-core
+/// machine one test's traffic is another's jitter.
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn fast_sim() -> Sim {
     Sim::start(&["--ttft-base-ms", "1", "--itl-ms", "1"])
 }
@@ -61,6 +69,7 @@ fn ks_exponential(gaps: &mut [f64], rate: f64) -> f64 {
 
 #[test]
 fn poisson_arrivals_pass_ks_and_keep_the_mean_rate() {
+    let _serial = timing_lock();
     let _pm = CpuDmaLatency::hold();
     let sim = fast_sim();
     let run = sim.bench(&with(
@@ -79,17 +88,18 @@ fn poisson_arrivals_pass_ks_and_keep_the_mean_rate() {
     assert_eq!(u(&run.summary["conversations"]["completed"]), 2000);
     let t = arrivals_s(&records);
     let rate = (t.len() - 1) as f64 / (t[t.len() - 1] - t[0]);
-    assert!((rate / 400.0 - 1.0).abs() < 0.03, "mean rate {rate}/s");
+    assert!((rate / 200.0 - 1.0).abs() < 0.03, "mean rate {rate}/s");
     let mut gaps: Vec<f64> = t.windows(2).map(|w| w[1] - w[0]).collect();
-    let d = ks_exponential(&mut gaps, 400.0);
+    let d = ks_exponential(&mut gaps, 200.0);
     // Critical value at α = 0.001 for n ≈ 2000: 1.95/√n ≈ 0.044.
     assert!(d < 1.95 / (gaps.len() as f64).sqrt(), "KS D = {d}");
     let offered = &run.summary["schedule"]["offered_rate_per_s"];
-    assert_eq!(f(offered), 400.0);
+    assert_eq!(f(offered), 200.0);
 }
 
 #[test]
 fn constant_rate_holds_for_30_s_without_drift() {
+    let _serial = timing_lock();
     let _pm = CpuDmaLatency::hold();
     let sim = fast_sim();
     let run = sim.bench(&with(
@@ -310,6 +320,7 @@ fn warmup_is_excluded_from_every_figure() {
 
 #[test]
 fn closed_loop_ramp_up_spreads_slot_starts() {
+    let _serial = timing_lock();
     let _pm = CpuDmaLatency::hold();
     let sim = Sim::start(&["--ttft-base-ms", "1", "--itl-ms", "10"]);
     sim.bench(&[
@@ -468,4 +479,90 @@ fn two_urls_each_get_their_conversations_every_turn() {
         .collect();
     assert_eq!(by_url[&url_a], 12);
     assert_eq!(by_url[&url_b], 12);
+}
+
+/// A mooncake trace: `sessions` sessions whose first turns are 40 ms apart, each with a second
+/// turn recorded 30 ms after its first (earlier than the first reply ends: it then waits for
+/// the reply) and a third 200 ms after (later: it waits for its time).
+fn fixed_trace(dir: &std::path::Path, sessions: u64) -> std::path::PathBuf {
+    let mut lines = String::new();
+    for s in 0..sessions {
+        let t0 = 1_000 + 40 * s;
+        for (k, dt) in [0, 30, 200].iter().enumerate() {
+            lines.push_str(
+                &serde_json::json!({
+                    "session_id": format!("s{s}"),
+                    "input_length": 16 + k,
+                    "output_length": 4,
+                    "timestamp": t0 + dt,
+                })
+                .to_string(),
+            );
+            lines.push('\n');
+        }
+    }
+    let path = dir.join("trace.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+#[test]
+fn fixed_schedule_sends_at_the_recorded_times() {
+    let _serial = timing_lock();
+    let _pm = CpuDmaLatency::hold();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = fixed_trace(dir.path(), 20);
+    let sim = Sim::start(&["--ttft-base-ms", "20", "--itl-ms", "10"]);
+    let run = sim.bench(&[
+        "--dataset",
+        "mooncake_trace",
+        "--dataset-path",
+        trace.to_str().unwrap(),
+        "--fixed-schedule",
+        "--fixed-schedule-auto-offset",
+        "--extra-args",
+        r#"{"ignore_eos": true}"#,
+    ]);
+    let records = sim.stop();
+    let s = &run.summary;
+    assert_eq!(u(&s["conversations"]["completed"]), 20);
+    assert_eq!(s["config"]["point"]["label"], "fixed_schedule");
+    let convs = by_conversation(&records);
+    // The run's start is not in the record: take the earliest (arrival − recorded offset) of
+    // the sends that were due at their time, the least delayed one.
+    let due = |c: u64, k: usize| 40.0 * c as f64 + if k == 0 { 0.0 } else { 200.0 };
+    let ms = |r: &Value, key: &str| u(&r[key]) as f64 / 1e6;
+    let origin = convs
+        .iter()
+        .flat_map(|(&c, t)| [(c, 0), (c, 2)].map(|(c, k)| ms(&t[k], "arrival_ns") - due(c, k)))
+        .fold(f64::INFINITY, f64::min);
+    let mut errors_ms = Vec::new();
+    for (&c, turns) in &convs {
+        assert_eq!(turns.len(), 3);
+        let at = |k: usize| ms(&turns[k], "arrival_ns") - origin;
+        let end = |k: usize| ms(&turns[k], "end_ns") - origin;
+        errors_ms.push(at(0) - due(c, 0));
+        // Turn 2 was due 30 ms in, before turn 1's reply (≥ 50 ms) ended: sent after it.
+        assert!(
+            at(1) >= end(0),
+            "conversation {c}: turn 2 before the reply ended"
+        );
+        assert!(
+            at(1) - end(0) < 20.0,
+            "conversation {c}: turn 2 waited too long"
+        );
+        errors_ms.push(at(2) - due(c, 2));
+    }
+    errors_ms.sort_by(|a, b| a.abs().partial_cmp(&b.abs()).unwrap());
+    let n = errors_ms.len();
+    let p90 = errors_ms[n * 9 / 10].abs();
+    assert!(
+        errors_ms.iter().all(|e| *e > -1.0),
+        "sent early: {errors_ms:?}"
+    );
+    assert!(
+        p90 < 2.0,
+        "p90 |send − timestamp| = {p90:.3} ms: {errors_ms:?}"
+    );
+    assert!(errors_ms[n - 1].abs() < 25.0, "{errors_ms:?}");
 }

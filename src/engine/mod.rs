@@ -22,6 +22,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::client::Endpoint;
 use crate::metrics::Recorder;
+use crate::workload::fixed::FixedSchedule;
+use crate::workload::sampling::Sampler;
 use crate::workload::Conversation;
 
 pub use cursor::{assemble_body, BodyShape};
@@ -39,10 +41,11 @@ pub enum Shape {
     /// Arrivals at a rate; `cap` (`--parallel` given with a rate) bounds conversations in
     /// flight: arrivals that find it full wait for a slot.
     Rate { spec: RateSpec, cap: Option<usize> },
-    /// Recorded start offsets (ns from the schedule origin), one per conversation in sequence
-    /// order, sorted.
+    /// Recorded send times (`--fixed-schedule`): conversation `seq` is the schedule's entry
+    /// `seq`, its first turn at that entry's offset from the phase start, a later turn at its
+    /// own recorded offset or when the previous reply ends, whichever is later.
     Fixed {
-        offsets_ns: Arc<Vec<u64>>,
+        schedule: Arc<FixedSchedule>,
         cap: Option<usize>,
     },
 }
@@ -153,8 +156,9 @@ pub struct Shared {
     pub endpoints: Vec<Endpoint>,
     pub body: BodyShape,
     pub conversations: Arc<Vec<Conversation>>,
-    /// Pool entry of the conversation with sequence number `seq` (`None`: `seq mod pool size`).
-    pub pool_index: Option<Arc<dyn Fn(u64) -> usize + Send + Sync>>,
+    /// Picks the pool entry of each sequence number (`--dataset-sampling-strategy`); each core
+    /// works on its own copy.
+    pub sampler: Sampler,
     config: EngineConfig,
     /// Closed-loop claim counters, one per phase.
     claims: [Arc<AtomicU64>; 2],
@@ -173,15 +177,21 @@ impl Shared {
         endpoints: Vec<Endpoint>,
         body: BodyShape,
         conversations: Arc<Vec<Conversation>>,
+        sampler: Sampler,
         config: EngineConfig,
     ) -> Shared {
         assert!(!endpoints.is_empty(), "at least one endpoint");
+        assert_eq!(
+            sampler.len(),
+            conversations.len(),
+            "the sampler covers the pool"
+        );
         let cores = config.cpus.len();
         Shared {
             endpoints,
             body,
             conversations,
-            pool_index: None,
+            sampler,
             warming_up: AtomicBool::new(config.warmup.is_some()),
             config,
             claims: [Arc::default(), Arc::default()],
@@ -212,15 +222,6 @@ impl Shared {
 
     fn all_done(&self) -> bool {
         self.progress.iter().all(|c| c.done.load(Ordering::Acquire))
-    }
-
-    /// The pool entry for sequence number `seq`.
-    fn conversation(&self, seq: u64) -> &Conversation {
-        let i = match &self.pool_index {
-            Some(f) => f(seq),
-            None => (seq % self.conversations.len() as u64) as usize,
-        };
-        &self.conversations[i]
     }
 }
 

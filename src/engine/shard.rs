@@ -20,6 +20,7 @@ use crate::client::{self, Connection, FailureKind, Scratch, TurnTiming};
 use crate::clock;
 use crate::metrics::{self, Recorder, Success};
 use crate::signal;
+use crate::workload::sampling::Sampler;
 use crate::workload::Conversation;
 
 /// What a core hands back at `join()`.
@@ -48,6 +49,7 @@ struct Core {
     /// Idle keep-alive connections per endpoint, most recently used last.
     idle: RefCell<Vec<Vec<Connection>>>,
     states: RefCell<Vec<SlotState>>,
+    sampler: RefCell<Sampler>,
 }
 
 impl Core {
@@ -65,6 +67,15 @@ impl Core {
 
     fn take_conn(&self, url: usize) -> Option<Connection> {
         self.idle.borrow_mut()[url].pop()
+    }
+
+    /// The conversation with sequence number `seq` in a phase of `shape`.
+    fn conversation(&self, shape: &Shape, seq: u64) -> &Conversation {
+        let i = match shape {
+            Shape::Fixed { schedule, .. } => schedule.entries[seq as usize].conversation,
+            _ => self.sampler.borrow_mut().pool_index(seq),
+        };
+        &self.shared.conversations[i]
     }
 }
 
@@ -104,6 +115,7 @@ pub(crate) async fn run(
         read_buf: client::read_buf_for(slots.unwrap_or(0)),
         idle: RefCell::new(shared.endpoints.iter().map(|_| Vec::new()).collect()),
         states: RefCell::new(Vec::new()),
+        sampler: RefCell::new(shared.sampler.clone()),
         shared,
     });
     if config.preconnect {
@@ -253,9 +265,12 @@ async fn drive(core: &Rc<Core>, phase: &Phase, start_ns: u64, base: u64) {
             index,
             cores,
         )),
-        Shape::Fixed { offsets_ns, .. } => {
-            Box::new(Fixed::new(offsets_ns.clone(), start_ns, index, cores))
-        }
+        Shape::Fixed { schedule, .. } => Box::new(Fixed::new(
+            Arc::new(schedule.entries.iter().map(|e| e.offset_ns).collect()),
+            start_ns,
+            index,
+            cores,
+        )),
     };
     let soft_end_ns = load.duration_ns.map(|d| start_ns + d);
     let hard_end_ns = soft_end_ns.and_then(|s| load.grace_ns.map(|g| s + g));
@@ -352,6 +367,8 @@ async fn drive(core: &Rc<Core>, phase: &Phase, start_ns: u64, base: u64) {
         spawned += 1;
         let task = Task {
             core: core.clone(),
+            shape: load.shape.clone(),
+            phase_start_ns: start_ns,
             recorder: phase.recorder.clone(),
             measured: phase.measured(),
             seq: base + arrival.seq,
@@ -385,6 +402,8 @@ enum Ending {
 /// One conversation, as a task.
 struct Task {
     core: Rc<Core>,
+    shape: Shape,
+    phase_start_ns: u64,
     recorder: Rc<RefCell<Recorder>>,
     measured: bool,
     /// Sequence number in the run (names the conversation on the wire, picks its pool entry and
@@ -402,7 +421,7 @@ impl Task {
         let core = &self.core;
         let shared = &core.shared;
         let url = (self.seq % shared.endpoints.len() as u64) as usize;
-        let conv = shared.conversation(self.seq);
+        let conv = core.conversation(&self.shape, self.seq);
         let mut state = core.take_state();
         let mut conn = core.take_conn(url);
         self.recorder
@@ -479,7 +498,14 @@ impl Task {
                 if signal::interrupted() {
                     return Ending::Interrupted;
                 }
-                intended_ns = prev_end_ns + turn.delay_ns;
+                intended_ns = match &self.shape {
+                    // A recorded send time, but never before the previous reply has ended.
+                    Shape::Fixed { schedule, .. } => match schedule.turn_offset_ns(turn) {
+                        Some(offset_ns) => (self.phase_start_ns + offset_ns).max(prev_end_ns),
+                        None => prev_end_ns + turn.delay_ns,
+                    },
+                    _ => prev_end_ns + turn.delay_ns,
+                };
                 ready_ns = intended_ns;
                 sleep_until(intended_ns).await;
             }

@@ -6,12 +6,14 @@
 //! recorded send time (`timestamp`, ms), `output_length` (the turn's `max_tokens`) and `extra`
 //! (body fields for this request only).
 //!
-//! **Timing.** parley has no absolute send schedule: a session starts when a `--parallel` slot is
-//! free. Inside a session, turn k ≥ 2 waits `delay` if given, else the difference between its
-//! `timestamp` and the previous turn's `timestamp` (both must be there), counted from the end of
-//! the previous reply. So the recorded gap between *sends* becomes a gap between the previous
-//! *reply* and the next send: the realised send gap is that plus the previous turn's latency. The
-//! first turn's `delay`/`timestamp` is validated but not waited.
+//! **Timing.** Without `--fixed-schedule` there is no absolute send schedule: a session starts
+//! when a `--parallel` slot is free. Inside a session, turn k ≥ 2 waits `delay` if given, else the
+//! difference between its `timestamp` and the previous turn's `timestamp` (both must be there),
+//! counted from the end of the previous reply. So the recorded gap between *sends* becomes a gap
+//! between the previous *reply* and the next send: the realised send gap is that plus the previous
+//! turn's latency. The first turn's `delay`/`timestamp` is validated but not waited. Each turn's
+//! `timestamp` is also kept as it is ([`Turn::timestamp_ns`]) for fixed-schedule replay
+//! ([`super::fixed`]).
 //!
 //! **History.** `multi_turn` sessions are live conversations (AIPerf `deltas_without_responses`):
 //! each turn's message is appended to the history with the model's live replies. `single_turn`
@@ -28,7 +30,8 @@ use super::input::{
 };
 use super::synth;
 use super::{
-    BuildContext, Built, ContextMode, Conversation, DatasetError, PathUse, Source, Turn, COMMA,
+    BuildContext, Built, ContextMode, Conversation, DatasetError, DatasetFlag, PathUse, Source,
+    Turn, COMMA,
 };
 
 /// `--dataset multi_turn`.
@@ -56,7 +59,8 @@ pub(crate) struct RowTurn {
     pub extra: Option<Box<Map<String, Value>>>,
 }
 
-/// A row's `delay` or `timestamp`, in milliseconds (at most one of them).
+/// A row's `delay` or `timestamp`, in milliseconds (at most one of them as read; the trace
+/// sources then derive `delay_ms` from the timestamps and keep both).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Timing {
     pub delay_ms: Option<f64>,
@@ -317,6 +321,7 @@ fn build_sessions(
                 delta_tokens: Some(t.texts.iter().map(|x| tok.count(x) as u32).sum()),
                 max_tokens: t.max_tokens,
                 delay_ns,
+                timestamp_ns: t.timing.timestamp_ms.map(ms_to_ns),
                 reply: None,
                 extra: t.extra.clone(),
                 open: None,
@@ -341,6 +346,15 @@ impl Source for MultiTurnSource {
 
     fn describe(&self) -> &'static str {
         "AIPerf multi_turn JSONL: {\"session_id\", \"turns\": [{text|texts, delay, output_length, extra}]}"
+    }
+
+    fn flags(&self) -> &'static [DatasetFlag] {
+        // Every turn's text, length and timing come from the file.
+        &[]
+    }
+
+    fn has_timestamps(&self) -> bool {
+        true
     }
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
@@ -392,6 +406,14 @@ impl Source for SingleTurnSource {
 
     fn describe(&self) -> &'static str {
         "AIPerf single_turn JSONL: one request per line; rows sharing session_id run in order, without history"
+    }
+
+    fn flags(&self) -> &'static [DatasetFlag] {
+        &[]
+    }
+
+    fn has_timestamps(&self) -> bool {
+        true
     }
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
@@ -497,6 +519,10 @@ mod tests {
         assert_eq!(t[1].extra.as_ref().unwrap()["ignore_eos"], true);
         assert_eq!(message(&t[2])["role"], "system");
         assert_eq!(c[1].turns[1].delay_ns, 750_500_000);
+        // Recorded send times are kept as they are (ns), beside the delays made from them.
+        assert_eq!(c[1].turns[0].timestamp_ns, Some(1_000_000_000));
+        assert_eq!(c[1].turns[1].timestamp_ns, Some(1_750_500_000));
+        assert!(c[0].turns.iter().all(|t| t.timestamp_ns.is_none()));
     }
 
     #[test]
@@ -561,6 +587,7 @@ mod tests {
         assert!(c.iter().all(|c| c.context == ContextMode::Verbatim));
         assert_eq!(c[0].turns[1].delay_ns, 40_000_000);
         assert_eq!(c[2].turns[1].delay_ns, 60_000_000);
+        assert_eq!(c[2].turns[1].timestamp_ns, Some(160_000_000));
         assert_eq!(c[2].turns[1].max_tokens, Some(3));
     }
 

@@ -22,7 +22,10 @@ use serde_json::{Map, Value};
 
 use super::input::{as_count, as_object, index, join, req_str, to_u32, type_name};
 use super::input::{FieldError, Loc, Problems};
-use super::{synth, BuildContext, Built, Conversation, DatasetError, PathUse, Source, Turn, COMMA};
+use super::{
+    synth, BuildContext, Built, Conversation, DatasetError, DatasetFlag, PathUse, Source, Turn,
+    COMMA,
+};
 use crate::tokenizer::Tokenizer;
 
 /// The registered source.
@@ -53,8 +56,11 @@ impl Source for CustomMultiTurnSource {
         "your conversations: JSONL, one OpenAI messages array per line"
     }
 
+    fn flags(&self) -> &'static [DatasetFlag] {
+        &FILE_FLAGS
+    }
+
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
-        reject_dataset_args(ctx)?;
         let path = ctx.path.ok_or_else(|| DatasetError::PathRequired {
             name: ctx.name.to_string(),
         })?;
@@ -111,17 +117,14 @@ pub(crate) fn each_jsonl_line(
     }
 }
 
-/// These sources take no `--dataset-args`; ignoring them silently would run a workload other
-/// than the one asked for.
-pub(crate) fn reject_dataset_args(ctx: &BuildContext<'_>) -> Result<(), DatasetError> {
-    match &ctx.params.dataset_args {
-        Some(args) if !args.is_empty() => Err(DatasetError::Param {
-            flag: "dataset-args".into(),
-            reason: format!("--dataset {} takes no dataset arguments", ctx.name),
-        }),
-        _ => Ok(()),
-    }
-}
+/// The flags the sources of whole recorded conversations read (custom_multi_turn, share_gpt):
+/// truncation, the turn-count filter and the first-user-message length filter ([`assemble`]).
+pub(crate) const FILE_FLAGS: [DatasetFlag; 4] = [
+    DatasetFlag::MinTurns,
+    DatasetFlag::MaxTurns,
+    DatasetFlag::MinPromptLength,
+    DatasetFlag::MaxPromptLength,
+];
 
 /// A turn as read from a file, before selection: its messages as given (our key removed).
 #[derive(Clone, Debug, Default, PartialEq)]

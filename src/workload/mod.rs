@@ -7,13 +7,18 @@
 //!
 //! Every source implements [`Source`] and is listed once in [`SOURCES`]. A source gets a
 //! [`BuildContext`] (tokenizer, parameters, which conversations to keep, where to report bad
-//! input) and returns its conversations; [`build`] looks the source up by name and runs it.
+//! input) and returns its conversations; [`build`] looks the source up by name and runs it. Each
+//! source declares the dataset-shaping flags it reads ([`Source::flags`]); [`check_flags`]
+//! rejects any other that was given. [`sampling`] maps claims to pool entries and [`fixed`]
+//! turns recorded send times into a fixed schedule.
 
 pub mod aiperf;
 pub mod custom_multi_turn;
+pub mod fixed;
 pub mod input;
 pub mod mooncake;
 pub mod random_multi_turn;
+pub mod sampling;
 pub mod share_gpt;
 pub mod swe_smith;
 pub mod synth;
@@ -43,6 +48,11 @@ pub struct Turn {
     /// Wait before sending this turn (think time / tool latency), in nanoseconds. Honoured for
     /// turns after the first; a first turn starts as soon as a slot claims the conversation.
     pub delay_ns: u64,
+    /// The dataset's recorded send time of this turn, in nanoseconds on the trace's own clock
+    /// (not offset), for sources that record one (`timestamp`). `delay_ns` already holds the gap
+    /// to the previous turn; this absolute time is what a fixed-schedule replay
+    /// ([`fixed::fixed_schedule`]) sends by.
+    pub timestamp_ns: Option<u64>,
     /// The dataset's own assistant reply to this turn, as a serialised message object; sent as
     /// history instead of the live reply in [`ContextMode::Canned`].
     pub reply: Option<Bytes>,
@@ -279,6 +289,139 @@ pub struct DatasetParams {
     pub dataset_args: Option<Map<String, Value>>,
 }
 
+/// A dataset-shaping flag: one a source may read or ignore. Each [`Source`] lists the ones it
+/// reads ([`Source::flags`]) and [`check_flags`] rejects any other that was given, so no flag is
+/// silently ignored. Flags every source honours are not listed: `--seed`, `--dataset-offset`,
+/// `--shard`, `--skip-invalid`, `--context-mode`, `--tokenizer-path`, `--num-dataset-entries`,
+/// `--dataset-sampling-strategy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetFlag {
+    MinTurns,
+    MaxTurns,
+    MinPromptLength,
+    MaxPromptLength,
+    ConversationTurnMean,
+    ConversationTurnStddev,
+    SyntheticInputTokensMean,
+    SyntheticInputTokensStddev,
+    OutputTokensMean,
+    OutputTokensStddev,
+    ConversationTurnDelayMean,
+    ConversationTurnDelayStddev,
+    ConversationTurnDelayRatio,
+    PrefixLength,
+    PrefixCount,
+    SharedSystemPromptLength,
+    IslBlockSize,
+    DatasetArgs,
+}
+
+impl DatasetFlag {
+    /// Every flag, in the order `--help` lists them (the first one given that a source does not
+    /// read is the one an error names).
+    pub const ALL: [DatasetFlag; 18] = [
+        DatasetFlag::MinTurns,
+        DatasetFlag::MaxTurns,
+        DatasetFlag::MinPromptLength,
+        DatasetFlag::MaxPromptLength,
+        DatasetFlag::PrefixLength,
+        DatasetFlag::PrefixCount,
+        DatasetFlag::SharedSystemPromptLength,
+        DatasetFlag::IslBlockSize,
+        DatasetFlag::DatasetArgs,
+        DatasetFlag::ConversationTurnMean,
+        DatasetFlag::ConversationTurnStddev,
+        DatasetFlag::SyntheticInputTokensMean,
+        DatasetFlag::SyntheticInputTokensStddev,
+        DatasetFlag::OutputTokensMean,
+        DatasetFlag::OutputTokensStddev,
+        DatasetFlag::ConversationTurnDelayMean,
+        DatasetFlag::ConversationTurnDelayStddev,
+        DatasetFlag::ConversationTurnDelayRatio,
+    ];
+
+    /// The AIPerf synthetic flags: given without `--dataset`, they select `synthetic`.
+    pub const AIPERF_SYNTHETIC: [DatasetFlag; 9] = [
+        DatasetFlag::ConversationTurnMean,
+        DatasetFlag::ConversationTurnStddev,
+        DatasetFlag::SyntheticInputTokensMean,
+        DatasetFlag::SyntheticInputTokensStddev,
+        DatasetFlag::OutputTokensMean,
+        DatasetFlag::OutputTokensStddev,
+        DatasetFlag::ConversationTurnDelayMean,
+        DatasetFlag::ConversationTurnDelayStddev,
+        DatasetFlag::ConversationTurnDelayRatio,
+    ];
+
+    /// The long flag name without its dashes, e.g. `min-turns`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetFlag::MinTurns => "min-turns",
+            DatasetFlag::MaxTurns => "max-turns",
+            DatasetFlag::MinPromptLength => "min-prompt-length",
+            DatasetFlag::MaxPromptLength => "max-prompt-length",
+            DatasetFlag::ConversationTurnMean => "conversation-turn-mean",
+            DatasetFlag::ConversationTurnStddev => "conversation-turn-stddev",
+            DatasetFlag::SyntheticInputTokensMean => "synthetic-input-tokens-mean",
+            DatasetFlag::SyntheticInputTokensStddev => "synthetic-input-tokens-stddev",
+            DatasetFlag::OutputTokensMean => "output-tokens-mean",
+            DatasetFlag::OutputTokensStddev => "output-tokens-stddev",
+            DatasetFlag::ConversationTurnDelayMean => "conversation-turn-delay-mean",
+            DatasetFlag::ConversationTurnDelayStddev => "conversation-turn-delay-stddev",
+            DatasetFlag::ConversationTurnDelayRatio => "conversation-turn-delay-ratio",
+            DatasetFlag::PrefixLength => "prefix-length",
+            DatasetFlag::PrefixCount => "prefix-count",
+            DatasetFlag::SharedSystemPromptLength => "shared-system-prompt-length",
+            DatasetFlag::IslBlockSize => "isl-block-size",
+            DatasetFlag::DatasetArgs => "dataset-args",
+        }
+    }
+
+    /// Whether the user gave this flag (defaults are applied by each source, so `None` is "not
+    /// given"). An empty `--dataset-args '{}'` asks for nothing and counts as not given, so
+    /// scripts that always pass one keep working with every source.
+    pub fn given(self, p: &DatasetParams) -> bool {
+        match self {
+            DatasetFlag::MinTurns => p.min_turns.is_some(),
+            DatasetFlag::MaxTurns => p.max_turns.is_some(),
+            DatasetFlag::MinPromptLength => p.min_prompt_length.is_some(),
+            DatasetFlag::MaxPromptLength => p.max_prompt_length.is_some(),
+            DatasetFlag::ConversationTurnMean => p.turn_mean.is_some(),
+            DatasetFlag::ConversationTurnStddev => p.turn_stddev.is_some(),
+            DatasetFlag::SyntheticInputTokensMean => p.isl_mean.is_some(),
+            DatasetFlag::SyntheticInputTokensStddev => p.isl_stddev.is_some(),
+            DatasetFlag::OutputTokensMean => p.osl_mean.is_some(),
+            DatasetFlag::OutputTokensStddev => p.osl_stddev.is_some(),
+            DatasetFlag::ConversationTurnDelayMean => p.turn_delay_mean_ms.is_some(),
+            DatasetFlag::ConversationTurnDelayStddev => p.turn_delay_stddev_ms.is_some(),
+            DatasetFlag::ConversationTurnDelayRatio => p.turn_delay_ratio.is_some(),
+            DatasetFlag::PrefixLength => p.prefix_length.is_some(),
+            DatasetFlag::PrefixCount => p.prefix_count.is_some(),
+            DatasetFlag::SharedSystemPromptLength => p.shared_system_prompt_length.is_some(),
+            DatasetFlag::IslBlockSize => p.isl_block_size.is_some(),
+            DatasetFlag::DatasetArgs => p.dataset_args.as_ref().is_some_and(|m| !m.is_empty()),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--{}", self.name())
+    }
+}
+
+/// `--a, --b` (or `none of the dataset-shaping flags`), for messages and `--help`.
+pub fn flag_list(flags: &[DatasetFlag]) -> String {
+    if flags.is_empty() {
+        return "none of the dataset-shaping flags".to_string();
+    }
+    flags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What a source gets to build from.
 pub struct BuildContext<'a> {
     /// The `--dataset` name it was chosen by (one source may serve several names).
@@ -317,7 +460,20 @@ pub trait Source: Sync {
     fn path_use(&self) -> PathUse;
     /// One line for `--help` and errors.
     fn describe(&self) -> &'static str;
+    /// The dataset-shaping flags this source reads; [`check_flags`] rejects any other given.
+    fn flags(&self) -> &'static [DatasetFlag];
+    /// Whether the format records send times (`Turn::timestamp_ns`), so `--fixed-schedule` can
+    /// replay it.
+    fn has_timestamps(&self) -> bool {
+        false
+    }
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError>;
+}
+
+impl std::fmt::Debug for dyn Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Source({})", self.names().join(", "))
+    }
 }
 
 /// Every source; adding one is its module plus one line here.
@@ -347,6 +503,36 @@ pub fn known_names() -> Vec<&'static str> {
         .collect()
 }
 
+/// The source answering to `name`, or an error listing the known names.
+pub fn find_source(name: &str) -> Result<&'static dyn Source, DatasetError> {
+    find(name).ok_or_else(|| DatasetError::Unknown {
+        name: name.to_string(),
+        known: known_names().join(", "),
+    })
+}
+
+/// Rejects a given dataset-shaping flag that source `name` does not read, naming both: a flag
+/// silently ignored would run a workload other than the one asked for. Pure and cheap, so the
+/// plan calls it before loading a tokenizer or reading a file; [`build`] calls it again.
+pub fn check_flags(
+    name: &str,
+    params: &DatasetParams,
+) -> Result<&'static dyn Source, DatasetError> {
+    let source = find_source(name)?;
+    let reads = source.flags();
+    if let Some(&flag) = DatasetFlag::ALL
+        .iter()
+        .find(|f| f.given(params) && !reads.contains(f))
+    {
+        return Err(DatasetError::FlagNotRead {
+            flag,
+            name: name.to_string(),
+            reads,
+        });
+    }
+    Ok(source)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("--dataset {name}: unknown dataset (known: {known})")]
@@ -368,6 +554,12 @@ pub enum DatasetError {
     Synthesis(#[from] synth::SynthesisError),
     #[error("--dataset {name}: {reason}")]
     Empty { name: String, reason: String },
+    #[error("{flag} is not read by --dataset {name} (it reads: {})", flag_list(.reads))]
+    FlagNotRead {
+        flag: DatasetFlag,
+        name: String,
+        reads: &'static [DatasetFlag],
+    },
 }
 
 /// Builds `name`'s conversations and applies the run-wide context mode (if any).
@@ -379,10 +571,7 @@ pub fn build(
     selection: Selection,
     skip_invalid: bool,
 ) -> Result<(Built, u64), DatasetError> {
-    let source = find(name).ok_or_else(|| DatasetError::Unknown {
-        name: name.to_string(),
-        known: known_names().join(", "),
-    })?;
+    let source = check_flags(name, params)?;
     match (source.path_use(), path) {
         (PathUse::Required, None) => {
             return Err(DatasetError::PathRequired {
@@ -422,6 +611,169 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn given(flag: DatasetFlag) -> DatasetParams {
+        let mut p = DatasetParams::default();
+        match flag {
+            DatasetFlag::MinTurns => p.min_turns = Some(1),
+            DatasetFlag::MaxTurns => p.max_turns = Some(1),
+            DatasetFlag::MinPromptLength => p.min_prompt_length = Some(1),
+            DatasetFlag::MaxPromptLength => p.max_prompt_length = Some(1),
+            DatasetFlag::ConversationTurnMean => p.turn_mean = Some(1.0),
+            DatasetFlag::ConversationTurnStddev => p.turn_stddev = Some(1.0),
+            DatasetFlag::SyntheticInputTokensMean => p.isl_mean = Some(1.0),
+            DatasetFlag::SyntheticInputTokensStddev => p.isl_stddev = Some(1.0),
+            DatasetFlag::OutputTokensMean => p.osl_mean = Some(1.0),
+            DatasetFlag::OutputTokensStddev => p.osl_stddev = Some(1.0),
+            DatasetFlag::ConversationTurnDelayMean => p.turn_delay_mean_ms = Some(1.0),
+            DatasetFlag::ConversationTurnDelayStddev => p.turn_delay_stddev_ms = Some(1.0),
+            DatasetFlag::ConversationTurnDelayRatio => p.turn_delay_ratio = Some(1.0),
+            DatasetFlag::PrefixLength => p.prefix_length = Some(1),
+            DatasetFlag::PrefixCount => p.prefix_count = Some(1),
+            DatasetFlag::SharedSystemPromptLength => p.shared_system_prompt_length = Some(1),
+            DatasetFlag::IslBlockSize => p.isl_block_size = Some(1),
+            DatasetFlag::DatasetArgs => {
+                p.dataset_args = Some(serde_json::json!({"k": 1}).as_object().unwrap().clone())
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn every_flag_is_detected_when_given_and_only_then() {
+        for flag in DatasetFlag::ALL {
+            let p = given(flag);
+            let set: Vec<DatasetFlag> = DatasetFlag::ALL
+                .into_iter()
+                .filter(|f| f.given(&p))
+                .collect();
+            assert_eq!(set, [flag]);
+        }
+        // An empty --dataset-args asks for nothing.
+        let empty = DatasetParams {
+            dataset_args: Some(Map::new()),
+            ..DatasetParams::default()
+        };
+        assert!(!DatasetFlag::DatasetArgs.given(&empty));
+    }
+
+    /// Issue 9: flags a source ignored silently are now errors naming the flag and the source.
+    #[test]
+    fn a_flag_the_source_does_not_read_is_an_error_naming_both() {
+        let e = check_flags("random_multi_turn", &given(DatasetFlag::IslBlockSize))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--isl-block-size is not read by --dataset random_multi_turn (it reads: --min-turns, \
+             --max-turns, --min-prompt-length, --max-prompt-length, --prefix-length, \
+             --prefix-count, --shared-system-prompt-length)"
+        );
+        let e = check_flags("mooncake_trace", &given(DatasetFlag::PrefixLength))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--prefix-length is not read by --dataset mooncake_trace (it reads: --isl-block-size)"
+        );
+        let e = check_flags("multi_turn", &given(DatasetFlag::MaxTurns))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("(it reads: none of the dataset-shaping flags)"),
+            "{e}"
+        );
+        assert!(matches!(
+            check_flags("nope", &DatasetParams::default()),
+            Err(DatasetError::Unknown { .. })
+        ));
+    }
+
+    /// What each source reads, as worked out from its module; every other flag is an error.
+    #[test]
+    fn each_source_reads_exactly_its_flags() {
+        use DatasetFlag::*;
+        let table: [(&str, &[DatasetFlag]); 13] = [
+            (
+                "random_multi_turn",
+                &[
+                    MinTurns,
+                    MaxTurns,
+                    MinPromptLength,
+                    MaxPromptLength,
+                    PrefixLength,
+                    PrefixCount,
+                    SharedSystemPromptLength,
+                ],
+            ),
+            (
+                "synthetic",
+                &[
+                    ConversationTurnMean,
+                    ConversationTurnStddev,
+                    SyntheticInputTokensMean,
+                    SyntheticInputTokensStddev,
+                    OutputTokensMean,
+                    OutputTokensStddev,
+                    ConversationTurnDelayMean,
+                    ConversationTurnDelayStddev,
+                    ConversationTurnDelayRatio,
+                    PrefixLength,
+                    PrefixCount,
+                    SharedSystemPromptLength,
+                ],
+            ),
+            (
+                "custom_multi_turn",
+                &[MinTurns, MaxTurns, MinPromptLength, MaxPromptLength],
+            ),
+            (
+                "share_gpt_zh_multi_turn",
+                &[MinTurns, MaxTurns, MinPromptLength, MaxPromptLength],
+            ),
+            (
+                "share_gpt_en_multi_turn",
+                &[MinTurns, MaxTurns, MinPromptLength, MaxPromptLength],
+            ),
+            ("swe_smith", &[MinTurns, MaxTurns, DatasetArgs]),
+            ("trie_agentic_coding", &[MaxTurns]),
+            ("trie_code_qa", &[MaxTurns]),
+            ("trie_office_work", &[MaxTurns]),
+            ("multi_turn", &[]),
+            ("single_turn", &[]),
+            ("mooncake_trace", &[IslBlockSize]),
+            ("bailian_trace", &[IslBlockSize]),
+        ];
+        assert_eq!(
+            table.len(),
+            known_names().len(),
+            "every source is in the table"
+        );
+        for (name, reads) in table {
+            for flag in DatasetFlag::ALL {
+                let r = check_flags(name, &given(flag));
+                assert_eq!(r.is_ok(), reads.contains(&flag), "--dataset {name} {flag}");
+            }
+        }
+    }
+
+    #[test]
+    fn timestamped_sources() {
+        let with: Vec<&str> = SOURCES
+            .iter()
+            .filter(|s| s.has_timestamps())
+            .flat_map(|s| s.names().iter().copied())
+            .collect();
+        assert_eq!(
+            with,
+            [
+                "multi_turn",
+                "single_turn",
+                "mooncake_trace",
+                "bailian_trace"
+            ]
+        );
+    }
 
     #[test]
     fn selection_offset_shard_limit() {

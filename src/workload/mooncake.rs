@@ -41,7 +41,7 @@ use super::input::{
 use super::synth::{self, stream_seed, Synth};
 use super::{
     content_open, escape_piece, BuildContext, Built, ContextMode, Conversation, DatasetError,
-    PathUse, Source, Turn, CONTENT_CLOSE,
+    DatasetFlag, PathUse, Source, Turn, CONTENT_CLOSE,
 };
 
 /// `--dataset mooncake_trace`.
@@ -398,16 +398,14 @@ fn mooncake_sessions(
 }
 
 /// Checks the session's timestamps are in order (else reports and drops it); the delays go
-/// into each row's timing as `delay_ms`.
+/// into each row's timing as `delay_ms`, next to the recorded `timestamp_ms` (kept for
+/// fixed-schedule replay).
 fn with_delays(mut rows: Vec<Row>, field: &str, ctx: &mut BuildContext<'_>) -> Option<Vec<Row>> {
     let timings: Vec<Timing> = rows.iter().map(|r| r.timing).collect();
     match session_delays_ns(&timings, |_| field.to_string()) {
         Ok(delays) => {
             for (r, d) in rows.iter_mut().zip(delays) {
-                r.timing = Timing {
-                    delay_ms: Some(d as f64 / 1e6),
-                    timestamp_ms: None,
-                };
+                r.timing.delay_ms = Some(d as f64 / 1e6);
             }
             Some(rows)
         }
@@ -488,6 +486,7 @@ fn build_conversations(
                 delta_tokens,
                 max_tokens: r.max_tokens,
                 delay_ns: r.timing.delay_ms.map_or(0, super::aiperf::ms_to_ns),
+                timestamp_ns: r.timing.timestamp_ms.map(super::aiperf::ms_to_ns),
                 reply: None,
                 extra: r.extra.clone(),
                 open: None,
@@ -523,6 +522,14 @@ impl Source for MooncakeSource {
         "Mooncake trace JSONL: input_length+hash_ids | text_input | messages | payload, output_length, timestamp/delay, session_id"
     }
 
+    fn flags(&self) -> &'static [DatasetFlag] {
+        &[DatasetFlag::IslBlockSize]
+    }
+
+    fn has_timestamps(&self) -> bool {
+        true
+    }
+
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
         let path = ctx.path.expect("path_use is Required");
         let b = block_tokens(ctx, MOONCAKE_BLOCK_SIZE);
@@ -543,6 +550,14 @@ impl Source for BailianSource {
 
     fn describe(&self) -> &'static str {
         "Alibaba Bailian trace JSONL: chat_id, parent_chat_id, timestamp (s), input_length, output_length, hash_ids"
+    }
+
+    fn flags(&self) -> &'static [DatasetFlag] {
+        &[DatasetFlag::IslBlockSize]
+    }
+
+    fn has_timestamps(&self) -> bool {
+        true
     }
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
@@ -867,6 +882,27 @@ mod tests {
     }
 
     #[test]
+    fn mooncake_keeps_recorded_times_next_to_delays() {
+        let data = r#"{"input_length":4,"session_id":"s","timestamp":1000}
+{"input_length":4,"session_id":"s","timestamp":1250.5}
+{"input_length":4,"session_id":"s","delay":30}
+{"input_length":4}
+"#;
+        let (b, _) = run(&MooncakeSource, data, None, false).unwrap();
+        let c = &b.conversations;
+        let t = &c[0].turns;
+        assert_eq!(
+            t.iter().map(|t| t.timestamp_ns).collect::<Vec<_>>(),
+            [Some(1_000_000_000), Some(1_250_500_000), None]
+        );
+        assert_eq!(
+            t.iter().map(|t| t.delay_ns).collect::<Vec<_>>(),
+            [0, 250_500_000, 30_000_000]
+        );
+        assert_eq!(c[1].turns[0].timestamp_ns, None);
+    }
+
+    #[test]
     fn bailian_chains_by_parent() {
         let data = r#"{"chat_id":1,"parent_chat_id":-1,"timestamp":1.5,"input_length":48,"output_length":5,"turn":1,"hash_ids":[1,2,3]}
 {"chat_id":2,"parent_chat_id":-1,"timestamp":1.6,"input_length":10,"output_length":5,"turn":1,"hash_ids":[4]}
@@ -886,6 +922,13 @@ mod tests {
         assert_eq!(tok().encode_reference(&content(&c[0].turns[1])).len(), 60);
         assert_eq!(c[2].turns.len(), 1);
         assert_eq!(c[2].turns[0].delay_ns, 0);
+        // Recorded send times (seconds in this trace) are kept, in ns, for fixed schedules.
+        let times = |c: &Conversation| -> Vec<Option<u64>> {
+            c.turns.iter().map(|t| t.timestamp_ns).collect()
+        };
+        assert_eq!(times(&c[0]), [Some(1_500_000_000), Some(2_000_000_000)]);
+        assert_eq!(times(&c[1]), [Some(1_600_000_000)]);
+        assert_eq!(times(&c[2]), [Some(2_500_000_000)]);
         // The child starts with its parent's 48 block tokens (16-token blocks, default).
         let p0 = content(&c[0].turns[0]);
         let p1 = content(&c[0].turns[1]);

@@ -25,7 +25,7 @@ pub use crate::workload::synth::SynthesisError;
 use crate::workload::synth::{self, Synth};
 use crate::workload::synthetic::SharedSpec;
 use crate::workload::{
-    BuildContext, Built, Conversation, DatasetError, PathUse, Selection, Source, Turn,
+    BuildContext, Built, Conversation, DatasetError, DatasetFlag, PathUse, Selection, Source, Turn,
 };
 
 /// Parameters, already validated by the plan.
@@ -59,6 +59,18 @@ impl Source for RandomMultiTurnSource {
 
     fn describe(&self) -> &'static str {
         "evalscope's synthetic multi-turn: U[min,max] turns of U[min,max]-token user messages"
+    }
+
+    fn flags(&self) -> &'static [DatasetFlag] {
+        &[
+            DatasetFlag::MinTurns,
+            DatasetFlag::MaxTurns,
+            DatasetFlag::MinPromptLength,
+            DatasetFlag::MaxPromptLength,
+            DatasetFlag::PrefixLength,
+            DatasetFlag::PrefixCount,
+            DatasetFlag::SharedSystemPromptLength,
+        ]
     }
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {

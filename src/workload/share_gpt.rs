@@ -20,10 +20,10 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use super::custom_multi_turn::{assemble, each_jsonl_line, reject_dataset_args, RawTurn, Splitter};
+use super::custom_multi_turn::{assemble, each_jsonl_line, RawTurn, Splitter, FILE_FLAGS};
 use super::input::{self, as_array, as_object, index, join, opt_str, req_str};
 use super::input::{FieldError, Loc};
-use super::{message_json, BuildContext, Built, DatasetError, PathUse, Source};
+use super::{message_json, BuildContext, Built, DatasetError, DatasetFlag, PathUse, Source};
 
 /// The registered source.
 pub struct ShareGptSource;
@@ -40,6 +40,10 @@ impl Source for ShareGptSource {
 
     fn describe(&self) -> &'static str {
         "ShareGPT conversations (evalscope's swift/sharegpt JSONL or the original JSON/JSONL)"
+    }
+
+    fn flags(&self) -> &'static [DatasetFlag] {
+        &FILE_FLAGS
     }
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
@@ -59,7 +63,6 @@ impl Source for ShareGptSource {
                 ),
             });
         };
-        reject_dataset_args(ctx)?;
         let mut conversations = Vec::new();
         let mut no_human = 0u64;
         let mut take = |loc: Loc, v: &Value, problems: &mut input::Problems| match parse_entry(v) {
@@ -406,10 +409,12 @@ mod tests {
             dataset_args: Some(json!({"target_input_len": 5}).as_object().unwrap().clone()),
             ..DatasetParams::default()
         };
-        let e = build("share_gpt_en_multi_turn", Some(&text), args)
-            .0
-            .unwrap_err();
-        assert!(e.to_string().contains("--dataset-args"), "{e}");
+        // Rejected before the source runs (it reads no --dataset-args).
+        let e = crate::workload::check_flags("share_gpt_en_multi_turn", &args).unwrap_err();
+        assert!(
+            e.to_string().starts_with("--dataset-args is not read"),
+            "{e}"
+        );
         let e = build("share_gpt_zh_multi_turn", None, DatasetParams::default())
             .0
             .unwrap_err()

@@ -43,8 +43,8 @@ use crate::workload::input::{
 };
 use crate::workload::synth::{item_rng, par_map_with, stream_seed};
 use crate::workload::{
-    message_json, BuildContext, Built, Conversation, DatasetError, DatasetParams, PathUse,
-    Selection, Source, Turn, COMMA,
+    message_json, BuildContext, Built, Conversation, DatasetError, DatasetFlag, DatasetParams,
+    PathUse, Selection, Source, Turn, COMMA,
 };
 
 /// evalscope's defaults (`MultiTurnArgs`).
@@ -775,6 +775,14 @@ impl Source for SweSmithSource {
     fn describe(&self) -> &'static str {
         "SWE-smith agent trajectories: a pre-built agentic_dataset.json, or built live from a \
          trajectories JSONL to first/subsequent turn token lengths"
+    }
+
+    fn flags(&self) -> &'static [DatasetFlag] {
+        &[
+            DatasetFlag::MinTurns,
+            DatasetFlag::MaxTurns,
+            DatasetFlag::DatasetArgs,
+        ]
     }
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {

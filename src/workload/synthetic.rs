@@ -31,8 +31,24 @@ use rand::Rng;
 use crate::workload::synth::{self, Synth, SynthesisError};
 use crate::workload::{
     content_open, escape_piece, message_json, BuildContext, Built, Conversation, DatasetError,
-    DatasetParams, PathUse, Source, Turn, COMMA, CONTENT_CLOSE,
+    DatasetFlag, DatasetParams, PathUse, Source, Turn, COMMA, CONTENT_CLOSE,
 };
+
+/// The flags `synthetic` reads: AIPerf's synthetic flags and the shared parts.
+const SYNTHETIC_FLAGS: [DatasetFlag; 12] = [
+    DatasetFlag::ConversationTurnMean,
+    DatasetFlag::ConversationTurnStddev,
+    DatasetFlag::SyntheticInputTokensMean,
+    DatasetFlag::SyntheticInputTokensStddev,
+    DatasetFlag::OutputTokensMean,
+    DatasetFlag::OutputTokensStddev,
+    DatasetFlag::ConversationTurnDelayMean,
+    DatasetFlag::ConversationTurnDelayStddev,
+    DatasetFlag::ConversationTurnDelayRatio,
+    DatasetFlag::PrefixLength,
+    DatasetFlag::PrefixCount,
+    DatasetFlag::SharedSystemPromptLength,
+];
 
 /// AIPerf's defaults (`--conversation-turn-mean 1`, `--isl 550`, delays 0, ratio 1.0).
 pub const DEFAULT_TURN_MEAN: f64 = 1.0;
@@ -296,23 +312,9 @@ fn param(flag: &str, reason: impl Into<String>) -> DatasetError {
 }
 
 impl Synthetic {
-    /// From the run's flags. Flags of other sources are errors rather than silently ignored.
+    /// From the run's flags. Flags of other sources were rejected by
+    /// [`check_flags`](crate::workload::check_flags) (`SYNTHETIC_FLAGS`); these are ignored here.
     pub fn from_params(p: &DatasetParams) -> Result<Synthetic, DatasetError> {
-        let foreign = [
-            ("min-turns", p.min_turns.is_some()),
-            ("max-turns", p.max_turns.is_some()),
-            ("min-prompt-length", p.min_prompt_length.is_some()),
-            ("max-prompt-length", p.max_prompt_length.is_some()),
-            ("isl-block-size", p.isl_block_size.is_some()),
-            ("dataset-args", p.dataset_args.is_some()),
-        ];
-        if let Some((flag, _)) = foreign.iter().find(|(_, set)| *set) {
-            return Err(param(
-                flag,
-                "does not apply to --dataset synthetic (turns: --conversation-turn-mean/stddev; \
-                 lengths: --synthetic-input-tokens-mean/stddev)",
-            ));
-        }
         // The plan has already rejected negative and non-finite values, naming the flag.
         let turn_mean = p.turn_mean.unwrap_or(DEFAULT_TURN_MEAN);
         if turn_mean > f64::from(MAX_TURNS) {
@@ -457,6 +459,10 @@ impl Source for SyntheticSource {
     fn describe(&self) -> &'static str {
         "AIPerf-style synthetic multi-turn: N(mean, stddev) turns, input and output lengths, \
          think times; shared system prompt and prefixes"
+    }
+
+    fn flags(&self) -> &'static [DatasetFlag] {
+        &SYNTHETIC_FLAGS
     }
 
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
@@ -693,11 +699,20 @@ mod tests {
             ..params()
         })
         .starts_with("--prefix-count:"));
-        assert!(err(DatasetParams {
-            max_turns: Some(3),
-            ..params()
-        })
-        .starts_with("--max-turns:"));
+        // Flags of other sources are rejected before the source runs.
+        let e = crate::workload::check_flags(
+            "synthetic",
+            &DatasetParams {
+                max_turns: Some(3),
+                ..params()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--max-turns is not read by --dataset synthetic"),
+            "{e}"
+        );
         assert!(err(DatasetParams {
             turn_mean: Some(1e9),
             ..params()

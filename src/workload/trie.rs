@@ -30,7 +30,9 @@ use serde_json::Value;
 use crate::workload::input::{self, as_array, as_count, as_nonneg_f64, as_object, to_u32};
 use crate::workload::input::{FieldError, Loc};
 use crate::workload::synth::{self, Synth, SynthesisError};
-use crate::workload::{BuildContext, Built, Conversation, DatasetError, PathUse, Source, Turn};
+use crate::workload::{
+    BuildContext, Built, Conversation, DatasetError, DatasetFlag, PathUse, Source, Turn,
+};
 
 /// The registered source (one for all three names; they differ only in the file evalscope
 /// downloads).
@@ -211,32 +213,13 @@ impl Source for TrieSource {
         "trie agentic trace replay: recorded prompt, tool-output and response lengths, tool waits"
     }
 
+    fn flags(&self) -> &'static [DatasetFlag] {
+        // The trace fixes every length; --max-turns truncates traces.
+        &[DatasetFlag::MaxTurns]
+    }
+
     fn build(&self, ctx: &mut BuildContext<'_>) -> Result<Built, DatasetError> {
         let p = ctx.params;
-        // The trace fixes every length; these flags would otherwise be silently ignored.
-        let foreign = [
-            ("min-turns", p.min_turns.is_some()),
-            ("min-prompt-length", p.min_prompt_length.is_some()),
-            ("max-prompt-length", p.max_prompt_length.is_some()),
-            ("prefix-length", p.prefix_length.is_some()),
-            ("prefix-count", p.prefix_count.is_some()),
-            (
-                "shared-system-prompt-length",
-                p.shared_system_prompt_length.is_some(),
-            ),
-            ("isl-block-size", p.isl_block_size.is_some()),
-            ("dataset-args", p.dataset_args.is_some()),
-        ];
-        if let Some((flag, _)) = foreign.iter().find(|(_, set)| *set) {
-            return Err(param(
-                flag,
-                &format!(
-                    "does not apply to --dataset {}: the trace fixes every length \
-                     (--max-turns truncates traces)",
-                    ctx.name
-                ),
-            ));
-        }
         let max_turns = match p.max_turns {
             Some(0) => return Err(param("max-turns", "must be at least 1")),
             Some(n) => n as usize,
