@@ -76,7 +76,7 @@ fn poisson_arrivals_pass_ks_and_keep_the_mean_rate() {
         ONE_TURN,
         &[
             "--request-rate",
-            "400",
+            "200",
             "--request-rate-mode",
             "poisson",
             "--number",
