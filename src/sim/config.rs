@@ -26,6 +26,7 @@ pub(crate) struct Config {
     pub(crate) fail_every: u64,
     pub(crate) pm_qos: bool,
     pub(crate) usage: super::UsageMode,
+    pub(crate) record_prompts: bool,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> SimError {
@@ -102,6 +103,7 @@ impl Config {
             fail_every: a.fail_every,
             pm_qos: !a.advanced.no_pm_qos,
             usage: a.advanced.usage,
+            record_prompts: a.advanced.record_prompts,
         })
     }
 }

@@ -146,6 +146,11 @@ pub struct SimAdvancedArgs {
     /// `stream_options.include_usage` asks for it).
     #[arg(long, value_enum, default_value_t = UsageMode::Full)]
     pub usage: UsageMode,
+    /// With --record: also write each request's prompt as the sim tokenized it (`prompt_text`:
+    /// a completions prompt as sent, a chat request's messages in the ChatML rendering), to
+    /// check what a client sent. Makes the record as large as the prompts.
+    #[arg(long)]
+    pub record_prompts: bool,
 }
 
 /// See `--usage`.
@@ -167,6 +172,7 @@ impl Default for SimAdvancedArgs {
             max_body_bytes: 64 << 20,
             no_pm_qos: false,
             usage: UsageMode::Full,
+            record_prompts: false,
         }
     }
 }
