@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hyper::body::Body;
 
 use parley::client::TurnTiming;
-use parley::engine::{assemble_body, BodyShape};
+use parley::engine::{assemble_body, BodyShape, EndpointKind};
 use parley::metrics::{CacheSource, Recorder, Success};
 use parley::workload::{message_json, COMMA};
 
@@ -78,6 +78,7 @@ fn main() {
             b"\"model\":\"Qwen/Qwen3-8B\",\"stream\":true,\"messages\":[",
         ),
         max_tokens_field: "max_tokens",
+        kind: EndpointKind::Chat,
     };
     let history = history_32k();
     let body_bytes = assemble_body(&shape, None, &history).len();

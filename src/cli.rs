@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::engine::EndpointKind;
 use crate::sim::SimArgs;
 use crate::workload::sampling::SamplingStrategy;
 use crate::workload::{self, ContextMode};
@@ -30,7 +31,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a benchmark (against the built-in sim when no --url is given).
+    /// Run a benchmark (against the built-in sim when no --url is given). `parley perf` and
+    /// `parley profile` are the same command, so `evalscope perf ARGS` and `aiperf profile ARGS`
+    /// run as `parley perf ARGS` and `parley profile ARGS`.
+    #[command(visible_aliases = ["perf", "profile"])]
     Bench(Box<BenchArgs>),
     /// Run the built-in simulated OpenAI-compatible server.
     Sim(SimArgs),
@@ -187,12 +191,30 @@ pub struct DoctorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     // ----- target -----
-    /// Server URL: a base (`http://host:port`, `/v1/chat/completions` is appended) or the full
-    /// endpoint URL (`…/v1/chat/completions` or `…/v1/completions`). Repeat it to spread the load
-    /// over several servers: conversation i goes to URL i mod N with every one of its turns.
-    /// Without it, parley starts its built-in simulated server on 127.0.0.1 and benchmarks that.
+    /// Server URL: a base (`http://host:port` or `host:port`; the endpoint's path is appended,
+    /// `/v1/chat/completions` by default) or the full endpoint URL (`…/v1/chat/completions` or
+    /// `…/v1/completions`, which also picks the body form). Repeat it to spread the load over
+    /// several servers: conversation i goes to URL i mod N with every one of its turns. Without
+    /// it, parley starts its built-in simulated server on 127.0.0.1 and benchmarks that.
     #[arg(long, short = 'u', help_heading = "Target")]
     pub url: Vec<String>,
+
+    /// Which endpoint, and so which body (AIPerf): `chat` (`/v1/chat/completions`, a `messages`
+    /// array) or `completions` (`/v1/completions`, the history rendered as one ChatML text
+    /// `prompt`). Default: the endpoint the --url or --endpoint path names, else chat. A path
+    /// that names the other endpoint is an error.
+    #[arg(long, value_name = "TYPE", value_parser = parse_endpoint_type, help_heading = "Target")]
+    pub endpoint_type: Option<EndpointKind>,
+
+    /// Request path instead of the endpoint's own (AIPerf), e.g. `/v1/chat/completions`, or a
+    /// gateway's path. A --url that already names an endpoint path must name this one.
+    #[arg(long, value_name = "PATH", help_heading = "Target")]
+    pub endpoint: Option<String>,
+
+    /// evalscope's API plugin. parley implements `openai` (OpenAI-compatible chat and
+    /// completions endpoints), its default; any other plugin is an error.
+    #[arg(long, value_name = "API", value_parser = parse_api, help_heading = "Target")]
+    pub api: Option<String>,
 
     /// Model name sent in every request body. Required with --url; defaults to the sim's model
     /// otherwise.
@@ -539,13 +561,30 @@ pub struct BenchArgs {
     #[arg(long, help_heading = "Request")]
     pub extra_args: Option<String>,
 
-    /// Stream responses (default). Usage is always requested (`stream_options.include_usage`).
-    #[arg(long, overrides_with = "no_stream", help_heading = "Request")]
+    /// Stream responses (default; AIPerf spells it --streaming). Usage is always requested
+    /// (`stream_options.include_usage`).
+    #[arg(
+        long,
+        visible_alias = "streaming",
+        overrides_with = "no_stream",
+        help_heading = "Request"
+    )]
     pub stream: bool,
 
     /// Ask for whole (non-streamed) responses; TTFT then equals latency.
     #[arg(long, overrides_with = "stream", help_heading = "Request")]
     pub no_stream: bool,
+
+    /// evalscope's switch into multi-turn mode: accepted and changes nothing, since every parley
+    /// run is multi-turn (a single-turn dataset is conversations of one turn).
+    #[arg(long, help_heading = "Request")]
+    pub multi_turn: bool,
+
+    /// evalscope's "send token ids to /v1/completions": ignored with a note on stderr, as
+    /// evalscope ignores it in multi-turn mode. Turns carry their history as text (messages, or
+    /// a text prompt with --endpoint-type completions), which the server tokenizes.
+    #[arg(long, help_heading = "Request")]
+    pub tokenize_prompt: bool,
 
     // ----- output -----
     /// Directory under which each run writes `<timestamp>/<name>/summary.json`.
@@ -564,6 +603,28 @@ pub struct BenchArgs {
 impl BenchArgs {
     pub fn streaming(&self) -> bool {
         !self.no_stream
+    }
+}
+
+/// `--api`: only the plugin parley implements.
+fn parse_api(s: &str) -> Result<String, String> {
+    match s {
+        "openai" => Ok(s.to_string()),
+        other => Err(format!(
+            "parley implements the `openai` API (OpenAI-compatible /v1/chat/completions and \
+             /v1/completions), not `{other}`"
+        )),
+    }
+}
+
+/// `--endpoint-type`: the endpoints parley implements.
+fn parse_endpoint_type(s: &str) -> Result<EndpointKind, String> {
+    match s {
+        "chat" => Ok(EndpointKind::Chat),
+        "completions" => Ok(EndpointKind::Completions),
+        other => Err(format!(
+            "parley implements the `chat` and `completions` endpoint types, not `{other}`"
+        )),
     }
 }
 
@@ -726,5 +787,45 @@ mod tests {
     fn rejects_zero_concurrency_and_bad_timeouts() {
         assert!(Cli::try_parse_from(["parley", "bench", "--parallel", "0"]).is_err());
         assert!(Cli::try_parse_from(["parley", "bench", "--read-timeout", "-1"]).is_err());
+    }
+
+    #[test]
+    fn seed_dialect_flags_parse() {
+        let e = bench(&["--api", "openai", "--multi-turn", "--tokenize-prompt"]);
+        assert_eq!(e.api.as_deref(), Some("openai"));
+        assert!(e.multi_turn && e.tokenize_prompt);
+        let a = bench(&[
+            "--endpoint-type",
+            "completions",
+            "--endpoint",
+            "/v1/completions",
+            "--streaming",
+        ]);
+        assert_eq!(a.endpoint_type, Some(EndpointKind::Completions));
+        assert_eq!(a.endpoint.as_deref(), Some("/v1/completions"));
+        assert!(a.streaming());
+        let err = |args: &[&str]| {
+            let mut full = vec!["parley", "bench"];
+            full.extend_from_slice(args);
+            Cli::try_parse_from(full).unwrap_err().to_string()
+        };
+        let api = err(&["--api", "dashscope"]);
+        assert!(
+            api.contains("`openai`") && api.contains("dashscope"),
+            "{api}"
+        );
+        let kind = err(&["--endpoint-type", "embeddings"]);
+        assert!(kind.contains("`chat` and `completions`"), "{kind}");
+    }
+
+    #[test]
+    fn perf_and_profile_are_bench() {
+        for name in ["perf", "profile", "bench"] {
+            let cli = Cli::try_parse_from(["parley", name, "--parallel", "3"]).unwrap();
+            let Command::Bench(b) = cli.command else {
+                panic!("{name} is not bench")
+            };
+            assert_eq!(b.parallel, vec![3]);
+        }
     }
 }

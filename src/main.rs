@@ -82,6 +82,9 @@ fn run_doctor(args: &DoctorArgs) -> Result<()> {
 fn bench(args: &BenchArgs) -> Result<()> {
     signal::install();
     let plan = BenchPlan::build(args)?;
+    for note in &plan.notes {
+        eprintln!("{note}");
+    }
     let resources = run::Resources::build(&plan)?;
     let result = run::bench(&plan, &resources, run::Console { quiet: args.quiet });
     resources.shutdown();

@@ -13,7 +13,10 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::cli::BenchArgs;
-use crate::engine::{ArrivalMode, BodyShape, Load, RampStrategy, RateRamp, RateSpec, Shape};
+use crate::engine::{
+    convert_to_completions, ArrivalMode, BodyShape, EndpointKind, Load, RampStrategy, RateRamp,
+    RateSpec, Shape,
+};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::workload::fixed::{self, FixedError, FixedOptions, FixedSchedule};
 use crate::workload::sampling::{Sampler, SamplingStrategy};
@@ -30,6 +33,8 @@ pub enum PlanError {
     Url { url: String, reason: String },
     #[error("--model is required with --url (the model name the server serves)")]
     ModelRequired,
+    #[error("{0}")]
+    Endpoint(String),
     #[error("--extra-args: {0}")]
     ExtraArgs(String),
     #[error("--{flag}: {reason}")]
@@ -52,8 +57,8 @@ pub enum Target {
         host: String,
         path: String,
     },
-    /// The built-in sim, started in-process by the bench command.
-    BuiltinSim,
+    /// The built-in sim, started in-process by the bench command; requests go to `path`.
+    BuiltinSim { path: String },
 }
 
 /// Settings echoed into the report so a summary says what produced it.
@@ -62,6 +67,8 @@ pub struct RunConfig {
     /// The first target (`builtin-sim` without --url); `urls` lists them all.
     pub url: String,
     pub urls: Vec<String>,
+    /// `chat` or `completions`: the endpoint and so the body form.
+    pub endpoint: EndpointKind,
     pub model: String,
     pub dataset: String,
     pub dataset_path: Option<PathBuf>,
@@ -149,6 +156,8 @@ pub struct BenchPlan {
     pub headers: Vec<(String, String)>,
     pub session_header: String,
     pub stream: bool,
+    /// Chat or completions (every target gets the same body form).
+    pub endpoint: EndpointKind,
     pub body: BodyShape,
     pub conversations: Arc<Vec<Conversation>>,
     /// The run's load points: one, or one per value of a sweep.
@@ -165,24 +174,30 @@ pub struct BenchPlan {
     /// `--fixed-schedule`: when each conversation's first turn is sent. Then every entry of
     /// `conversations` is scheduled exactly once and `number` is the schedule's length.
     pub fixed: Option<FixedSchedule>,
+    /// One-line notes for stderr about flags accepted but without effect (e.g.
+    /// `--tokenize-prompt`).
+    pub notes: Vec<String>,
 }
 
 impl BenchPlan {
     pub fn build(args: &BenchArgs) -> Result<BenchPlan, PlanError> {
-        let targets = if args.url.is_empty() {
-            vec![Target::BuiltinSim]
-        } else {
-            args.url
-                .iter()
-                .map(|u| parse_url(u))
-                .collect::<Result<Vec<_>, _>>()?
-        };
+        let (targets, endpoint) =
+            resolve_targets(&args.url, args.endpoint_type, args.endpoint.as_deref())?;
         let target = &targets[0];
         let model = match (&args.model, target) {
             (Some(m), _) => m.clone(),
-            (None, Target::BuiltinSim) => SIM_MODEL.to_string(),
+            (None, Target::BuiltinSim { .. }) => SIM_MODEL.to_string(),
             (None, Target::Url { .. }) => return Err(PlanError::ModelRequired),
         };
+        let mut notes = Vec::new();
+        if args.tokenize_prompt {
+            notes.push(
+                "note: --tokenize-prompt is ignored: multi-turn requests carry the history as \
+                 text (messages, or the rendered prompt on /v1/completions), as evalscope ignores \
+                 it in multi-turn mode"
+                    .to_string(),
+            );
+        }
         if let (Some(min), Some(max)) = (args.min_turns, args.max_turns) {
             if min > max {
                 return Err(PlanError::Flag {
@@ -250,7 +265,14 @@ impl BenchPlan {
         }
         let cpus = pick_cpus(args.cores)?;
         let stream = args.streaming();
-        let body = body_shape(&model, stream, args.max_tokens, args.min_tokens, &extra);
+        let body = body_shape(
+            endpoint,
+            &model,
+            stream,
+            args.max_tokens,
+            args.min_tokens,
+            &extra,
+        );
 
         let tokenizer = Arc::new(Tokenizer::load(args.tokenizer_path.as_deref())?);
         let (shard_index, shard_count) = args.shard.unwrap_or((0, 1));
@@ -321,6 +343,17 @@ impl BenchPlan {
             skipped_invalid += skipped;
             fixed = Some(schedule);
         }
+        if endpoint == EndpointKind::Completions {
+            // Sources build chat messages; /v1/completions gets them rendered as text, once.
+            for (i, c) in conversations.iter_mut().enumerate() {
+                convert_to_completions(c).map_err(|reason| {
+                    PlanError::Endpoint(format!(
+                        "conversation {i} of --dataset {dataset} cannot be sent to \
+                         /v1/completions: {reason}"
+                    ))
+                })?;
+            }
+        }
         // Turns with their own body fields get their own opening, built once here.
         for c in &mut conversations {
             for t in &mut c.turns {
@@ -330,7 +363,9 @@ impl BenchPlan {
                         merged.insert(k.clone(), v.clone());
                     }
                     let max = t.max_tokens.unwrap_or(args.max_tokens);
-                    t.open = Some(body_shape(&model, stream, max, args.min_tokens, &merged).open);
+                    t.open = Some(
+                        body_shape(endpoint, &model, stream, max, args.min_tokens, &merged).open,
+                    );
                 }
             }
         }
@@ -350,7 +385,7 @@ impl BenchPlan {
             .iter()
             .map(|t| match t {
                 Target::Url { url, .. } => url.clone(),
-                Target::BuiltinSim => "builtin-sim".to_string(),
+                Target::BuiltinSim { .. } => "builtin-sim".to_string(),
             })
             .collect();
         // --request-count: whole conversations, in sequence order, until their turns reach it.
@@ -377,6 +412,7 @@ impl BenchPlan {
         let config = RunConfig {
             url: url_labels[0].clone(),
             urls: url_labels,
+            endpoint,
             model: model.clone(),
             dataset: dataset.clone(),
             dataset_path: args.dataset_path.clone(),
@@ -417,6 +453,7 @@ impl BenchPlan {
             headers,
             session_header,
             stream,
+            endpoint,
             body,
             conversations: Arc::new(conversations),
             points,
@@ -429,6 +466,7 @@ impl BenchPlan {
             tokenizer,
             sampling,
             fixed,
+            notes,
         })
     }
 }
@@ -927,8 +965,129 @@ fn dataset_params(args: &BenchArgs) -> Result<DatasetParams, PlanError> {
     })
 }
 
-/// Parses `--url`: http only; a bare base URL gets `/v1/chat/completions`.
-pub fn parse_url(url: &str) -> Result<Target, PlanError> {
+/// The path part of a `--url`.
+#[derive(Debug, PartialEq)]
+enum UrlPath {
+    /// A base the endpoint's path goes under: empty (`http://host:port`), `…/v1`, or (with
+    /// `--endpoint`) any other prefix.
+    Base(String),
+    /// A full endpoint path, and the endpoint it names.
+    Endpoint(String, EndpointKind),
+}
+
+/// A parsed `--url`.
+struct ParsedUrl {
+    url: String,
+    addr: SocketAddr,
+    host: String,
+    path: UrlPath,
+}
+
+/// The targets of `--url` (the built-in sim without one) and the endpoint every request goes
+/// to: `--endpoint-type`, else the endpoint the `--endpoint` path or the URLs name, else chat.
+/// A URL or `--endpoint` that names another endpoint than the one chosen is an error, as is a
+/// URL path that disagrees with `--endpoint`.
+pub fn resolve_targets(
+    urls: &[String],
+    endpoint_type: Option<EndpointKind>,
+    endpoint: Option<&str>,
+) -> Result<(Vec<Target>, EndpointKind), PlanError> {
+    if let Some(p) = endpoint {
+        if !p.starts_with('/') || p.parse::<hyper::Uri>().is_err() {
+            return Err(PlanError::Endpoint(format!(
+                "--endpoint {p}: a request path such as /v1/chat/completions"
+            )));
+        }
+    }
+    let parsed = urls
+        .iter()
+        .map(|u| parse_url(u, endpoint.is_some()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let by_endpoint = endpoint.and_then(EndpointKind::named_by);
+    let by_url = parsed.iter().find_map(|p| match &p.path {
+        UrlPath::Endpoint(_, kind) => Some((&p.url, *kind)),
+        UrlPath::Base(_) => None,
+    });
+    let kind = endpoint_type
+        .or(by_endpoint)
+        .or(by_url.map(|(_, k)| k))
+        .unwrap_or_default();
+    // Why this endpoint was chosen, for the messages below.
+    let chosen_by = match (endpoint_type, by_endpoint, by_url) {
+        (Some(k), _, _) => format!("--endpoint-type {}", k.as_str()),
+        (None, Some(_), _) => format!("--endpoint {}", endpoint.unwrap_or_default()),
+        (None, None, Some((url, _))) => format!("--url {url}"),
+        (None, None, None) => "the default (chat)".to_string(),
+    };
+    if let (Some(named), Some(p)) = (by_endpoint, endpoint) {
+        if named != kind {
+            return Err(PlanError::Endpoint(format!(
+                "--endpoint {p} is the {} endpoint, but {chosen_by} sends {} requests",
+                named.as_str(),
+                kind.as_str()
+            )));
+        }
+    }
+    let mut targets = Vec::with_capacity(parsed.len());
+    for p in parsed {
+        let path = match (&p.path, endpoint) {
+            (UrlPath::Endpoint(path, named), _) if *named != kind => {
+                return Err(PlanError::Url {
+                    url: p.url.clone(),
+                    reason: format!(
+                        "names the {} endpoint ({path}), but {chosen_by} sends {} requests \
+                         (to {}); give the base URL or the matching path",
+                        named.as_str(),
+                        kind.as_str(),
+                        kind.default_path()
+                    ),
+                })
+            }
+            (UrlPath::Endpoint(path, _), Some(e)) if path != e => {
+                return Err(PlanError::Url {
+                    url: p.url.clone(),
+                    reason: format!(
+                        "names the path {path}, but --endpoint says {e}; give one of them"
+                    ),
+                })
+            }
+            (UrlPath::Endpoint(path, _), _) => path.clone(),
+            (UrlPath::Base(base), Some(e)) => {
+                // AIPerf's `--url host:port --endpoint /v1/…`; a base that already starts the
+                // endpoint path (`…/v1` and `/v1/…`) is not repeated.
+                if base.is_empty() || e.starts_with(&format!("{base}/")) {
+                    e.to_string()
+                } else {
+                    format!("{base}{e}")
+                }
+            }
+            (UrlPath::Base(base), None) => {
+                let suffix = &kind.default_path()["/v1".len()..];
+                if base.is_empty() {
+                    kind.default_path().to_string()
+                } else {
+                    format!("{base}{suffix}")
+                }
+            }
+        };
+        targets.push(Target::Url {
+            url: p.url,
+            addr: p.addr,
+            host: p.host,
+            path,
+        });
+    }
+    if targets.is_empty() {
+        targets.push(Target::BuiltinSim {
+            path: endpoint.unwrap_or(kind.default_path()).to_string(),
+        });
+    }
+    Ok((targets, kind))
+}
+
+/// Parses one `--url`: http only, `host:port` without a scheme means http. Without
+/// `--endpoint` (`any_base`), its path must be empty, `…/v1`, or an endpoint path.
+fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
     let err = |reason: &str| PlanError::Url {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -962,15 +1121,16 @@ pub fn parse_url(url: &str) -> Result<Target, PlanError> {
         .map_err(|e| err(&format!("cannot resolve host: {e}")))?
         .next()
         .ok_or_else(|| err("host resolves to no address"))?;
-    let path = match uri.path() {
-        "" | "/" => "/v1/chat/completions".to_string(),
-        p if p.ends_with("/chat/completions") || p.ends_with("/completions") => p.to_string(),
-        p if p.ends_with("/v1") || p.ends_with("/v1/") => {
-            format!("{}/chat/completions", p.trim_end_matches('/'))
+    let raw = uri.path().trim_end_matches('/');
+    let path = match EndpointKind::named_by(raw) {
+        Some(kind) => UrlPath::Endpoint(raw.to_string(), kind),
+        None if raw.is_empty() || raw.ends_with("/v1") || any_base => {
+            UrlPath::Base(raw.to_string())
         }
-        p => {
+        None => {
             return Err(err(&format!(
-                "path `{p}` is not a chat/completions endpoint; give the base URL or …/v1/chat/completions"
+                "path `{raw}` is not a chat/completions endpoint; give the base URL, \
+                 …/v1/chat/completions or …/v1/completions (or the path with --endpoint)"
             )))
         }
     };
@@ -978,7 +1138,7 @@ pub fn parse_url(url: &str) -> Result<Target, PlanError> {
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
-    Ok(Target::Url {
+    Ok(ParsedUrl {
         url: url.to_string(),
         addr,
         host: host_header,
@@ -1010,8 +1170,10 @@ fn parse_extra_args(raw: Option<&str>) -> Result<Map<String, Value>, PlanError> 
     Ok(map)
 }
 
-/// The fixed body pieces: every field but `messages`, which the engine appends per turn.
+/// The fixed body pieces: every field but `messages` (chat) or `prompt` (completions), which
+/// the engine appends per turn.
 pub fn body_shape(
+    kind: EndpointKind,
     model: &str,
     stream: bool,
     max_tokens: u32,
@@ -1034,18 +1196,20 @@ pub fn body_shape(
     for (k, v) in extra {
         fields.insert(k.clone(), v.clone());
     }
-    let open = open_fields(&fields, true);
+    let open = open_fields(&fields, true, kind);
     fields.remove("max_tokens");
-    let open_without_max = open_fields(&fields, false);
+    let open_without_max = open_fields(&fields, false, kind);
     BodyShape {
         open: Bytes::from(open),
         open_without_max: Bytes::from(open_without_max),
         max_tokens_field: "max_tokens",
+        kind,
     }
 }
 
-/// `{"a":1,"b":2` → `{"a":1,"b":2,"messages":[` (with the brace) or `"a":1,"b":2,"messages":[`.
-fn open_fields(fields: &Map<String, Value>, with_brace: bool) -> String {
+/// `{"a":1,"b":2` → `{"a":1,"b":2,"messages":[` (with the brace) or `"a":1,"b":2,"messages":[`;
+/// for completions `…,"prompt":"`.
+fn open_fields(fields: &Map<String, Value>, with_brace: bool, kind: EndpointKind) -> String {
     let full = Value::Object(fields.clone()).to_string();
     let inner = &full[1..full.len() - 1];
     let mut out = String::with_capacity(full.len() + 16);
@@ -1056,7 +1220,10 @@ fn open_fields(fields: &Map<String, Value>, with_brace: bool) -> String {
     if !inner.is_empty() {
         out.push(',');
     }
-    out.push_str("\"messages\":[");
+    out.push_str(match kind {
+        EndpointKind::Chat => "\"messages\":[",
+        EndpointKind::Completions => "\"prompt\":\"",
+    });
     out
 }
 
@@ -1341,23 +1508,132 @@ mod tests {
         assert_eq!(v["fixed_schedule"], Value::Null);
     }
 
+    /// The paths and the endpoint `--url`s (with `--endpoint-type` / `--endpoint`) resolve to.
+    fn resolve(
+        urls: &[&str],
+        kind: Option<EndpointKind>,
+        endpoint: Option<&str>,
+    ) -> Result<(Vec<String>, EndpointKind), String> {
+        let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+        let (targets, kind) = resolve_targets(&urls, kind, endpoint).map_err(|e| e.to_string())?;
+        let paths = targets
+            .into_iter()
+            .map(|t| match t {
+                Target::Url { path, .. } | Target::BuiltinSim { path } => path,
+            })
+            .collect();
+        Ok((paths, kind))
+    }
+
+    fn path(u: &str) -> String {
+        resolve(&[u], None, None).unwrap().0.remove(0)
+    }
+
     #[test]
     fn url_forms() {
-        let path = |u: &str| match parse_url(u).unwrap() {
-            Target::Url { path, .. } => path,
-            _ => unreachable!(),
-        };
         assert_eq!(path("http://127.0.0.1:8000"), "/v1/chat/completions");
         assert_eq!(path("http://127.0.0.1:8000/v1"), "/v1/chat/completions");
+        assert_eq!(path("http://127.0.0.1:8000/v1/"), "/v1/chat/completions");
         assert_eq!(
             path("http://127.0.0.1:8000/v1/completions"),
             "/v1/completions"
         );
-        assert!(parse_url("https://127.0.0.1").is_err());
+        assert!(resolve(&["https://127.0.0.1"], None, None).is_err());
         assert_eq!(path("127.0.0.1:8000"), "/v1/chat/completions");
-        assert!(parse_url("ftp://127.0.0.1:8000").is_err());
-        assert!(parse_url("http://127.0.0.1:99999").is_err());
-        assert!(parse_url("http://127.0.0.1:8000/foo").is_err());
+        assert!(resolve(&["ftp://127.0.0.1:8000"], None, None).is_err());
+        assert!(resolve(&["http://127.0.0.1:99999"], None, None).is_err());
+        let foo = resolve(&["http://127.0.0.1:8000/foo"], None, None).unwrap_err();
+        assert!(foo.contains("--endpoint"), "{foo}");
+    }
+
+    #[test]
+    fn endpoint_type_and_path() {
+        use EndpointKind::{Chat, Completions};
+        let ok = |urls: &[&str], kind, endpoint| resolve(urls, kind, endpoint).unwrap();
+        let one = |p: &str, k| (vec![p.to_string()], k);
+        // The URL's path picks the endpoint; --endpoint-type picks it for a base URL.
+        assert_eq!(
+            ok(&["127.0.0.1:1/v1/completions"], None, None),
+            one("/v1/completions", Completions)
+        );
+        assert_eq!(
+            ok(&["127.0.0.1:1"], Some(Completions), None),
+            one("/v1/completions", Completions)
+        );
+        assert_eq!(
+            ok(&["http://127.0.0.1:1/compat/v1"], Some(Completions), None),
+            one("/compat/v1/completions", Completions)
+        );
+        assert_eq!(
+            ok(&["127.0.0.1:1/v1/chat/completions"], Some(Chat), None),
+            one("/v1/chat/completions", Chat)
+        );
+        // AIPerf: --url host:port --endpoint-type chat --endpoint /v1/chat/completions.
+        let aiperf = ok(&["localhost:1"], Some(Chat), Some("/v1/chat/completions"));
+        assert_eq!(aiperf, one("/v1/chat/completions", Chat));
+        // --endpoint alone: its path, and the endpoint it names.
+        assert_eq!(
+            ok(&["127.0.0.1:1"], None, Some("/v1/completions")),
+            one("/v1/completions", Completions)
+        );
+        assert_eq!(
+            ok(&["127.0.0.1:1/v1"], None, Some("/v1/completions")),
+            one("/v1/completions", Completions)
+        );
+        assert_eq!(
+            ok(&["127.0.0.1:1/gw"], Some(Completions), Some("/gen")),
+            one("/gw/gen", Completions)
+        );
+        // Without --url: the built-in sim, at the endpoint's path.
+        assert_eq!(
+            ok(&[], Some(Completions), None),
+            one("/v1/completions", Completions)
+        );
+        assert_eq!(ok(&[], None, None), one("/v1/chat/completions", Chat));
+        // Several URLs naming the same endpoint.
+        let two = ok(&["127.0.0.1:1/v1/completions", "127.0.0.2:2"], None, None);
+        assert_eq!(two.0, ["/v1/completions", "/v1/completions"]);
+
+        let err = |urls: &[&str], kind, endpoint| resolve(urls, kind, endpoint).unwrap_err();
+        let e = err(
+            &["127.0.0.1:1/v1/chat/completions"],
+            Some(Completions),
+            None,
+        );
+        assert!(
+            e.contains("names the chat endpoint") && e.contains("--endpoint-type completions"),
+            "{e}"
+        );
+        let e = err(&["127.0.0.1:1/v1/completions"], Some(Chat), None);
+        assert!(e.contains("names the completions endpoint"), "{e}");
+        let e = err(
+            &["127.0.0.1:1/v1/completions"],
+            None,
+            Some("/v1/chat/completions"),
+        );
+        assert!(e.contains("--endpoint /v1/chat/completions"), "{e}");
+        let e = err(
+            &["127.0.0.1:1"],
+            Some(Completions),
+            Some("/v1/chat/completions"),
+        );
+        assert!(e.contains("is the chat endpoint"), "{e}");
+        let e = err(
+            &[
+                "127.0.0.1:1/v1/completions",
+                "127.0.0.2:2/v1/chat/completions",
+            ],
+            None,
+            None,
+        );
+        assert!(e.contains("127.0.0.2:2"), "{e}");
+        let e = err(
+            &["127.0.0.1:1/v1/x/completions"],
+            None,
+            Some("/v1/completions"),
+        );
+        assert!(e.contains("--endpoint says /v1/completions"), "{e}");
+        assert!(err(&["127.0.0.1:1"], None, Some("v1/completions")).contains("request path"));
     }
 
     fn load(flags: &[&str]) -> Result<(Vec<PointSpec>, LoadFlags), String> {
@@ -1466,7 +1742,7 @@ mod tests {
     #[test]
     fn body_shape_merges_extra_args() {
         let extra = parse_extra_args(Some(r#"{"ignore_eos": true, "max_tokens": 7}"#)).unwrap();
-        let shape = body_shape("m", true, 100, Some(3), &extra);
+        let shape = body_shape(EndpointKind::Chat, "m", true, 100, Some(3), &extra);
         let full = format!("{}]}}", std::str::from_utf8(&shape.open).unwrap());
         let v: Value = serde_json::from_str(&full).unwrap();
         assert_eq!(v["ignore_eos"], true);
@@ -1479,6 +1755,28 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&no_max).unwrap();
         assert_eq!(v["max_tokens"], 9);
+    }
+
+    #[test]
+    fn completions_body_shape_opens_the_prompt() {
+        let extra = parse_extra_args(Some(r#"{"ignore_eos": true}"#)).unwrap();
+        let shape = body_shape(EndpointKind::Completions, "m", false, 5, None, &extra);
+        assert_eq!(shape.kind, EndpointKind::Completions);
+        let full = format!("{}hi\"}}", std::str::from_utf8(&shape.open).unwrap());
+        let v: Value = serde_json::from_str(&full).unwrap();
+        assert_eq!(v["prompt"], "hi");
+        assert_eq!(v["max_tokens"], 5);
+        assert_eq!(v["stream"], false);
+        assert!(v.get("stream_options").is_none() && v.get("messages").is_none());
+        let no_max = format!(
+            "{{\"max_tokens\":9,{}x\"}}",
+            std::str::from_utf8(&shape.open_without_max).unwrap()
+        );
+        let v: Value = serde_json::from_str(&no_max).unwrap();
+        assert_eq!(
+            (v["max_tokens"].as_u64(), v["prompt"].as_str()),
+            (Some(9), Some("x"))
+        );
     }
 
     #[test]

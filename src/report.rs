@@ -718,6 +718,7 @@ mod tests {
         RunConfig {
             url: "u".into(),
             urls: vec!["u".into()],
+            endpoint: Default::default(),
             model: "m".into(),
             dataset: "d".into(),
             dataset_path: None,

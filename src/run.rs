@@ -71,7 +71,7 @@ impl Resources {
                 Target::Url {
                     addr, host, path, ..
                 } => (*addr, host.clone(), path.clone()),
-                Target::BuiltinSim => {
+                Target::BuiltinSim { path } => {
                     let sim_args = sim::SimArgs {
                         port: 0,
                         ..Default::default()
@@ -79,7 +79,7 @@ impl Resources {
                     let handle = sim::spawn(&sim_args, plan.tokenizer.clone())?;
                     let addr = handle.addr;
                     sim_handle = Some(handle);
-                    (addr, addr.to_string(), "/v1/chat/completions".to_string())
+                    (addr, addr.to_string(), path.clone())
                 }
             };
             endpoints.push(Endpoint {

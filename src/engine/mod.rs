@@ -26,7 +26,9 @@ use crate::workload::fixed::FixedSchedule;
 use crate::workload::sampling::Sampler;
 use crate::workload::Conversation;
 
-pub use cursor::{assemble_body, BodyShape};
+pub use cursor::{
+    assemble_body, completions_delta, convert_to_completions, BodyShape, EndpointKind,
+};
 pub use schedule::{ArrivalMode, RampStrategy, RateRamp, RateSpec};
 
 /// How conversations start in one phase.

@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub(crate) usage: super::UsageMode,
     /// Lower-case name of the header carrying the conversation id.
     pub(crate) session_header: String,
+    pub(crate) record_prompts: bool,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> SimError {
@@ -105,6 +106,7 @@ impl Config {
             pm_qos: !a.advanced.no_pm_qos,
             usage: a.advanced.usage,
             session_header: a.advanced.session_header.to_ascii_lowercase(),
+            record_prompts: a.advanced.record_prompts,
         })
     }
 }

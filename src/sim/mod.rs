@@ -150,6 +150,11 @@ pub struct SimAdvancedArgs {
     /// `--session-header`).
     #[arg(long, default_value = crate::client::SESSION_HEADER)]
     pub session_header: String,
+    /// With --record: also write each request's prompt as the sim tokenized it (`prompt_text`:
+    /// a completions prompt as sent, a chat request's messages in the ChatML rendering), to
+    /// check what a client sent. Makes the record as large as the prompts.
+    #[arg(long)]
+    pub record_prompts: bool,
 }
 
 /// See `--usage`.
@@ -172,6 +177,7 @@ impl Default for SimAdvancedArgs {
             no_pm_qos: false,
             usage: UsageMode::Full,
             session_header: crate::client::SESSION_HEADER.into(),
+            record_prompts: false,
         }
     }
 }

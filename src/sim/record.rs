@@ -100,6 +100,10 @@ pub struct Record {
     pub failed: bool,
     /// Error message sent, for 4xx/5xx.
     pub error: Option<String>,
+    /// The prompt as tokenized (`--record-prompts` only): a completions text prompt as sent, or a
+    /// chat request's messages rendered as ChatML with the generation prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_text: Option<String>,
 }
 
 enum Msg {

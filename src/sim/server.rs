@@ -36,7 +36,7 @@ use super::stream::{full_reply, Run, RunSpec, SimBody, SseBody};
 use super::SimError;
 use crate::clock::{instant_at, now_ns};
 use crate::net::{HyperIo, ReadStamp};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{render_chat, Tokenizer};
 
 /// State shared by every executor.
 pub(crate) struct Shared {
@@ -506,6 +506,11 @@ async fn generate(
                     r.message_roles = msgs.iter().map(|m| m.role.to_owned()).collect();
                     r.message_hashes = msgs.iter().map(|m| hash_hex(m.content_hash)).collect();
                     r.message_tokens = msgs.iter().map(|m| enc.bare_tokens(m)).collect();
+                    if cfg.record_prompts {
+                        let mut text = String::new();
+                        render_chat(msgs.iter().map(|m| (m.role, m.content)), &mut text);
+                        r.prompt_text = Some(text);
+                    }
                 }
             }
             Input::Completion(Prompt::Text(text)) => {
@@ -517,6 +522,9 @@ async fn generate(
                     r.message_roles = vec!["prompt".to_owned()];
                     r.message_hashes = vec![hash_hex(h)];
                     r.message_tokens = vec![ids.len() as u64];
+                    if cfg.record_prompts {
+                        r.prompt_text = Some(text.to_string());
+                    }
                 }
             }
             Input::Completion(Prompt::Ids(prompt_ids)) => {
