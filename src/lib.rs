@@ -4,9 +4,12 @@
 //! How the pieces fit, in the order a run flows through them:
 //!
 //! - [`cli`] parses flags (evalscope and AIPerf spellings) and only validates them.
-//! - [`plan`] turns validated flags into a [`plan::BenchPlan`]: a pure value with the target, the
-//!   load shape and the synthesized conversations. All tokenizer and synthesis work happens here,
-//!   before any I/O executor starts.
+//! - [`plan`] turns the flags into a [`plan::Plan`]: a pure value with everything the flags
+//!   decide (targets as parsed URLs, body, load points, dataset to build, cores asked for,
+//!   output name). No I/O, so every flag error comes first and plans are unit-tested.
+//! - [`resources`] does the I/O a plan asks for, in one place, before any executor starts:
+//!   the tokenizer, the conversations (all tokenizer and synthesis work), the final load points,
+//!   socket addresses, CPUs, the run directory and, without `--url`, the built-in sim.
 //! - [`workload`] owns the conversation sources (`random_multi_turn`, …) and the immutable,
 //!   pre-serialized turn data the engine sends.
 //! - [`engine`] pins one glommio executor per core; each follows its share of the load
@@ -18,8 +21,9 @@
 //!   [`sse`] framing and [`chunk`] parsing (simd-json), stamping every read with [`clock`].
 //! - [`metrics`] merges per-core histograms once at the end; [`report`] prints the tables and
 //!   writes `summary.json`.
-//! - [`run`] is the pipeline after the plan: resources built in one place, each load point run
-//!   through the engine into a summary, files written. `main.rs` only calls it.
+//! - [`run`] runs a plan with its resources: each load point through the engine into a
+//!   summary ([`run::run_point`], callable in-process by tests), files written ([`run::bench`]).
+//!   `main.rs` only chains `Plan::from_args` → `Resources::build` → `run::bench`.
 //! - [`sim`] is the built-in OpenAI-compatible server: the default target and every test's
 //!   ground truth.
 //! - [`tokenizer`] wraps the HF tokenizer (builtin Qwen2 BPE or a user's tokenizer.json) and the
@@ -39,6 +43,7 @@ pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod report;
+pub mod resources;
 pub mod run;
 pub mod signal;
 pub mod sim;

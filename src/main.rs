@@ -6,7 +6,8 @@ use mimalloc::MiMalloc;
 use parley::cli::{
     BenchArgs, Command, DatasetArgs, DatasetBuildSource, DatasetCommand, DoctorArgs,
 };
-use parley::plan::BenchPlan;
+use parley::plan::Plan;
+use parley::resources::Resources;
 use parley::tokenizer::Tokenizer;
 use parley::workload::swe_smith;
 use parley::{doctor, run, signal, sim};
@@ -79,13 +80,15 @@ fn run_doctor(args: &DoctorArgs) -> Result<()> {
     Ok(())
 }
 
+/// The pipeline: flags → [`Plan`] (pure) → [`Resources`] (the I/O) → [`run::bench`] (each
+/// point run, reported and written) → shutdown.
 fn bench(args: &BenchArgs) -> Result<()> {
     signal::install();
-    let plan = BenchPlan::build(args)?;
+    let plan = Plan::from_args(args)?;
     for note in &plan.notes {
         eprintln!("{note}");
     }
-    let resources = run::Resources::build(&plan)?;
+    let resources = Resources::build(&plan)?;
     let result = run::bench(&plan, &resources, run::Console { quiet: args.quiet });
     resources.shutdown();
     result?;

@@ -1,28 +1,25 @@
-//! From validated flags to a run plan: a plain value holding the target, the load shape, the
-//! request body pieces and the synthesized conversations.
+//! Stage 1 of a bench run: validated flags become a [`Plan`], a pure value holding everything
+//! the flags alone decide — the targets as parsed (not resolved) URLs, the request body pieces,
+//! the load points and shape, the dataset to build and how, the cores asked for, the timeouts
+//! and where the files go.
 //!
-//! All tokenizer and synthesis work happens here, before any I/O executor starts, so the hot
-//! path never tokenizes. Every error names the flag (or file) at fault.
+//! [`Plan::from_args`] does no I/O at all: no file is read, no host resolved, no tokenizer
+//! loaded, no clock or CPU affinity read; so every flag error comes before any work and the
+//! plan is unit-tested from flag lists. Stage 2, [`crate::resources::Resources`], does the I/O
+//! the plan asks for; stage 3, [`crate::run`], runs it. Every error names the flag at fault.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::cli::BenchArgs;
-use crate::engine::{
-    convert_to_completions, ArrivalMode, BodyShape, EndpointKind, Load, RampStrategy, RateRamp,
-    RateSpec, Shape,
-};
-use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::workload::fixed::{self, FixedError, FixedOptions, FixedSchedule};
-use crate::workload::sampling::{Sampler, SamplingStrategy};
-use crate::workload::{
-    self, ContextMode, Conversation, DatasetError, DatasetFlag, DatasetParams, Selection,
-};
+use crate::engine::{ArrivalMode, BodyShape, EndpointKind, RampStrategy};
+use crate::workload::fixed::FixedOptions;
+use crate::workload::sampling::SamplingStrategy;
+use crate::workload::{self, ContextMode, DatasetError, DatasetFlag, DatasetParams, Selection};
 
 /// Model name the built-in sim serves when `parley bench` starts it.
 pub const SIM_MODEL: &str = "parley-sim";
@@ -40,28 +37,49 @@ pub enum PlanError {
     #[error("--{flag}: {reason}")]
     Flag { flag: &'static str, reason: String },
     #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error(transparent)]
     Dataset(#[from] DatasetError),
-    #[error("--dataset {dataset}: {source}")]
-    Fixed { dataset: String, source: FixedError },
 }
 
-/// Where requests go.
+/// Where requests go, as the flags say it (a host name is resolved by
+/// [`crate::resources::Resources::build`]).
 #[derive(Clone, Debug)]
 pub enum Target {
     /// A server given by `--url`.
     Url {
+        /// `--url` as given.
         url: String,
-        addr: SocketAddr,
+        /// The host to resolve (IPv6 without brackets).
         host: String,
-        path: String,
+        port: u16,
+        /// `Host` header value.
+        host_header: HeaderValue,
+        /// Request path.
+        path: hyper::Uri,
     },
-    /// The built-in sim, started in-process by the bench command; requests go to `path`.
-    BuiltinSim { path: String },
+    /// The built-in sim, started by [`crate::resources::Resources::build`]; requests go to
+    /// `path`.
+    BuiltinSim { path: hyper::Uri },
 }
 
-/// Settings echoed into the report so a summary says what produced it.
+impl Target {
+    /// The request path.
+    pub fn path(&self) -> &hyper::Uri {
+        match self {
+            Target::Url { path, .. } | Target::BuiltinSim { path } => path,
+        }
+    }
+
+    /// How reports name it: the `--url`, or `builtin-sim`.
+    pub fn label(&self) -> &str {
+        match self {
+            Target::Url { url, .. } => url,
+            Target::BuiltinSim { .. } => "builtin-sim",
+        }
+    }
+}
+
+/// Settings echoed into the report so a summary says what produced it: the plan's, and the
+/// facts the resources add (pool size, skipped, tokenizer, cores).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunConfig {
     /// The first target (`builtin-sim` without --url); `urls` lists them all.
@@ -113,7 +131,7 @@ pub struct PoolConfig {
     pub fixed_schedule: Option<FixedOptions>,
 }
 
-/// One point of the load: what varies across a sweep.
+/// One point of the load: what varies across a sweep, with its conversation count final.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Point {
     /// Run directory name inside a sweep (`parallel_5_number_10`, `rate_2_number_20`, …).
@@ -123,6 +141,16 @@ pub struct Point {
     /// Open loop: new conversations per second.
     pub rate_per_s: Option<f64>,
     /// Conversations to run (`None`: until --duration).
+    pub number: Option<u64>,
+}
+
+/// A point as the flags give it. Its conversation count is final only with the conversations:
+/// `--request-count` and `--fixed-schedule` set it then ([`crate::resources::Resources`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PointSpec {
+    pub parallel: Option<u32>,
+    pub rate_per_s: Option<f64>,
+    /// `--number` (or its default); `None` with `--duration` or `--request-count` alone.
     pub number: Option<u64>,
 }
 
@@ -146,45 +174,71 @@ pub struct LoadConfig {
     pub request_count: Option<u64>,
 }
 
-/// A validated, ready-to-run benchmark.
-pub struct BenchPlan {
+/// The conversations to build and how (built by [`crate::resources::Resources::build`]).
+#[derive(Clone, Debug)]
+pub struct DatasetPlan {
+    /// `--dataset`, or the one the flags imply.
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub params: DatasetParams,
+    /// Offset, shard and how many to build.
+    pub selection: Selection,
+    /// `--shard` as given.
+    pub shard: Option<(u64, u64)>,
+    pub skip_invalid: bool,
+    pub context_mode: Option<ContextMode>,
+    /// `--num-dataset-entries`, the sampling strategy and the fixed schedule's options.
+    pub pool: PoolConfig,
+    /// With `--fixed-schedule`: the largest `--number` given, which keeps only the earliest.
+    pub fixed_number: Option<u64>,
+    /// `--tokenizer-path` (`None` or `builtin`: the builtin tokenizer).
+    pub tokenizer_path: Option<PathBuf>,
+}
+
+/// A validated benchmark: everything the flags decide, and nothing read from the outside.
+#[derive(Clone, Debug)]
+pub struct Plan {
     /// One per `--url` (the built-in sim when none).
     pub targets: Vec<Target>,
     pub model: String,
-    pub authorization: Option<String>,
-    /// `--header` lines as (name, value).
-    pub headers: Vec<(String, String)>,
-    pub session_header: String,
+    /// `Authorization` header value (`Bearer <--api-key>`).
+    pub authorization: Option<HeaderValue>,
+    /// `--header` lines.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub session_header: HeaderName,
     pub stream: bool,
     /// Chat or completions (every target gets the same body form).
     pub endpoint: EndpointKind,
     pub body: BodyShape,
-    pub conversations: Arc<Vec<Conversation>>,
+    /// The body fields a turn's own fields are merged over (its own opening).
+    pub max_tokens: u32,
+    pub min_tokens: Option<u32>,
+    pub extra_args: Map<String, Value>,
     /// The run's load points: one, or one per value of a sweep.
-    pub points: Vec<Point>,
+    pub points: Vec<PointSpec>,
     pub load: LoadConfig,
-    pub cpus: Vec<usize>,
+    pub dataset: DatasetPlan,
+    /// `--cores`: how many of the CPUs this process may use (`None`: all).
+    pub cores: Option<u32>,
+    pub spin: bool,
+    pub seed: u64,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    pub run_dir: PathBuf,
-    pub config: RunConfig,
-    pub tokenizer: Arc<Tokenizer>,
-    /// Which pool entry claim k runs (`--dataset-sampling-strategy`); each core clones it.
-    pub sampling: Sampler,
-    /// `--fixed-schedule`: when each conversation's first turn is sent. Then every entry of
-    /// `conversations` is scheduled exactly once and `number` is the schedule's length.
-    pub fixed: Option<FixedSchedule>,
+    /// Run directories go in `<outputs_dir>/<timestamp>/<name>`.
+    pub outputs_dir: PathBuf,
+    /// The run's name (`--name`, else the model's last path part), safe as a directory name.
+    pub name: String,
     /// One-line notes for stderr about flags accepted but without effect (e.g.
     /// `--tokenize-prompt`).
     pub notes: Vec<String>,
 }
 
-impl BenchPlan {
-    pub fn build(args: &BenchArgs) -> Result<BenchPlan, PlanError> {
+impl Plan {
+    /// Validates the flags into a plan. Pure: reads nothing but `args`.
+    pub fn from_args(args: &BenchArgs) -> Result<Plan, PlanError> {
         let (targets, endpoint) =
-            resolve_targets(&args.url, args.endpoint_type, args.endpoint.as_deref())?;
-        let target = &targets[0];
-        let model = match (&args.model, target) {
+            parse_targets(&args.url, args.endpoint_type, args.endpoint.as_deref())?;
+        let model = match (&args.model, &targets[0]) {
             (Some(m), _) => m.clone(),
             (None, Target::BuiltinSim { .. }) => SIM_MODEL.to_string(),
             (None, Target::Url { .. }) => return Err(PlanError::ModelRequired),
@@ -225,17 +279,19 @@ impl BenchPlan {
         let extra = parse_extra_args(args.extra_args.as_deref())?;
         let headers = parse_headers(&args.header)?;
         let session_header = match &args.session_header {
-            Some(name) => {
-                check_header_name(name)?;
-                name.to_ascii_lowercase()
-            }
-            None => crate::client::SESSION_HEADER.to_string(),
+            Some(name) => check_header_name(name)?,
+            None => HeaderName::from_static(crate::client::SESSION_HEADER),
         };
-        let (point_specs, mut load) = load_config(args)?;
+        let authorization = args
+            .api_key
+            .as_ref()
+            .map(|k| header_value("api-key", &format!("Bearer {k}")))
+            .transpose()?;
+        let (mut points, mut load) = load_config(args)?;
         let params = dataset_params(args)?;
         let dataset = dataset_name(args, &params);
-        // Before the tokenizer loads or a file is read: flags the source would ignore, and a
-        // fixed schedule over a format that records no send times.
+        // Flags the source would ignore, and a fixed schedule over a format that records no
+        // send times.
         let source = workload::check_flags(&dataset, &params)?;
         let fixed_options = fixed_options(args)?;
         if fixed_options.is_some() {
@@ -263,7 +319,6 @@ impl BenchPlan {
                 ),
             });
         }
-        let cpus = pick_cpus(args.cores)?;
         let stream = args.streaming();
         let body = body_shape(
             endpoint,
@@ -273,8 +328,6 @@ impl BenchPlan {
             args.min_tokens,
             &extra,
         );
-
-        let tokenizer = Arc::new(Tokenizer::load(args.tokenizer_path.as_deref())?);
         let (shard_index, shard_count) = args.shard.unwrap_or((0, 1));
         let selection = Selection {
             offset: args.dataset_offset,
@@ -282,92 +335,23 @@ impl BenchPlan {
             shard_count,
             limit: pool_limit(
                 args.num_dataset_entries,
-                &point_specs,
+                &points,
                 &load,
                 fixed_options.is_some(),
             ),
         };
-        let (built, skipped_invalid) = workload::build(
-            &dataset,
-            args.dataset_path.as_deref(),
-            &tokenizer,
-            &params,
-            selection,
-            args.skip_invalid,
-        )?;
-        let mut conversations = built.conversations;
-        let mut skipped_invalid = skipped_invalid;
-        if let Some(mode) = args.context_mode {
-            let mut kept = Vec::with_capacity(conversations.len());
-            for (i, mut c) in conversations.into_iter().enumerate() {
-                match c.convert(mode, |reply| Some(message_tokens(&tokenizer, reply))) {
-                    Ok(()) => kept.push(c),
-                    // A conversation that cannot be sent this way is bad input like any other:
-                    // --skip-invalid leaves it out and counts it.
-                    Err(_) if args.skip_invalid => skipped_invalid += 1,
-                    Err(reason) => {
-                        return Err(PlanError::Flag {
-                            flag: "context-mode",
-                            reason: format!(
-                                "conversation {i} of --dataset {dataset}: {reason} \
-                                 (--skip-invalid leaves such conversations out)"
-                            ),
-                        })
-                    }
-                }
-            }
-            if kept.is_empty() {
-                return Err(PlanError::Flag {
-                    flag: "context-mode",
-                    reason: format!(
-                        "no conversation of --dataset {dataset} can be sent as {}",
-                        mode.as_str()
-                    ),
-                });
-            }
-            conversations = kept;
-        }
-        let mut fixed = None;
-        if let Some(opts) = &fixed_options {
-            let (pool, schedule, skipped) = fixed_pool(
-                conversations,
-                opts,
-                args.number.iter().copied().max(),
-                args.skip_invalid,
-            )
-            .map_err(|source| PlanError::Fixed {
-                dataset: dataset.clone(),
-                source,
-            })?;
-            conversations = pool;
-            skipped_invalid += skipped;
-            fixed = Some(schedule);
-        }
-        if endpoint == EndpointKind::Completions {
-            // Sources build chat messages; /v1/completions gets them rendered as text, once.
-            for (i, c) in conversations.iter_mut().enumerate() {
-                convert_to_completions(c).map_err(|reason| {
-                    PlanError::Endpoint(format!(
-                        "conversation {i} of --dataset {dataset} cannot be sent to \
-                         /v1/completions: {reason}"
-                    ))
-                })?;
+        if fixed_options.is_some() && args.parallel.is_empty() {
+            // A fixed schedule runs its conversations once each, at their times; --parallel,
+            // when given, caps them.
+            for p in &mut points {
+                p.parallel = None;
             }
         }
-        // Turns with their own body fields get their own opening, built once here.
-        for c in &mut conversations {
-            for t in &mut c.turns {
-                if let Some(turn_extra) = &t.extra {
-                    let mut merged = extra.clone();
-                    for (k, v) in turn_extra.iter() {
-                        merged.insert(k.clone(), v.clone());
-                    }
-                    let max = t.max_tokens.unwrap_or(args.max_tokens);
-                    t.open = Some(
-                        body_shape(endpoint, &model, stream, max, args.min_tokens, &merged).open,
-                    );
-                }
-            }
+        if let Some(w) = load.warmup_fraction.take() {
+            // The fraction needs --number (checked above), which is then each point's count:
+            // --request-count conflicts with --number, --fixed-schedule with any warmup.
+            let number = points.iter().filter_map(|p| p.number).max().unwrap_or(0);
+            load.config.warmup_conversations = Some(((w * number as f64) as u64).max(1));
         }
 
         let name = args.name.clone().unwrap_or_else(|| {
@@ -377,97 +361,73 @@ impl BenchPlan {
                 .unwrap_or("run")
                 .to_string()
         });
-        let run_dir = args
-            .outputs_dir
-            .join(local_timestamp())
-            .join(sanitize(&name));
-        let url_labels: Vec<String> = targets
-            .iter()
-            .map(|t| match t {
-                Target::Url { url, .. } => url.clone(),
-                Target::BuiltinSim { .. } => "builtin-sim".to_string(),
-            })
-            .collect();
-        // --request-count: whole conversations, in sequence order, until their turns reach it.
-        let mut points = resolve_points(point_specs, &load, &conversations);
-        if let Some(schedule) = &fixed {
-            // A fixed schedule runs its conversations once each, at their times; --parallel,
-            // when given, caps them.
-            for p in &mut points {
-                p.number = Some(schedule.len() as u64);
-                if args.parallel.is_empty() {
-                    p.parallel = None;
-                }
-                p.label = match p.parallel {
-                    Some(c) => format!("fixed_schedule_parallel_{c}"),
-                    None => "fixed_schedule".into(),
-                };
-            }
-        }
-        if let Some(w) = load.warmup_fraction.take() {
-            let number = points.iter().filter_map(|p| p.number).max().unwrap_or(0);
-            load.config.warmup_conversations = Some(((w * number as f64) as u64).max(1));
-        }
-        let load = load.config;
-        let config = RunConfig {
-            url: url_labels[0].clone(),
-            urls: url_labels,
-            endpoint,
-            model: model.clone(),
-            dataset: dataset.clone(),
-            dataset_path: args.dataset_path.clone(),
-            dataset_offset: args.dataset_offset,
-            shard: args.shard.map(|(i, n)| format!("{i}/{n}")),
-            context_mode: args.context_mode.map(ContextMode::as_str),
-            skipped_invalid,
-            filtered: built.filtered,
-            pool: conversations.len(),
-            point: points[0].clone(),
-            load: load.clone(),
-            cores: cpus.len(),
-            spin: args.spin,
-            stream,
-            tokenizer: tokenizer.name().to_string(),
-            seed: args.seed,
-            min_turns: args.min_turns,
-            max_turns: args.max_turns,
-            min_prompt_length: args.min_prompt_length,
-            max_prompt_length: args.max_prompt_length,
-            max_tokens: args.max_tokens,
-            extra_args: Value::Object(extra),
-            pool_config: PoolConfig {
-                num_dataset_entries: args.num_dataset_entries,
-                dataset_sampling_strategy: args.dataset_sampling_strategy,
-                fixed_schedule: fixed_options,
-            },
-        };
-        let sampling = Sampler::new(
-            args.dataset_sampling_strategy,
-            args.seed,
-            conversations.len(),
-        );
-        Ok(BenchPlan {
+        Ok(Plan {
             targets,
             model,
-            authorization: args.api_key.as_ref().map(|k| format!("Bearer {k}")),
+            authorization,
             headers,
             session_header,
             stream,
             endpoint,
             body,
-            conversations: Arc::new(conversations),
+            max_tokens: args.max_tokens,
+            min_tokens: args.min_tokens,
+            extra_args: extra,
             points,
-            load,
-            cpus,
+            load: load.config,
+            dataset: DatasetPlan {
+                name: dataset,
+                path: args.dataset_path.clone(),
+                params,
+                selection,
+                shard: args.shard,
+                skip_invalid: args.skip_invalid,
+                context_mode: args.context_mode,
+                pool: PoolConfig {
+                    num_dataset_entries: args.num_dataset_entries,
+                    dataset_sampling_strategy: args.dataset_sampling_strategy,
+                    fixed_schedule: fixed_options,
+                },
+                fixed_number: args.number.iter().copied().max(),
+                tokenizer_path: args.tokenizer_path.clone(),
+            },
+            cores: args.cores,
+            spin: args.spin,
+            seed: args.seed,
             connect_timeout: Duration::from_secs_f64(args.connect_timeout),
             read_timeout: Duration::from_secs_f64(args.read_timeout),
-            run_dir,
-            config,
-            tokenizer,
-            sampling,
-            fixed,
+            outputs_dir: args.outputs_dir.clone(),
+            name: sanitize(&name),
             notes,
         })
+    }
+
+    /// `--fixed-schedule` is on.
+    pub fn fixed_schedule(&self) -> bool {
+        self.dataset.pool.fixed_schedule.is_some()
+    }
+
+    /// The request body opening of a turn with its own body fields (`max_tokens` and extra
+    /// fields from the dataset), merged over the run's.
+    pub(crate) fn turn_open(
+        &self,
+        max_tokens: Option<u32>,
+        turn_extra: &Map<String, Value>,
+    ) -> Bytes {
+        let mut merged = self.extra_args.clone();
+        for (k, v) in turn_extra.iter() {
+            merged.insert(k.clone(), v.clone());
+        }
+        let max = max_tokens.unwrap_or(self.max_tokens);
+        body_shape(
+            self.endpoint,
+            &self.model,
+            self.stream,
+            max,
+            self.min_tokens,
+            &merged,
+        )
+        .open
     }
 }
 
@@ -479,14 +439,6 @@ pub const DEFAULT_PARALLEL: u32 = 10;
 
 /// Pool size of a run limited only by `--duration`: the run cycles through it.
 pub const DURATION_POOL: u64 = 1_000;
-
-/// A point before `--request-count` is resolved against the conversations.
-#[derive(Clone, Debug)]
-struct PointSpec {
-    parallel: Option<u32>,
-    rate_per_s: Option<f64>,
-    number: Option<u64>,
-}
 
 /// The load flags, validated.
 #[derive(Debug)]
@@ -693,49 +645,8 @@ fn pool_limit(
     wanted.saturating_add(warmup).min(MAX_POOL) as usize
 }
 
-/// Final points: `--request-count` becomes each point's conversation count, and labels.
-fn resolve_points(specs: Vec<PointSpec>, load: &LoadFlags, pool: &[Conversation]) -> Vec<Point> {
-    specs
-        .into_iter()
-        .map(|p| {
-            let number = match load.config.request_count {
-                Some(requests) => Some(conversations_for_requests(requests, pool)),
-                None => p.number,
-            };
-            let mut label = Vec::new();
-            if let Some(r) = p.rate_per_s {
-                label.push(format!("rate_{r}"));
-            }
-            if let Some(c) = p.parallel {
-                label.push(format!("parallel_{c}"));
-            }
-            if let Some(n) = number {
-                label.push(format!("number_{n}"));
-            }
-            Point {
-                label: label.join("_"),
-                parallel: p.parallel,
-                rate_per_s: p.rate_per_s,
-                number,
-            }
-        })
-        .collect()
-}
-
-/// Conversations, taken in sequence order from `pool` (cycling), whose turns first reach
-/// `requests`.
-fn conversations_for_requests(requests: u64, pool: &[Conversation]) -> u64 {
-    let mut turns = 0u64;
-    let mut n = 0u64;
-    while turns < requests {
-        turns += pool[(n % pool.len() as u64) as usize].turns.len().max(1) as u64;
-        n += 1;
-    }
-    n
-}
-
-/// `--header NAME: VALUE` lines.
-fn parse_headers(lines: &[String]) -> Result<Vec<(String, String)>, PlanError> {
+/// `--header NAME: VALUE` lines (names lowercased).
+fn parse_headers(lines: &[String]) -> Result<Vec<(HeaderName, HeaderValue)>, PlanError> {
     lines
         .iter()
         .map(|line| {
@@ -743,71 +654,32 @@ fn parse_headers(lines: &[String]) -> Result<Vec<(String, String)>, PlanError> {
                 .split_once(':')
                 .ok_or_else(|| flag_err("header", format!("`{line}` is not NAME: VALUE")))?;
             let (name, value) = (name.trim(), value.trim());
-            check_header_name(name)?;
-            if hyper::header::HeaderValue::from_str(value).is_err() {
-                return Err(flag_err(
+            let name = check_header_name(name)?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                flag_err(
                     "header",
                     format!("`{line}`: the value is not a valid header value"),
-                ));
-            }
-            Ok((name.to_ascii_lowercase(), value.to_string()))
+                )
+            })?;
+            Ok((name, value))
         })
         .collect()
 }
 
-fn check_header_name(name: &str) -> Result<(), PlanError> {
-    hyper::header::HeaderName::from_bytes(name.as_bytes())
-        .map(|_| ())
+/// A header name, lowercased.
+fn check_header_name(name: &str) -> Result<HeaderName, PlanError> {
+    HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| flag_err("header", format!("`{name}` is not a valid header name")))
 }
 
-impl BenchPlan {
-    /// The engine's load for one point.
-    pub fn engine_load(&self, point: &Point) -> (Option<Load>, Load) {
-        let s_to_ns = |s: f64| (s * 1e9) as u64;
-        let l = &self.load;
-        let shape = match (&self.fixed, point.rate_per_s) {
-            (Some(schedule), _) => Shape::Fixed {
-                schedule: Arc::new(schedule.clone()),
-                cap: point.parallel.map(|p| p as usize),
-            },
-            (None, None) => Shape::Closed {
-                concurrency: point.parallel.unwrap_or(DEFAULT_PARALLEL) as usize,
-                ramp_up_ns: l.ramp_up_duration_s.map(s_to_ns),
-            },
-            (None, Some(per_s)) => Shape::Rate {
-                spec: RateSpec {
-                    per_s,
-                    mode: l.request_rate_mode,
-                    burstiness: l.burstiness,
-                    ramp: l.ramp_up_strategy.map(|strategy| RateRamp {
-                        strategy,
-                        start_per_s: l.ramp_up_start_rate.unwrap_or(0.0),
-                        duration_ns: l.ramp_up_duration_s.map(s_to_ns),
-                    }),
-                },
-                cap: point.parallel.map(|p| p as usize),
-            },
-        };
-        let warmup =
-            (l.warmup_conversations.is_some() || l.warmup_duration_s.is_some()).then(|| Load {
-                shape: shape.clone(),
-                limit: l.warmup_conversations,
-                duration_ns: l.warmup_duration_s.map(s_to_ns),
-                grace_ns: None,
-            });
-        let load = Load {
-            shape,
-            limit: point.number,
-            duration_ns: l.duration_s.map(s_to_ns),
-            grace_ns: l.duration_grace_s.map(s_to_ns),
-        };
-        (warmup, load)
-    }
+/// A header value `flag` gives.
+fn header_value(flag: &'static str, v: &str) -> Result<HeaderValue, PlanError> {
+    v.parse()
+        .map_err(|_| flag_err(flag, format!("`{v}` is not a valid header value")))
 }
 
 /// `--fixed-schedule` and its offsets, when on. A start offset after the end offset is caught
-/// here, before the dataset is read ([`fixed::fixed_schedule`] checks it again).
+/// here, before the dataset is read ([`crate::workload::fixed::fixed_schedule`] checks it again).
 fn fixed_options(args: &BenchArgs) -> Result<Option<FixedOptions>, PlanError> {
     if let (Some(start), Some(end)) = (
         args.fixed_schedule_start_offset,
@@ -834,50 +706,6 @@ fn timestamped_sources() -> Vec<&'static str> {
         .filter(|s| s.has_timestamps())
         .flat_map(|s| s.names().iter().copied())
         .collect()
-}
-
-/// The pool of a fixed-schedule run and its schedule: with `skip_invalid`, conversations whose
-/// first turn has no timestamp are left out (and counted, third value) instead of an error; at
-/// most `number` conversations (the earliest) when given; the pool keeps only those scheduled.
-fn fixed_pool(
-    pool: Vec<Conversation>,
-    opts: &FixedOptions,
-    number: Option<u64>,
-    skip_invalid: bool,
-) -> Result<(Vec<Conversation>, FixedSchedule, u64), FixedError> {
-    let before = pool.len();
-    let pool: Vec<Conversation> = if skip_invalid {
-        pool.into_iter()
-            .filter(|c| c.turns.first().is_some_and(|t| t.timestamp_ns.is_some()))
-            .collect()
-    } else {
-        pool
-    };
-    let skipped = (before - pool.len()) as u64;
-    let mut schedule = fixed::fixed_schedule(&pool, opts)?;
-    if let Some(n) = number {
-        schedule.truncate(usize::try_from(n).unwrap_or(usize::MAX));
-    }
-    let (pool, schedule) = schedule.compact(pool);
-    Ok((pool, schedule, skipped))
-}
-
-/// Bare tokens of a serialised message's content (a string, or the text of its parts); 0 when it
-/// has none. Runs before the benchmark, for the client-side prompt estimate only.
-fn message_tokens(tokenizer: &Tokenizer, message: &[u8]) -> u32 {
-    let Ok(v) = serde_json::from_slice::<Value>(message) else {
-        return 0;
-    };
-    let count = |s: &str| tokenizer.count(s) as u32;
-    match &v["content"] {
-        Value::String(s) => count(s),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .map(count)
-            .sum(),
-        _ => 0,
-    }
 }
 
 /// Largest conversation pool a run builds; `--number` above it cycles the pool.
@@ -978,16 +806,18 @@ enum UrlPath {
 /// A parsed `--url`.
 struct ParsedUrl {
     url: String,
-    addr: SocketAddr,
+    /// The host to resolve (IPv6 without brackets).
     host: String,
+    port: u16,
+    host_header: HeaderValue,
     path: UrlPath,
 }
 
 /// The targets of `--url` (the built-in sim without one) and the endpoint every request goes
 /// to: `--endpoint-type`, else the endpoint the `--endpoint` path or the URLs name, else chat.
 /// A URL or `--endpoint` that names another endpoint than the one chosen is an error, as is a
-/// URL path that disagrees with `--endpoint`.
-pub fn resolve_targets(
+/// URL path that disagrees with `--endpoint`. Host names are not resolved here.
+pub(crate) fn parse_targets(
     urls: &[String],
     endpoint_type: Option<EndpointKind>,
     endpoint: Option<&str>,
@@ -1070,16 +900,25 @@ pub fn resolve_targets(
                 }
             }
         };
+        let path = path.parse().map_err(|_| PlanError::Flag {
+            flag: "url",
+            reason: format!("`{path}` is not a valid path"),
+        })?;
         targets.push(Target::Url {
             url: p.url,
-            addr: p.addr,
             host: p.host,
+            port: p.port,
+            host_header: p.host_header,
             path,
         });
     }
     if targets.is_empty() {
+        let path = endpoint.unwrap_or(kind.default_path());
         targets.push(Target::BuiltinSim {
-            path: endpoint.unwrap_or(kind.default_path()).to_string(),
+            path: path.parse().map_err(|_| PlanError::Flag {
+                flag: "url",
+                reason: format!("`{path}` is not a valid path"),
+            })?,
         });
     }
     Ok((targets, kind))
@@ -1116,11 +955,6 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
             .ok_or_else(|| err(&format!("port {p} is not 1-65535")))?,
         None => 80,
     };
-    let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
-        .to_socket_addrs()
-        .map_err(|e| err(&format!("cannot resolve host: {e}")))?
-        .next()
-        .ok_or_else(|| err("host resolves to no address"))?;
     let raw = uri.path().trim_end_matches('/');
     let path = match EndpointKind::named_by(raw) {
         Some(kind) => UrlPath::Endpoint(raw.to_string(), kind),
@@ -1140,8 +974,12 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
     };
     Ok(ParsedUrl {
         url: url.to_string(),
-        addr,
-        host: host_header,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+        host_header: header_value("url", &host_header)?,
         path,
     })
 }
@@ -1227,25 +1065,6 @@ fn open_fields(fields: &Map<String, Value>, with_brace: bool, kind: EndpointKind
     out
 }
 
-fn pick_cpus(cores: Option<u32>) -> Result<Vec<usize>, PlanError> {
-    let mut online: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    if online.is_empty() {
-        online = (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
-    }
-    match cores {
-        None => Ok(online),
-        Some(n) if n as usize <= online.len() => Ok(online[..n as usize].to_vec()),
-        Some(n) => Err(PlanError::Flag {
-            flag: "cores",
-            reason: format!("{n} requested but only {} are available", online.len()),
-        }),
-    }
-}
-
 fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -1256,25 +1075,6 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect()
-}
-
-/// `YYYYMMDD_HHMMSS` in local time.
-pub fn local_timestamp() -> String {
-    // SAFETY: time and localtime_r only write into the provided out-parameters.
-    unsafe {
-        let t = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&t, &mut tm);
-        format!(
-            "{:04}{:02}{:02}_{:02}{:02}{:02}",
-            tm.tm_year + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        )
-    }
 }
 
 #[cfg(test)]
@@ -1291,7 +1091,7 @@ mod tests {
     }
 
     fn plan_err(flags: &[&str]) -> String {
-        match BenchPlan::build(&args(flags)) {
+        match Plan::from_args(&args(flags)) {
             Ok(_) => panic!("expected an error for {flags:?}"),
             Err(e) => e.to_string(),
         }
@@ -1381,131 +1181,101 @@ mod tests {
         );
     }
 
-    fn trace(dir: &tempfile::TempDir, lines: &[&str]) -> String {
-        let path = dir.path().join("trace.jsonl");
-        std::fs::write(&path, lines.join("\n")).unwrap();
-        path.to_str().unwrap().to_string()
-    }
-
+    /// Issue 9 §1: the plan reads nothing. An unresolvable host, a missing dataset file and
+    /// tokenizer, more cores than the machine has: all plan; the resources find them out.
     #[test]
-    fn fixed_schedule_plan_runs_the_file_once_in_time_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = trace(
-            &dir,
-            &[
-                r#"{"timestamp": 3000, "input_length": 4}"#,
-                r#"{"timestamp": 1000, "input_length": 4}"#,
-                r#"{"timestamp": 2000, "input_length": 4, "session_id": "s"}"#,
-                r#"{"timestamp": 2600, "input_length": 4, "session_id": "s"}"#,
-            ],
-        );
-        let base = [
+    fn a_plan_does_no_io() {
+        let plan = Plan::from_args(&args(&[
+            "--url",
+            "http://no-such-host.invalid:8000/v1",
+            "--model",
+            "org/My Model",
+            "--api-key",
+            "k",
+            "--header",
+            "X-Tenant: a",
             "--dataset",
             "mooncake_trace",
             "--dataset-path",
-            &path,
+            "/nonexistent/trace.jsonl",
+            "--tokenizer-path",
+            "/nonexistent/tokenizer.json",
+            "--cores",
+            "100000",
             "--fixed-schedule",
-            "--cores",
-            "1",
-        ];
-        // --number's default (100) and a larger one do not limit; the file runs once.
-        let plan = BenchPlan::build(&args(&base)).unwrap();
-        assert_eq!(
-            (plan.points[0].number, plan.conversations.len()),
-            (Some(3), 3)
-        );
-        let fixed = plan.fixed.as_ref().unwrap();
-        let firsts: Vec<u64> = fixed
-            .entries
-            .iter()
-            .map(|e| e.offset_ns / 1_000_000)
-            .collect();
-        assert_eq!(firsts, [1000, 2000, 3000]);
-        let session = &plan.conversations[fixed.entries[1].conversation];
-        assert_eq!(fixed.turn_offset_ns(&session.turns[1]), Some(2_600_000_000));
-        assert_eq!(session.turns[1].delay_ns, 600_000_000, "delays are kept");
-        assert_eq!(plan.config.point.number, Some(3));
-        assert!(plan.config.pool_config.fixed_schedule.is_some());
-
-        // A given, smaller --number keeps the earliest; a window drops the rest from the pool.
-        let mut flags = base.to_vec();
-        flags.extend(["--number", "2", "--fixed-schedule-start-offset", "1500"]);
-        let plan = BenchPlan::build(&args(&flags)).unwrap();
-        let fixed = plan.fixed.as_ref().unwrap();
-        assert_eq!(
-            (plan.points[0].number, plan.conversations.len()),
-            (Some(2), 2)
-        );
-        assert_eq!(fixed.origin_ns, 1_500_000_000);
-        let firsts: Vec<u64> = fixed
-            .entries
-            .iter()
-            .map(|e| e.offset_ns / 1_000_000)
-            .collect();
-        assert_eq!(firsts, [500, 1500]);
-    }
-
-    #[test]
-    fn fixed_schedule_first_turn_without_timestamp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = trace(
-            &dir,
-            &[
-                r#"{"turns": [{"text": "a", "timestamp": 5}]}"#,
-                r#"{"turns": [{"text": "b", "delay": 5}]}"#,
-            ],
-        );
-        let flags = [
-            "--dataset",
-            "multi_turn",
-            "--dataset-path",
-            &path,
-            "--fixed-schedule",
-            "--cores",
-            "1",
-        ];
-        let e = plan_err(&flags);
-        assert!(
-            e.starts_with("--dataset multi_turn: --fixed-schedule: conversation 1 "),
-            "{e}"
-        );
-        let mut skip = flags.to_vec();
-        skip.push("--skip-invalid");
-        let plan = BenchPlan::build(&args(&skip)).unwrap();
-        assert_eq!(plan.conversations.len(), 1);
-        assert_eq!(plan.config.skipped_invalid, 1);
-    }
-
-    #[test]
-    fn sampling_strategy_reaches_the_plan_and_the_summary() {
-        let plan = BenchPlan::build(&args(&[
-            "--num-dataset-entries",
-            "3",
-            "--dataset-sampling-strategy",
-            "shuffle",
-            "--min-prompt-length",
-            "1",
-            "--max-prompt-length",
-            "2",
-            "--max-turns",
-            "1",
-            "--cores",
-            "1",
+            "--outputs-dir",
+            "/nonexistent/out",
         ]))
         .unwrap();
-        assert_eq!(plan.conversations.len(), 3);
+        let [Target::Url {
+            host,
+            port,
+            host_header,
+            path,
+            ..
+        }] = plan.targets.as_slice()
+        else {
+            panic!("{:?}", plan.targets)
+        };
         assert_eq!(
-            plan.points[0].number,
-            Some(100),
-            "claims cycle through the pool"
+            (host.as_str(), *port, host_header.to_str().unwrap()),
+            ("no-such-host.invalid", 8000, "no-such-host.invalid:8000")
         );
-        assert_eq!(plan.sampling.len(), 3);
-        assert_eq!(plan.sampling.strategy(), SamplingStrategy::Shuffle);
-        assert!(plan.fixed.is_none());
-        let v = serde_json::to_value(&plan.config).unwrap();
-        assert_eq!(v["dataset_sampling_strategy"], "shuffle");
-        assert_eq!(v["num_dataset_entries"], 3);
-        assert_eq!(v["fixed_schedule"], Value::Null);
+        assert_eq!(path, "/v1/chat/completions");
+        assert_eq!(plan.endpoint, EndpointKind::Chat);
+        assert_eq!(plan.model, "org/My Model");
+        assert_eq!(plan.name, "My_Model");
+        assert_eq!(plan.authorization.as_ref().unwrap(), "Bearer k");
+        assert_eq!(plan.headers[0].0, "x-tenant");
+        assert_eq!(plan.session_header, crate::client::SESSION_HEADER);
+        assert_eq!(plan.dataset.name, "mooncake_trace");
+        assert_eq!(
+            plan.dataset.selection.limit,
+            usize::MAX,
+            "fixed: the whole file"
+        );
+        assert!(plan.fixed_schedule());
+        assert_eq!(
+            plan.points,
+            [PointSpec {
+                parallel: None,
+                rate_per_s: None,
+                number: Some(DEFAULT_NUMBER)
+            }],
+            "a fixed schedule without --parallel has no cap"
+        );
+        assert_eq!(plan.cores, Some(100_000));
+        assert_eq!(plan.outputs_dir, PathBuf::from("/nonexistent/out"));
+    }
+
+    #[test]
+    fn plan_points_load_and_pool_from_flags() {
+        let plan = Plan::from_args(&args(&[
+            "--parallel",
+            "2",
+            "4",
+            "--number",
+            "10",
+            "20",
+            "--warmup-num",
+            "0.5",
+        ]))
+        .unwrap();
+        let pairs: Vec<_> = plan.points.iter().map(|p| (p.parallel, p.number)).collect();
+        assert_eq!(pairs, [(Some(2), Some(10)), (Some(4), Some(20))]);
+        assert_eq!(plan.load.warmup_conversations, Some(10), "half the largest");
+        assert_eq!(plan.dataset.name, "random_multi_turn");
+        assert_eq!(plan.dataset.selection.limit, 31, "20 measured + 11 warmup");
+        assert!(matches!(plan.targets[..], [Target::BuiltinSim { .. }]));
+        assert_eq!(plan.model, SIM_MODEL);
+
+        let plan = Plan::from_args(&args(&["--request-count", "7"])).unwrap();
+        assert_eq!(plan.points[0].number, None, "known with the conversations");
+        assert_eq!(plan.load.request_count, Some(7));
+        assert_eq!(plan.dataset.selection.limit, 7);
+
+        let e = plan_err(&["--api-key", "a\nb"]);
+        assert!(e.starts_with("--api-key: "), "{e}");
     }
 
     /// The paths and the endpoint `--url`s (with `--endpoint-type` / `--endpoint`) resolve to.
@@ -1515,13 +1285,8 @@ mod tests {
         endpoint: Option<&str>,
     ) -> Result<(Vec<String>, EndpointKind), String> {
         let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
-        let (targets, kind) = resolve_targets(&urls, kind, endpoint).map_err(|e| e.to_string())?;
-        let paths = targets
-            .into_iter()
-            .map(|t| match t {
-                Target::Url { path, .. } | Target::BuiltinSim { path } => path,
-            })
-            .collect();
+        let (targets, kind) = parse_targets(&urls, kind, endpoint).map_err(|e| e.to_string())?;
+        let paths = targets.iter().map(|t| t.path().to_string()).collect();
         Ok((paths, kind))
     }
 
@@ -1710,31 +1475,13 @@ mod tests {
     }
 
     #[test]
-    fn request_count_takes_whole_conversations() {
-        let conv = |turns: usize| {
-            Conversation::live(vec![crate::workload::Turn::user("x", Some(1)); turns])
-        };
-        let pool = vec![conv(3), conv(1), conv(2)];
-        assert_eq!(conversations_for_requests(3, &pool), 1);
-        assert_eq!(conversations_for_requests(4, &pool), 2);
-        assert_eq!(conversations_for_requests(5, &pool), 3);
-        assert_eq!(
-            conversations_for_requests(7, &pool),
-            4,
-            "cycles through the pool"
-        );
-    }
-
-    #[test]
     fn headers_parse_and_are_checked() {
         let h = parse_headers(&["X-Tenant: a b".into(), "x-k:v".into()]).unwrap();
-        assert_eq!(
-            h,
-            [
-                ("x-tenant".into(), "a b".into()),
-                ("x-k".into(), "v".into())
-            ]
-        );
+        let h: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(h, [("x-tenant", "a b"), ("x-k", "v")]);
         assert!(parse_headers(&["novalue".into()]).is_err());
         assert!(parse_headers(&["bad name: v".into()]).is_err());
     }

@@ -1,25 +1,22 @@
-//! The bench pipeline after the plan: the run's resources built in one place ([`Resources`]),
-//! then each load point run through the engine into a [`Summary`] ([`run_point`]), then the
-//! files written and, for a sweep, the sweep table ([`bench`]). Tests call these in-process.
+//! Stage 3 of a bench run: each load point of a [`Plan`] run through the engine with its
+//! [`Resources`] into a [`Summary`] ([`run_point`]), then the files written and, for a sweep,
+//! the sweep table ([`bench()`]). Tests call these in-process; `main.rs` only chains
+//! [`Plan::from_args`], [`Resources::build`] and [`bench()`].
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::Endpoint;
-use crate::engine::{self, EngineConfig, Progress, Shared};
+use crate::engine::{self, EngineConfig, Load, Progress, RateRamp, RateSpec, Shape, Shared};
 use crate::metrics;
-use crate::plan::{BenchPlan, Point, Target};
+use crate::plan::{Plan, Point, DEFAULT_PARALLEL};
 use crate::report::{Summary, SweepRow};
+use crate::resources::Resources;
 use crate::signal;
-use crate::sim;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("starting the built-in sim: {0}")]
-    Sim(#[from] sim::SimError),
-    #[error("--{flag}: {reason}")]
-    Flag { flag: &'static str, reason: String },
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
     #[error("writing {}: {source}", path.display())]
@@ -29,113 +26,65 @@ pub enum RunError {
     },
 }
 
-/// What a run needs beyond its plan: the endpoints (with the built-in sim started when there is
-/// no `--url`).
-pub struct Resources {
-    pub endpoints: Vec<Endpoint>,
-    sim: Option<sim::SimHandle>,
-}
-
-impl Resources {
-    pub fn build(plan: &BenchPlan) -> Result<Resources, RunError> {
-        let mut sim_handle = None;
-        let mut endpoints = Vec::with_capacity(plan.targets.len());
-        let header = |flag: &'static str, v: &str| {
-            v.parse::<hyper::header::HeaderValue>()
-                .map_err(|_| RunError::Flag {
-                    flag,
-                    reason: format!("`{v}` is not a valid header value"),
-                })
-        };
-        let headers = plan
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                Ok((
-                    n.parse::<hyper::header::HeaderName>()
-                        .map_err(|_| RunError::Flag {
-                            flag: "header",
-                            reason: format!("`{n}` is not a valid header name"),
-                        })?,
-                    header("header", v)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, RunError>>()?;
-        let session_header: hyper::header::HeaderName =
-            plan.session_header.parse().map_err(|_| RunError::Flag {
-                flag: "session-header",
-                reason: format!("`{}` is not a valid header name", plan.session_header),
-            })?;
-        for target in &plan.targets {
-            let (addr, host, path) = match target {
-                Target::Url {
-                    addr, host, path, ..
-                } => (*addr, host.clone(), path.clone()),
-                Target::BuiltinSim { path } => {
-                    let sim_args = sim::SimArgs {
-                        port: 0,
-                        ..Default::default()
-                    };
-                    let handle = sim::spawn(&sim_args, plan.tokenizer.clone())?;
-                    let addr = handle.addr;
-                    sim_handle = Some(handle);
-                    (addr, addr.to_string(), path.clone())
-                }
-            };
-            endpoints.push(Endpoint {
-                addr,
-                host: header("url", &host)?,
-                path: path.parse().map_err(|_| RunError::Flag {
-                    flag: "url",
-                    reason: format!("`{path}` is not a valid path"),
-                })?,
-                authorization: plan
-                    .authorization
-                    .as_deref()
-                    .map(|a| header("api-key", a))
-                    .transpose()?,
-                headers: headers.clone(),
-                session_header: session_header.clone(),
-                stream: plan.stream,
-                connect_timeout: plan.connect_timeout,
-                read_timeout: plan.read_timeout,
-            });
-        }
-        Ok(Resources {
-            endpoints,
-            sim: sim_handle,
-        })
-    }
-
-    /// The built-in sim runs in this process (its work is in the client's CPU figures).
-    pub fn with_sim(&self) -> bool {
-        self.sim.is_some()
-    }
-
-    /// Stops the built-in sim, if one runs.
-    pub fn shutdown(self) {
-        if let Some(h) = self.sim {
-            h.shutdown();
-        }
-    }
-}
-
 /// The engine configuration of one point.
-pub fn engine_config(plan: &BenchPlan, point: &Point) -> EngineConfig {
-    let (warmup, load) = plan.engine_load(point);
+pub fn engine_config(plan: &Plan, res: &Resources, point: &Point) -> EngineConfig {
+    let (warmup, load) = engine_load(plan, res, point);
     EngineConfig {
-        cpus: plan.cpus.clone(),
-        spin: plan.config.spin,
+        cpus: res.cpus.clone(),
+        spin: plan.spin,
         warmup,
         load,
         preconnect: plan.load.preconnect,
-        seed: plan.config.seed,
+        seed: plan.seed,
     }
+}
+
+/// The engine's load for one point: the warmup phase, if any, and the measured one.
+fn engine_load(plan: &Plan, res: &Resources, point: &Point) -> (Option<Load>, Load) {
+    let s_to_ns = |s: f64| (s * 1e9) as u64;
+    let l = &plan.load;
+    let shape = match (&res.fixed, point.rate_per_s) {
+        (Some(schedule), _) => Shape::Fixed {
+            schedule: Arc::new(schedule.clone()),
+            cap: point.parallel.map(|p| p as usize),
+        },
+        (None, None) => Shape::Closed {
+            concurrency: point.parallel.unwrap_or(DEFAULT_PARALLEL) as usize,
+            ramp_up_ns: l.ramp_up_duration_s.map(s_to_ns),
+        },
+        (None, Some(per_s)) => Shape::Rate {
+            spec: RateSpec {
+                per_s,
+                mode: l.request_rate_mode,
+                burstiness: l.burstiness,
+                ramp: l.ramp_up_strategy.map(|strategy| RateRamp {
+                    strategy,
+                    start_per_s: l.ramp_up_start_rate.unwrap_or(0.0),
+                    duration_ns: l.ramp_up_duration_s.map(s_to_ns),
+                }),
+            },
+            cap: point.parallel.map(|p| p as usize),
+        },
+    };
+    let warmup =
+        (l.warmup_conversations.is_some() || l.warmup_duration_s.is_some()).then(|| Load {
+            shape: shape.clone(),
+            limit: l.warmup_conversations,
+            duration_ns: l.warmup_duration_s.map(s_to_ns),
+            grace_ns: None,
+        });
+    let load = Load {
+        shape,
+        limit: point.number,
+        duration_ns: l.duration_s.map(s_to_ns),
+        grace_ns: l.duration_grace_s.map(s_to_ns),
+    };
+    (warmup, load)
 }
 
 /// Runs one load point and summarises it. `on_tick` sees progress about every 200 ms.
 pub fn run_point(
-    plan: &BenchPlan,
+    plan: &Plan,
     res: &Resources,
     point: &Point,
     on_tick: impl FnMut(Progress),
@@ -143,14 +92,14 @@ pub fn run_point(
     let shared = Shared::new(
         res.endpoints.clone(),
         plan.body.clone(),
-        plan.conversations.clone(),
-        plan.sampling.clone(),
-        engine_config(plan, point),
+        res.conversations.clone(),
+        res.sampling.clone(),
+        engine_config(plan, res, point),
     );
     let cpu_before_ns = metrics::process_cpu_ns();
     let measured = engine::run(shared, on_tick)?;
     let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
-    let mut config = plan.config.clone();
+    let mut config = res.config.clone();
     config.point = point.clone();
     Ok(Summary::new(
         config,
@@ -162,23 +111,19 @@ pub fn run_point(
     ))
 }
 
-/// Console behaviour of [`bench`].
+/// Console behaviour of [`bench()`].
 #[derive(Clone, Copy, Debug)]
 pub struct Console {
     /// No progress lines.
     pub quiet: bool,
 }
 
-/// Runs every point of the plan, printing each point's tables and writing its files; a sweep
+/// Runs every point (`res.points`), printing each point's tables and writing its files; a sweep
 /// also gets a table and `sweep_summary.json`. Returns the summaries in point order.
-pub fn bench(
-    plan: &BenchPlan,
-    res: &Resources,
-    console: Console,
-) -> Result<Vec<Summary>, RunError> {
-    let sweep = plan.points.len() > 1;
+pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summary>, RunError> {
+    let sweep = res.points.len() > 1;
     let mut summaries = Vec::new();
-    for (i, point) in plan.points.iter().enumerate() {
+    for (i, point) in res.points.iter().enumerate() {
         if i > 0 {
             if signal::interrupted() {
                 break;
@@ -186,7 +131,7 @@ pub fn bench(
             std::thread::sleep(Duration::from_secs_f64(plan.load.sweep_pause_s));
         }
         if !console.quiet {
-            eprintln!("parley: {}", describe(plan, point));
+            eprintln!("parley: {}", describe(plan, res, point));
         }
         let summary = run_point(plan, res, point, progress_printer(console, point))?;
         if !console.quiet && std::io::stderr().is_terminal() {
@@ -194,9 +139,9 @@ pub fn bench(
         }
         print!("{}", summary.render());
         let dir = if sweep {
-            plan.run_dir.join(&point.label)
+            res.run_dir.join(&point.label)
         } else {
-            plan.run_dir.clone()
+            res.run_dir.clone()
         };
         let path = write(&dir, |d| summary.write(d))?;
         println!("\nsummary: {}", path.display());
@@ -205,7 +150,7 @@ pub fn bench(
     if sweep {
         let rows: Vec<SweepRow> = summaries.iter().map(SweepRow::of).collect();
         print!("\nSweep\n{}", crate::report::sweep_table(&rows));
-        let path = write(&plan.run_dir, |d| crate::report::write_sweep(d, &rows))?;
+        let path = write(&res.run_dir, |d| crate::report::write_sweep(d, &rows))?;
         println!("sweep summary: {}", path.display());
     }
     Ok(summaries)
@@ -222,9 +167,9 @@ fn write(
 }
 
 /// One line saying what a point runs.
-fn describe(plan: &BenchPlan, point: &Point) -> String {
+fn describe(plan: &Plan, res: &Resources, point: &Point) -> String {
     let load = match (point.rate_per_s, point.parallel) {
-        (None, p) => format!("{} in flight", p.unwrap_or(crate::plan::DEFAULT_PARALLEL)),
+        (None, p) => format!("{} in flight", p.unwrap_or(DEFAULT_PARALLEL)),
         (Some(r), None) => format!("{r}/s {:?} arrivals", plan.load.request_rate_mode),
         (Some(r), Some(cap)) => format!(
             "{r}/s {:?} arrivals, at most {cap} in flight",
@@ -239,8 +184,8 @@ fn describe(plan: &BenchPlan, point: &Point) -> String {
     };
     format!(
         "{count}, {load}, {} cores -> {}",
-        plan.cpus.len(),
-        plan.config.urls.join(", ")
+        res.cpus.len(),
+        res.config.urls.join(", ")
     )
 }
 

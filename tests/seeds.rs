@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use common::*;
 use parley::cli::{Cli, Command};
-use parley::plan::BenchPlan;
+use parley::plan::Plan;
+use parley::resources::Resources;
 use serde_json::{json, Value};
 
 const EVALSCOPE: &str = include_str!("data/seeds/000_00406d4363284dca.txt");
@@ -382,8 +383,9 @@ struct SeedRun {
     sweep: Option<Value>,
     /// The sim's records of every request.
     records: Vec<Value>,
-    /// The plan the same flags make (built here through the library).
-    plan: BenchPlan,
+    /// The resources the same flags make (built here through the library): the points and
+    /// the pool.
+    res: Resources,
 }
 
 /// The sim's URL in the form of the command's `--url`.
@@ -554,22 +556,22 @@ fn run_seed(words: &[String]) -> SeedRun {
     let Command::Bench(bench_args) = Cli::try_parse_from(&full).unwrap().command else {
         unreachable!()
     };
-    let plan = BenchPlan::build(&bench_args).unwrap();
+    let res = Resources::build(&Plan::from_args(&bench_args).unwrap()).unwrap();
 
     // What every command must satisfy.
     assert_eq!(
         summaries.len(),
-        plan.points.len(),
+        res.points.len(),
         "one summary.json per point"
     );
     assert_eq!(
         sweep.is_some(),
-        plan.points.len() > 1,
+        res.points.len() > 1,
         "sweep_summary.json for a sweep"
     );
-    let pool = &plan.conversations;
+    let pool = &res.conversations;
     let mut requests = 0;
-    for point in &plan.points {
+    for point in &res.points {
         let s = &summaries[&point.label];
         let number = point
             .number
@@ -597,8 +599,8 @@ fn run_seed(words: &[String]) -> SeedRun {
     assert!(records
         .iter()
         .all(|r| u(&r["status"]) == 200 && r["endpoint"] == "chat"));
-    if plan.points.len() == 1 {
-        let s = &summaries[&plan.points[0].label];
+    if res.points.len() == 1 {
+        let s = &summaries[&res.points[0].label];
         let given = |flag: &str| {
             let i = args.iter().position(|a| a == flag)?;
             args[i + 1].parse::<f64>().ok()
@@ -631,7 +633,7 @@ fn run_seed(words: &[String]) -> SeedRun {
         summaries,
         sweep,
         records,
-        plan,
+        res,
     }
 }
 
@@ -658,7 +660,7 @@ impl SeedRun {
 
     /// Each conversation's turn count (a run without a sweep) equals `expected(seq)`.
     fn assert_turns(&self, expected: impl Fn(u64) -> usize) {
-        let number = self.plan.points[0].number.unwrap();
+        let number = self.res.points[0].number.unwrap();
         let turns = self.sim_turns();
         assert_eq!(turns.len() as u64, number);
         for (conv, n) in turns {
@@ -728,7 +730,7 @@ fn evalscope_swe_smith_live_sweep() {
     for (label, s) in &run.summaries {
         assert_eq!(f(&s["output_tokens"]["mean"]), 512.0, "{label}");
     }
-    for (seq, conv) in run.plan.conversations.iter().enumerate() {
+    for (seq, conv) in run.res.conversations.iter().enumerate() {
         let lengths: Vec<u32> = conv.turns.iter().map(|t| t.delta_tokens.unwrap()).collect();
         assert!((3..=8).contains(&lengths.len()), "conversation {seq}");
         assert_eq!(lengths[0], 8192, "conversation {seq}: first_turn_length");
@@ -816,7 +818,7 @@ fn variable_turns(index: usize, conversations: u64, mean: f64, stddev: f64) {
             .parse()
             .unwrap();
         let max_ns = ((mean_ms + 6.0 * sd_ms) * 0.01 * 1e6) as u64;
-        for conv in run.plan.conversations.iter() {
+        for conv in run.res.conversations.iter() {
             for t in &conv.turns[1..] {
                 assert!(t.delay_ns > 0 && t.delay_ns <= max_ns, "{} ns", t.delay_ns);
             }

@@ -14,7 +14,7 @@
 //!   ([`FixedSchedule::turn_offset_ns`]); one without is sent its `delay_ns` after the previous
 //!   reply (0: at once).
 //!
-//! Pure: the plan calls it once; nothing here touches a clock.
+//! Pure: [`crate::resources::Resources::build`] calls it once; nothing here touches a clock.
 
 use super::{Conversation, Turn};
 

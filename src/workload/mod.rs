@@ -58,7 +58,7 @@ pub struct Turn {
     pub reply: Option<Bytes>,
     /// Extra body fields for this turn only (AIPerf's per-turn `extra`); they win over the run's.
     pub extra: Option<Box<Map<String, Value>>>,
-    /// The whole body opening for this turn (`{` … `"messages":[`), set by the plan when the
+    /// The whole body opening for this turn (`{` … `"messages":[`), set by the resources when the
     /// turn has `extra` fields; the engine then uses it instead of the run's opening.
     pub open: Option<Bytes>,
 }

@@ -59,7 +59,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler over a pool of `len` entries. Panics when `len` is 0 (the plan never builds an
+    /// A sampler over a pool of `len` entries. Panics when `len` is 0 (the resources never build an
     /// empty pool) or does not fit in u32 (pools are bounded far below).
     pub fn new(strategy: SamplingStrategy, seed: u64, len: usize) -> Sampler {
         assert!(len > 0, "a sampler needs a non-empty pool");
