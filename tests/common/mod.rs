@@ -110,21 +110,8 @@ pub struct Bench {
 
 /// Runs `parley bench ARGS` with its outputs in a temporary directory; asserts it succeeded.
 pub fn bench(args: &[&str]) -> Bench {
-    let dir = tempfile::tempdir().unwrap();
-    let output = parley()
-        .arg("bench")
-        .args(args)
-        .args(["--quiet", "--name", "t", "--outputs-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run parley bench");
+    let (output, dir) = bench_in_dir(args);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "parley bench failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
     let summary_path = find_summary(dir.path()).expect("summary.json written");
     let summary = serde_json::from_slice(&std::fs::read(summary_path).unwrap()).unwrap();
     Bench {
