@@ -568,3 +568,47 @@ fn fixed_schedule_sends_at_the_recorded_times() {
     // the schedule's: only a gross error fails here; the p90 above is the figure.
     assert!(errors_ms[n - 1].abs() < 500.0, "{errors_ms:?}");
 }
+
+/// The schedule figures against the record: the achieved rate is the rate of first-turn
+/// arrivals the sim saw, and TTFT and latency from the schedule are TTFT and latency plus the
+/// schedule lag, request by request (so their means add up, to the µs each is recorded in).
+#[test]
+fn schedule_figures_add_up_and_match_the_record() {
+    let _serial = timing_lock();
+    let _pm = CpuDmaLatency::hold();
+    let sim = fast_sim();
+    let run = sim.bench(&with(
+        ONE_TURN,
+        &[
+            "--request-rate",
+            "200",
+            "--request-rate-mode",
+            "constant",
+            "--number",
+            "400",
+        ],
+    ));
+    let records = sim.stop();
+    let sch = &run.summary["schedule"];
+    let t = arrivals_s(&records);
+    let seen = (t.len() - 1) as f64 / (t[t.len() - 1] - t[0]);
+    let achieved = f(&sch["achieved_rate_per_s"]);
+    assert!(
+        (achieved / seen - 1.0).abs() < 0.01,
+        "{achieved}/s vs the sim's {seen}/s"
+    );
+    let lag = &sch["schedule_lag_ms"];
+    assert_eq!(u(&lag["count"]), 400);
+    let mean = |v: &Value| f(&v["mean"]);
+    let s = &run.summary;
+    let ttft_gap = mean(&sch["ttft_from_schedule_ms"]) - mean(&s["ttft_ms"]);
+    let latency_gap = mean(&sch["latency_from_schedule_ms"]) - mean(&s["latency_ms"]);
+    for gap in [ttft_gap, latency_gap] {
+        assert!(
+            (gap - mean(lag)).abs() < 0.003,
+            "{gap} ms vs lag {} ms",
+            mean(lag)
+        );
+    }
+    assert_eq!(u(&sch["cap_wait_ms"]["count"]), 0, "no cap, no waits");
+}
