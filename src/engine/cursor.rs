@@ -398,8 +398,8 @@ impl<'a> Cursor<'a> {
         self.estimated_prompt
     }
 
-    /// The request body of the current turn, in `shape`'s form (the run's resources converted the
-    /// conversation's deltas and recorded replies to that form).
+    /// The request body of the current turn, in `shape`'s form (`Resources::build` converted
+    /// the conversation's deltas and recorded replies to that form).
     pub(crate) fn body(&mut self, shape: &BodyShape, turn: &Turn) -> SegmentsBody {
         self.kind = shape.kind;
         match &turn.open {
