@@ -165,6 +165,9 @@ pub struct Recorder {
     /// Per conversation of an open loop with a cap: time its arrival waited for a free slot, µs.
     pub cap_wait_us: Dist,
     pub requests_succeeded: u64,
+    /// Requests sent a second time: on a fresh connection after a reused one was closed before
+    /// any byte of the response, or after a 429 with `--retry-429`. Not in `requests.total`.
+    pub requests_retried: u64,
     /// In flight at the hard end of the run (`--duration-grace`): cancelled, not failed.
     pub requests_cancelled: u64,
     pub requests_failed: u64,
@@ -221,6 +224,7 @@ impl Recorder {
             latency_from_schedule_us: Dist::new(MAX_US),
             cap_wait_us: Dist::new(MAX_US),
             requests_succeeded: 0,
+            requests_retried: 0,
             requests_cancelled: 0,
             requests_failed: 0,
             failures: BTreeMap::new(),
@@ -367,6 +371,7 @@ impl Recorder {
         self.cap_wait_us.merge(&other.cap_wait_us);
         self.requests_succeeded += other.requests_succeeded;
         self.requests_cancelled += other.requests_cancelled;
+        self.requests_retried += other.requests_retried;
         self.requests_failed += other.requests_failed;
         for (k, v) in &other.failures {
             *self.failures.entry(*k).or_insert(0) += v;

@@ -90,6 +90,10 @@ pub struct EngineConfig {
     pub preconnect: bool,
     /// Seed of the open-loop arrival process.
     pub seed: u64,
+    /// Retry 429s after their Retry-After (`--retry-429`).
+    pub retry_429: bool,
+    /// Stop the run after this many failed connects in a row on one core (0: never).
+    pub max_consecutive_connect_failures: u64,
 }
 
 /// How long an idle `--spin` executor polls before parking. Longer than any gap between events
@@ -172,6 +176,9 @@ pub struct Shared {
     phase_base: [AtomicU64; 2],
     warming_up: AtomicBool,
     progress: Vec<CachePadded<CoreProgress>>,
+    /// Set by the first core that sees `max_consecutive_connect_failures` connects fail in a
+    /// row; every core stops starting conversations when it sees it.
+    halted: AtomicBool,
 }
 
 impl Shared {
@@ -203,7 +210,13 @@ impl Shared {
             progress: (0..cores)
                 .map(|_| CachePadded::new(CoreProgress::default()))
                 .collect(),
+            halted: AtomicBool::new(false),
         }
+    }
+
+    /// The run was stopped because the target could not be reached.
+    pub(crate) fn halted(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
     }
 
     pub fn progress(&self) -> Progress {
@@ -231,6 +244,8 @@ impl Shared {
 pub struct Measured {
     pub recorder: Recorder,
     pub warmup: Option<Recorder>,
+    /// Why the run stopped before its end, when it did (the target could not be reached).
+    pub halted: Option<String>,
 }
 
 /// Runs the benchmark to completion (or interrupt) and returns the merged recorders.
@@ -279,7 +294,18 @@ pub fn run(shared: Shared, mut on_tick: impl FnMut(Progress)) -> Result<Measured
             warmup.get_or_insert_with(Recorder::new).merge(&w);
         }
     }
-    Ok(Measured { recorder, warmup })
+    let halted = shared.halted().then(|| {
+        format!(
+            "stopped early: {} connection attempts in a row failed (the target is down or \
+             unreachable); see --max-consecutive-connect-failures",
+            config.max_consecutive_connect_failures
+        )
+    });
+    Ok(Measured {
+        recorder,
+        warmup,
+        halted,
+    })
 }
 
 #[cfg(test)]
@@ -316,6 +342,8 @@ mod tests {
             load: load(cap),
             preconnect: true,
             seed: 0,
+            retry_429: false,
+            max_consecutive_connect_failures: 0,
         };
         assert_eq!(active_cores(&config(Some(2))), 2);
         assert_eq!(active_cores(&config(None)), 4);
