@@ -262,9 +262,10 @@ pub struct BenchArgs {
 
     /// Stop the run when this many connection attempts in a row fail on one engine core (the
     /// target is down or unreachable), instead of failing every conversation of the dataset.
-    /// 0 = never stop.
-    #[arg(long, default_value_t = 100, value_name = "N", help_heading = "Target")]
-    pub max_consecutive_connect_failures: u64,
+    /// Default: 100, or the core's share of --parallel when larger (a burst of that many
+    /// connects may fail together on a loaded server). 0 = never stop.
+    #[arg(long, value_name = "N", help_heading = "Target")]
+    pub max_consecutive_connect_failures: Option<u64>,
 
     /// Before the run, wait up to this many seconds for the target to answer `GET /v1/models`
     /// (any status below 500), polling twice a second, as while a server loads its model; fail

@@ -228,8 +228,9 @@ pub struct Plan {
     pub request_timeout: Option<Duration>,
     /// `--retry-429`.
     pub retry_429: bool,
-    /// `--max-consecutive-connect-failures` (0: never stop).
-    pub max_consecutive_connect_failures: u64,
+    /// `--max-consecutive-connect-failures` (0: never stop; `None`: the default, see
+    /// [`crate::engine::EngineConfig::max_consecutive_connect_failures`]).
+    pub max_consecutive_connect_failures: Option<u64>,
     /// `--wait-for-model-timeout` (`None`: no pre-flight wait).
     pub wait_for_model: Option<Duration>,
     /// Run directories go in `<outputs_dir>/<timestamp>/<name>`.

@@ -469,6 +469,24 @@ fn dead_target_stops_early() {
         "{connect} connect failures for a limit of 20"
     );
     assert!(r.elapsed < Duration::from_secs(20));
+
+    // The default: 100 in a row (more than this core's 4 slots).
+    let r = run(&[
+        "--url",
+        &url,
+        "--model",
+        "m",
+        "--number",
+        "5000",
+        "--parallel",
+        "4",
+    ]);
+    assert!(r.stderr.contains("stopped early"), "{}", r.stderr);
+    let connect = r.failures("connect");
+    assert!(
+        (100..=120).contains(&connect),
+        "{connect} connect failures by default"
+    );
 }
 
 /// The pre-flight wait: a dead target fails after the timeout with a clear message and no

@@ -92,9 +92,13 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Retry 429s after their Retry-After (`--retry-429`).
     pub retry_429: bool,
-    /// Stop the run after this many failed connects in a row on one core (0: never).
-    pub max_consecutive_connect_failures: u64,
+    /// Stop the run after this many failed connects in a row on one core (0: never; `None`:
+    /// [`DEFAULT_MAX_CONNECT_FAILURES`] or the core's slots, whichever is larger).
+    pub max_consecutive_connect_failures: Option<u64>,
 }
+
+/// Failed connects in a row on one core that stop the run, unless the core has more slots.
+pub const DEFAULT_MAX_CONNECT_FAILURES: u64 = 100;
 
 /// How long an idle `--spin` executor polls before parking. Longer than any gap between events
 /// of a loaded run, so a busy executor never parks. Not unbounded: with an unbounded spin, one of
@@ -295,11 +299,9 @@ pub fn run(shared: Shared, mut on_tick: impl FnMut(Progress)) -> Result<Measured
         }
     }
     let halted = shared.halted().then(|| {
-        format!(
-            "stopped early: {} connection attempts in a row failed (the target is down or \
-             unreachable); see --max-consecutive-connect-failures",
-            config.max_consecutive_connect_failures
-        )
+        "stopped early: connection attempts kept failing, none succeeding (the target is down \
+         or unreachable); see --max-consecutive-connect-failures"
+            .to_owned()
     });
     Ok(Measured {
         recorder,
@@ -343,7 +345,7 @@ mod tests {
             preconnect: true,
             seed: 0,
             retry_429: false,
-            max_consecutive_connect_failures: 0,
+            max_consecutive_connect_failures: None,
         };
         assert_eq!(active_cores(&config(Some(2))), 2);
         assert_eq!(active_cores(&config(None)), 4);

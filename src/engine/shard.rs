@@ -50,8 +50,10 @@ struct Core {
     idle: RefCell<Vec<Vec<Connection>>>,
     states: RefCell<Vec<SlotState>>,
     sampler: RefCell<Sampler>,
-    /// Connection attempts that failed in a row on this core (any success resets it).
+    /// Connection attempts that failed in a row on this core (any success resets it), and how
+    /// many halt the run (0: never).
     connect_failures: std::cell::Cell<u64>,
+    connect_limit: u64,
 }
 
 impl Core {
@@ -76,8 +78,7 @@ impl Core {
         }
         let n = self.connect_failures.get() + 1;
         self.connect_failures.set(n);
-        let limit = self.shared.config.max_consecutive_connect_failures;
-        if limit > 0 && n >= limit {
+        if self.connect_limit > 0 && n >= self.connect_limit {
             self.shared.halted.store(true, Ordering::Relaxed);
         }
     }
@@ -139,6 +140,9 @@ pub(crate) async fn run(
         states: RefCell::new(Vec::new()),
         sampler: RefCell::new(shared.sampler.clone()),
         connect_failures: std::cell::Cell::new(0),
+        connect_limit: config
+            .max_consecutive_connect_failures
+            .unwrap_or_else(|| super::DEFAULT_MAX_CONNECT_FAILURES.max(slots.unwrap_or(0) as u64)),
         shared,
     });
     if config.preconnect {
@@ -518,7 +522,7 @@ impl Task {
         let mut prev_end_ns = intended_ns;
         while let Some((k, turn)) = cursor.advance() {
             if k > 0 {
-                if core.stopping() {
+                if signal::interrupted() {
                     return Ending::Interrupted;
                 }
                 intended_ns = match &self.shape {

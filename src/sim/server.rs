@@ -321,60 +321,62 @@ async fn serve_faulty_connection(guard: ConnGuard, stream: glommio::net::TcpStre
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(io, service);
-    let mut conn = std::pin::pin!(conn);
-    let idle_ms = fault::close_idle_ms(&exec.shared.cfg.faults);
-    enum Event {
-        Done,
-        Changed,
-        Idle,
-    }
-    loop {
-        let idle = async {
-            match (idle_ms, ctl.idle_since()) {
-                (Some(ms), Some(since)) => {
-                    let at = since + Duration::from_millis(ms);
-                    glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
-                    Event::Idle
+    // In a block: the connection (and its socket) must be gone before a held socket waits.
+    {
+        let mut conn = std::pin::pin!(conn);
+        let idle_ms = fault::close_idle_ms(&exec.shared.cfg.faults);
+        enum Event {
+            Done,
+            Changed,
+            Idle,
+        }
+        loop {
+            let idle = async {
+                match (idle_ms, ctl.idle_since()) {
+                    (Some(ms), Some(since)) => {
+                        let at = since + Duration::from_millis(ms);
+                        glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+                        Event::Idle
+                    }
+                    _ => std::future::pending().await,
                 }
-                _ => std::future::pending().await,
-            }
-        };
-        let event = futures_lite::future::or(
-            futures_lite::future::or(
-                async {
-                    let _ = conn.as_mut().await;
-                    Event::Done
-                },
-                async {
-                    exec.stop.wait().await;
-                    Event::Done
-                },
-            ),
-            futures_lite::future::or(
-                async {
-                    ctl.changed().await;
-                    Event::Changed
-                },
-                idle,
-            ),
-        )
-        .await;
-        match event {
-            Event::Done => break,
-            Event::Changed if ctl.reset.get() => break,
-            Event::Changed => {
-                if ctl.take_shutdown() {
-                    conn.as_mut().graceful_shutdown();
+            };
+            let event = futures_lite::future::or(
+                futures_lite::future::or(
+                    async {
+                        let _ = conn.as_mut().await;
+                        Event::Done
+                    },
+                    async {
+                        exec.stop.wait().await;
+                        Event::Done
+                    },
+                ),
+                futures_lite::future::or(
+                    async {
+                        ctl.changed().await;
+                        Event::Changed
+                    },
+                    idle,
+                ),
+            )
+            .await;
+            match event {
+                Event::Done => break,
+                Event::Changed if ctl.reset.get() => break,
+                Event::Changed => {
+                    if ctl.take_shutdown() {
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
-            }
-            Event::Idle => {
-                if ctl.idle_since().is_some() {
-                    conn.as_mut().graceful_shutdown();
+                Event::Idle => {
+                    if ctl.idle_since().is_some() {
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
     }
-    drop(conn);
     if let Some(fd) = ctl.take_held() {
         let stop = exec.stop.clone();
         conn::reset_on_next_request(fd, HOLD_MAX, move || stop.stopped()).await;

@@ -270,6 +270,8 @@ const CHAT_ABORT: &[u8] = b"\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":
 const TEXT_ABORT: &[u8] = b"\"choices\":[{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"abort\",\"stop_reason\":null}]}\n\n";
 const PING: &[u8] = b": ping\n\n";
 
+type FrameResult = Result<Frame<Bytes>, std::io::Error>;
+
 fn fault_error(kind: FaultKind) -> std::io::Error {
     std::io::Error::other(format!("injected fault {kind}"))
 }
@@ -311,7 +313,7 @@ impl SseBody {
 
     /// Carries out the mid-stream fault once half the reply has gone out (at least one token,
     /// never the last: the planned finish_reason is not sent before it).
-    fn poll_fault(&mut self) -> Option<Poll<Option<Result<Frame<Bytes>, std::io::Error>>>> {
+    fn poll_fault(&mut self) -> Option<Poll<Option<FrameResult>>> {
         let f = self.fault?;
         let half = (self.run.spec.plan.tokens / 2).max(1);
         if self.run.produced < half {
