@@ -60,7 +60,7 @@ pub struct Record {
     pub turn: Option<serde_json::Value>,
     /// `"chat"` or `"completions"`.
     pub endpoint: String,
-    /// HTTP status sent.
+    /// HTTP status sent (0: none — a `stall_before_headers` or `reset_before_headers` fault).
     pub status: u16,
     pub stream: bool,
     /// When the request head had arrived (time of the socket read that completed it).
