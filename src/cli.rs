@@ -248,6 +248,31 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 600.0, value_parser = positive_f64, help_heading = "Target")]
     pub read_timeout: f64,
 
+    /// Seconds a whole request may take, from sending it to the last byte of the reply, before
+    /// it counts as failed (`request_timeout`); catches servers that keep a stream alive with
+    /// comments or tiny events but never finish. Default: no limit.
+    #[arg(long, value_parser = positive_f64, help_heading = "Target")]
+    pub request_timeout: Option<f64>,
+
+    /// Retry a request answered with HTTP 429 after its `Retry-After` (seconds, at most 60;
+    /// 1 s without one), up to 3 times, counting each retry in `requests.retried`. Off by
+    /// default: a 429 is a failure.
+    #[arg(long, help_heading = "Target")]
+    pub retry_429: bool,
+
+    /// Stop the run when this many connection attempts in a row fail on one engine core (the
+    /// target is down or unreachable), instead of failing every conversation of the dataset.
+    /// Default: 100, or the core's share of --parallel when larger (a burst of that many
+    /// connects may fail together on a loaded server). 0 = never stop.
+    #[arg(long, value_name = "N", help_heading = "Target")]
+    pub max_consecutive_connect_failures: Option<u64>,
+
+    /// Before the run, wait up to this many seconds for the target to answer `GET /v1/models`
+    /// (any status below 500), polling twice a second, as while a server loads its model; fail
+    /// with a clear message if it never does. 0 = no wait (AIPerf `--wait-for-model-timeout`).
+    #[arg(long, default_value_t = 0.0, value_name = "S", help_heading = "Target")]
+    pub wait_for_model_timeout: f64,
+
     // ----- load -----
     /// Conversations in flight at once (closed loop; default 10); each runs turn by turn. With
     /// --request-rate it is a cap instead: arrivals that find it full wait for a slot. A list

@@ -31,6 +31,8 @@ pub enum FailureKind {
     Io,
     /// No bytes for longer than `--read-timeout`.
     ReadTimeout,
+    /// The whole request took longer than `--request-timeout`.
+    RequestTimeout,
     /// An SSE event was not valid JSON or was too large.
     MalformedSse,
     /// The server sent an error object inside the stream or body.
@@ -47,6 +49,7 @@ impl FailureKind {
             FailureKind::HttpStatus(code) => format!("http_{code}"),
             FailureKind::Io => "io".into(),
             FailureKind::ReadTimeout => "read_timeout".into(),
+            FailureKind::RequestTimeout => "request_timeout".into(),
             FailureKind::MalformedSse => "malformed_sse".into(),
             FailureKind::ServerError => "server_error".into(),
             FailureKind::Incomplete => "incomplete".into(),
@@ -71,6 +74,8 @@ pub struct Endpoint {
     pub stream: bool,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Longest a whole request may take, first byte sent to last byte read (`None`: no limit).
+    pub request_timeout: Option<Duration>,
 }
 
 /// A keep-alive connection owned by one slot.
@@ -193,6 +198,10 @@ pub struct TurnTiming {
 pub struct TurnFailure {
     pub kind: FailureKind,
     pub timing: TurnTiming,
+    /// Not a byte of the response arrived (so the server may never have seen the request).
+    pub before_response: bool,
+    /// A 429's `Retry-After`, in seconds (`None`: absent or not a number of seconds).
+    pub retry_after_s: Option<u64>,
 }
 
 enum StreamError {
@@ -269,7 +278,7 @@ pub async fn send_turn(
     conn.write_stamp.set(0);
     let start_ns = clock::now_ns();
     timing.start_ns = start_ns;
-    let fail = |kind, timing: TurnTiming| TurnFailure { kind, timing };
+    let mut retry_after_s = None;
 
     let work = async {
         // Built here rather than before this block: a request captured by the block stays in
@@ -281,6 +290,13 @@ pub async fn send_turn(
             Err(_) => return Err(FailureKind::Io),
         };
         let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after_s = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+        }
         let mut body = response.into_body();
         if status != StatusCode::OK {
             // Drain (bounded) so the connection stays reusable; the body is not needed.
@@ -302,13 +318,26 @@ pub async fn send_turn(
             read_whole(&mut body, &conn.stamp, scratch, &mut timing).await
         }
     };
-    let result = with_read_timeout(work, &conn.stamp, start_ns, endpoint.read_timeout).await;
-    timing.end_ns = conn.stamp.get().max(timing.start_ns);
+    let result = with_timeouts(
+        work,
+        &conn.stamp,
+        start_ns,
+        endpoint.read_timeout,
+        endpoint.request_timeout,
+    )
+    .await;
+    let last_read_ns = conn.stamp.get();
+    timing.end_ns = last_read_ns.max(timing.start_ns);
     let written_ns = conn.write_stamp.get();
     timing.first_write_ns = (written_ns != 0).then_some(written_ns);
     match result {
         Ok(()) => Ok(timing),
-        Err(kind) => Err(fail(kind, timing)),
+        Err(kind) => Err(TurnFailure {
+            kind,
+            timing,
+            before_response: last_read_ns < start_ns,
+            retry_after_s,
+        }),
     }
 }
 
@@ -417,25 +446,33 @@ async fn read_whole(
     Ok(())
 }
 
-/// Races `work` against a watchdog that fails it once no byte has been read for `limit`. One
-/// timer per request (not per event): the watchdog wakes every `limit / 4` and checks the read
-/// stamp.
-async fn with_read_timeout<F>(
+/// Races `work` against a watchdog that fails it once no byte has been read for `read_limit`
+/// (`read_timeout`) or once it has run for `request_limit` (`request_timeout`). One timer per
+/// request (not per event): the watchdog wakes every quarter of the shorter limit and checks the
+/// read stamp and the clock.
+async fn with_timeouts<F>(
     work: F,
     stamp: &ReadStamp,
     start_ns: u64,
-    limit: Duration,
+    read_limit: Duration,
+    request_limit: Option<Duration>,
 ) -> Result<(), FailureKind>
 where
     F: std::future::Future<Output = Result<(), FailureKind>>,
 {
-    let limit_ns = limit.as_nanos() as u64;
+    let read_limit_ns = read_limit.as_nanos() as u64;
+    let request_limit_ns = request_limit.map_or(u64::MAX, |d| d.as_nanos() as u64);
     let watchdog = async {
-        let tick = (limit / 4).max(Duration::from_millis(1));
+        let shortest = request_limit.map_or(read_limit, |r| r.min(read_limit));
+        let tick = (shortest / 4).max(Duration::from_millis(1));
         loop {
             glommio::timer::sleep(tick).await;
+            let now = clock::now_ns();
+            if now.saturating_sub(start_ns) >= request_limit_ns {
+                return Err(FailureKind::RequestTimeout);
+            }
             let last = stamp.get().max(start_ns);
-            if clock::now_ns().saturating_sub(last) >= limit_ns {
+            if now.saturating_sub(last) >= read_limit_ns {
                 return Err(FailureKind::ReadTimeout);
             }
         }

@@ -43,6 +43,7 @@ pub mod host;
 pub mod metrics;
 pub mod net;
 pub mod plan;
+pub mod preflight;
 pub mod report;
 pub mod resources;
 pub mod run;

@@ -214,6 +214,9 @@ pub struct Recorder {
     pub total_milli_tps: Dist,
     pub decode_milli_tps: Dist,
     pub requests_succeeded: u64,
+    /// Requests sent a second time: on a fresh connection after a reused one was closed before
+    /// any byte of the response, or after a 429 with `--retry-429`. Not in `requests.total`.
+    pub requests_retried: u64,
     /// In flight at the hard end of the run (`--duration-grace`): cancelled, not failed.
     pub requests_cancelled: u64,
     pub requests_failed: u64,
@@ -279,6 +282,7 @@ impl Recorder {
             total_milli_tps: Dist::new(MAX_MILLI_TPS),
             decode_milli_tps: Dist::new(MAX_MILLI_TPS),
             requests_succeeded: 0,
+            requests_retried: 0,
             requests_cancelled: 0,
             requests_failed: 0,
             failures: BTreeMap::new(),
@@ -458,6 +462,7 @@ impl Recorder {
         self.decode_milli_tps.merge(&other.decode_milli_tps);
         self.requests_succeeded += other.requests_succeeded;
         self.requests_cancelled += other.requests_cancelled;
+        self.requests_retried += other.requests_retried;
         self.requests_failed += other.requests_failed;
         for (k, v) in &other.failures {
             *self.failures.entry(*k).or_insert(0) += v;

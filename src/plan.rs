@@ -224,6 +224,15 @@ pub struct Plan {
     pub seed: u64,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `--request-timeout` (`None`: no limit).
+    pub request_timeout: Option<Duration>,
+    /// `--retry-429`.
+    pub retry_429: bool,
+    /// `--max-consecutive-connect-failures` (0: never stop; `None`: the default, see
+    /// [`crate::engine::EngineConfig::max_consecutive_connect_failures`]).
+    pub max_consecutive_connect_failures: Option<u64>,
+    /// `--wait-for-model-timeout` (`None`: no pre-flight wait).
+    pub wait_for_model: Option<Duration>,
     /// Run directories go in `<outputs_dir>/<timestamp>/<name>`.
     pub outputs_dir: PathBuf,
     /// The run's name (`--name`, else the model's last path part), safe as a directory name.
@@ -394,8 +403,22 @@ impl Plan {
             cores: args.cores,
             spin: args.spin,
             seed: args.seed,
-            connect_timeout: Duration::from_secs_f64(args.connect_timeout),
-            read_timeout: Duration::from_secs_f64(args.read_timeout),
+            connect_timeout: timeout("connect-timeout", args.connect_timeout)?,
+            read_timeout: timeout("read-timeout", args.read_timeout)?,
+            request_timeout: args
+                .request_timeout
+                .map(|s| timeout("request-timeout", s))
+                .transpose()?,
+            retry_429: args.retry_429,
+            max_consecutive_connect_failures: args.max_consecutive_connect_failures,
+            wait_for_model: if args.wait_for_model_timeout == 0.0 {
+                None
+            } else {
+                Some(timeout(
+                    "wait-for-model-timeout",
+                    args.wait_for_model_timeout,
+                )?)
+            },
             outputs_dir: args.outputs_dir.clone(),
             name: sanitize(&name),
             notes,
@@ -446,6 +469,27 @@ struct LoadFlags {
     config: LoadConfig,
     /// evalscope's fractional `--warmup-num`: resolved against `--number`.
     warmup_fraction: Option<f64>,
+}
+
+/// Longest timeout accepted, in seconds (30 days): beyond it a timeout is a mistake, and far
+/// beyond it (`1e300`) not even a `Duration`.
+pub const MAX_TIMEOUT_S: f64 = 30.0 * 86_400.0;
+
+/// A timeout flag in seconds, range-checked: positive, finite, at most [`MAX_TIMEOUT_S`].
+fn timeout(flag: &'static str, s: f64) -> Result<Duration, PlanError> {
+    if !(s.is_finite() && s > 0.0) {
+        return Err(flag_err(
+            flag,
+            format!("must be a positive number of seconds, got {s}"),
+        ));
+    }
+    if s > MAX_TIMEOUT_S {
+        return Err(flag_err(
+            flag,
+            format!("{s} s is longer than the {MAX_TIMEOUT_S} s (30 days) allowed"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 fn flag_err(flag: &'static str, reason: impl Into<String>) -> PlanError {

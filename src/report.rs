@@ -55,6 +55,8 @@ pub struct Requests {
     pub failed: u64,
     /// In flight at the hard end of the run (`--duration-grace`); not failures.
     pub cancelled: u64,
+    /// Requests sent again (see `docs/metrics.md`); each counts once in `total` all the same.
+    pub retried: u64,
     /// Failed requests by cause (`http_500`, `io`, `read_timeout`, …).
     pub failures: BTreeMap<String, u64>,
 }
@@ -290,6 +292,7 @@ impl Summary {
                 succeeded: ok,
                 failed: rec.requests_failed,
                 cancelled: rec.requests_cancelled,
+                retried: rec.requests_retried,
                 failures: rec.failures.iter().map(|(k, v)| (k.label(), *v)).collect(),
             },
             conversations: Conversations {
@@ -620,6 +623,14 @@ impl Summary {
             }
             out.push_str(&line);
             out.push('\n');
+        }
+        if self.requests.retried > 0 {
+            let _ = writeln!(
+                out,
+                "Retried requests: {} (a reused connection closed before any byte of the \
+                 response, or a 429 with --retry-429)",
+                self.requests.retried
+            );
         }
         if self.requests.cancelled > 0 || self.conversations.cancelled > 0 {
             let _ = writeln!(

@@ -159,6 +159,7 @@ impl Resources {
                 stream: plan.stream,
                 connect_timeout: plan.connect_timeout,
                 read_timeout: plan.read_timeout,
+                request_timeout: plan.request_timeout,
             });
         }
         Ok(Resources {

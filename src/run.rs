@@ -19,6 +19,9 @@ use crate::signal;
 pub enum RunError {
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
+    /// `--wait-for-model-timeout` ran out.
+    #[error("{0}")]
+    TargetNotReady(String),
     #[error("writing {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -36,6 +39,8 @@ pub fn engine_config(plan: &Plan, res: &Resources, point: &Point) -> EngineConfi
         load,
         preconnect: plan.load.preconnect,
         seed: plan.seed,
+        retry_429: plan.retry_429,
+        max_consecutive_connect_failures: plan.max_consecutive_connect_failures,
     }
 }
 
@@ -98,6 +103,9 @@ pub fn run_point(
     );
     let cpu_before_ns = metrics::process_cpu_ns();
     let measured = engine::run(shared, on_tick)?;
+    if let Some(why) = &measured.halted {
+        eprintln!("parley: {why}");
+    }
     let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
     let mut config = res.config.clone();
     config.point = point.clone();
@@ -121,6 +129,10 @@ pub struct Console {
 /// Runs every point (`res.points`), printing each point's tables and writing its files; a sweep
 /// also gets a table and `sweep_summary.json`. Returns the summaries in point order.
 pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summary>, RunError> {
+    if let Some(timeout) = plan.wait_for_model {
+        crate::preflight::wait_for_model(&res.endpoints, timeout)
+            .map_err(RunError::TargetNotReady)?;
+    }
     let sweep = res.points.len() > 1;
     let mut summaries = Vec::new();
     for (i, point) in res.points.iter().enumerate() {

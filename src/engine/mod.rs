@@ -91,7 +91,15 @@ pub struct EngineConfig {
     pub preconnect: bool,
     /// Seed of the open-loop arrival process.
     pub seed: u64,
+    /// Retry 429s after their Retry-After (`--retry-429`).
+    pub retry_429: bool,
+    /// Stop the run after this many failed connects in a row on one core (0: never; `None`:
+    /// [`DEFAULT_MAX_CONNECT_FAILURES`] or the core's slots, whichever is larger).
+    pub max_consecutive_connect_failures: Option<u64>,
 }
+
+/// Failed connects in a row on one core that stop the run, unless the core has more slots.
+pub const DEFAULT_MAX_CONNECT_FAILURES: u64 = 100;
 
 /// How long an idle `--spin` executor polls before parking. Longer than any gap between events
 /// of a loaded run, so a busy executor never parks. Not unbounded: with an unbounded spin, one of
@@ -197,6 +205,9 @@ pub struct Shared {
     phase_base: [AtomicU64; 2],
     warming_up: AtomicBool,
     progress: Vec<CachePadded<CoreProgress>>,
+    /// Set by the first core that sees `max_consecutive_connect_failures` connects fail in a
+    /// row; every core stops starting conversations when it sees it.
+    halted: AtomicBool,
 }
 
 impl Shared {
@@ -228,7 +239,13 @@ impl Shared {
             progress: (0..cores)
                 .map(|_| CachePadded::new(CoreProgress::default()))
                 .collect(),
+            halted: AtomicBool::new(false),
         }
+    }
+
+    /// The run was stopped because the target could not be reached.
+    pub(crate) fn halted(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
     }
 
     pub fn progress(&self) -> Progress {
@@ -257,6 +274,8 @@ impl Shared {
 pub struct Measured {
     pub recorder: Recorder,
     pub warmup: Option<Recorder>,
+    /// Why the run stopped before its end, when it did (the target could not be reached).
+    pub halted: Option<String>,
 }
 
 /// Runs the benchmark to completion (or interrupt) and returns the merged recorders.
@@ -305,7 +324,16 @@ pub fn run(shared: Shared, mut on_tick: impl FnMut(Progress)) -> Result<Measured
             warmup.get_or_insert_with(Recorder::new).merge(&w);
         }
     }
-    Ok(Measured { recorder, warmup })
+    let halted = shared.halted().then(|| {
+        "stopped early: connection attempts kept failing, none succeeding (the target is down \
+         or unreachable); see --max-consecutive-connect-failures"
+            .to_owned()
+    });
+    Ok(Measured {
+        recorder,
+        warmup,
+        halted,
+    })
 }
 
 #[cfg(test)]
@@ -342,6 +370,8 @@ mod tests {
             load: load(cap),
             preconnect: true,
             seed: 0,
+            retry_429: false,
+            max_consecutive_connect_failures: None,
         };
         assert_eq!(active_cores(&config(Some(2))), 2);
         assert_eq!(active_cores(&config(None)), 4);

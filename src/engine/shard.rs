@@ -51,6 +51,10 @@ struct Core {
     idle: RefCell<Vec<Vec<Connection>>>,
     states: RefCell<Vec<SlotState>>,
     sampler: RefCell<Sampler>,
+    /// Connection attempts that failed in a row on this core (any success resets it), and how
+    /// many halt the run (0: never).
+    connect_failures: std::cell::Cell<u64>,
+    connect_limit: u64,
 }
 
 impl Core {
@@ -64,6 +68,25 @@ impl Core {
             history: Vec::new(),
             in_flight: false,
         })
+    }
+
+    /// Counts a connection attempt; after `max_consecutive_connect_failures` failures in a row
+    /// halts the run on every core (through `Shared`).
+    fn note_connect(&self, ok: bool) {
+        if ok {
+            self.connect_failures.set(0);
+            return;
+        }
+        let n = self.connect_failures.get() + 1;
+        self.connect_failures.set(n);
+        if self.connect_limit > 0 && n >= self.connect_limit {
+            self.shared.halted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Stop starting conversations and turns: Ctrl-C, or the target is unreachable.
+    fn stopping(&self) -> bool {
+        signal::interrupted() || self.shared.halted()
     }
 
     fn take_conn(&self, url: usize) -> Option<Connection> {
@@ -117,6 +140,10 @@ pub(crate) async fn run(
         idle: RefCell::new(shared.endpoints.iter().map(|_| Vec::new()).collect()),
         states: RefCell::new(Vec::new()),
         sampler: RefCell::new(shared.sampler.clone()),
+        connect_failures: std::cell::Cell::new(0),
+        connect_limit: config
+            .max_consecutive_connect_failures
+            .unwrap_or_else(|| super::DEFAULT_MAX_CONNECT_FAILURES.max(slots.unwrap_or(0) as u64)),
         shared,
     });
     if config.preconnect {
@@ -313,7 +340,7 @@ async fn drive(core: &Rc<Core>, phase: &Phase, start_ns: u64, base: u64) {
     let finished = Rc::new(Semaphore::new(0));
     let mut spawned = 0u64;
     loop {
-        if signal::interrupted() {
+        if core.stopping() {
             break;
         }
         // `ready_ns`: when the conversation could be sent, for the send-lag figure: its intended
@@ -324,7 +351,7 @@ async fn drive(core: &Rc<Core>, phase: &Phase, start_ns: u64, base: u64) {
                 None => None,
             };
             let now = clock::now_ns();
-            if soft_end_ns.is_some_and(|end| now >= end) || signal::interrupted() {
+            if soft_end_ns.is_some_and(|end| now >= end) || core.stopping() {
                 break;
             }
             let Some(arrival) = schedule.next() else {
@@ -516,35 +543,76 @@ impl Task {
             // Send lag is measured from when the client could send: connection setup is the
             // network's time, and waiting for the end of the previous response after its last
             // event is the server's.
-            let c = match ensure_connection(conn, endpoint, core.read_buf).await {
-                Ok((c, opened)) => {
-                    ready_ns = if opened {
-                        ready_ns.max(clock::now_ns())
-                    } else {
-                        ready_ns.max(c.last_read_ns())
-                    };
-                    c
-                }
-                Err(kind) => {
-                    let now = clock::now_ns();
-                    let timing = TurnTiming {
-                        start_ns: now,
-                        end_ns: now,
-                        ..TurnTiming::default()
-                    };
-                    self.recorder
-                        .borrow_mut()
-                        .record_failure(&timing, kind, url);
-                    if self.measured {
-                        progress.failed.fetch_add(1, Ordering::Relaxed);
-                        progress.live.on_failure(kind);
-                    }
-                    return Ending::Abandoned;
-                }
+            let (c, opened) = match self.connect(conn, url).await {
+                Ok(pair) => pair,
+                Err(()) => return Ending::Abandoned,
             };
-            let body = cursor.body(&core.shared.body, turn);
+            ready_ns = if opened {
+                ready_ns.max(clock::now_ns())
+            } else {
+                ready_ns.max(c.last_read_ns())
+            };
             *in_flight = true;
-            let sent = client::send_turn(c, endpoint, body, self.seq, k as u32, scratch).await;
+            let mut sent = client::send_turn(
+                c,
+                endpoint,
+                cursor.body(&core.shared.body, turn),
+                self.seq,
+                k as u32,
+                scratch,
+            )
+            .await;
+            let mut attempts_429 = 0;
+            // A reused keep-alive connection the server closed before any byte of the response
+            // (the close crossed our request): the server never answered, so send it once more
+            // on a fresh connection. After a response byte, a retry could run a request twice.
+            // And a 429, when --retry-429 asks, after its Retry-After.
+            loop {
+                let retry = match &sent {
+                    Err(f) if f.kind == FailureKind::Io && f.before_response && !opened => {
+                        Some(Duration::ZERO)
+                    }
+                    Err(f)
+                        if f.kind == FailureKind::HttpStatus(429)
+                            && core.shared.config.retry_429
+                            && attempts_429 < RETRIES_429 =>
+                    {
+                        attempts_429 += 1;
+                        Some(Duration::from_secs(
+                            f.retry_after_s.unwrap_or(1).min(RETRY_AFTER_MAX_S),
+                        ))
+                    }
+                    _ => None,
+                };
+                let Some(wait) = retry else { break };
+                if matches!(&sent, Err(f) if f.kind == FailureKind::Io) {
+                    *conn = None;
+                }
+                self.recorder.borrow_mut().requests_retried += 1;
+                if !wait.is_zero() {
+                    glommio::timer::sleep(wait).await;
+                }
+                let c = match self.connect(conn, url).await {
+                    Ok((c, _)) => c,
+                    Err(()) => {
+                        *in_flight = false;
+                        return Ending::Abandoned;
+                    }
+                };
+                sent = client::send_turn(
+                    c,
+                    endpoint,
+                    cursor.body(&core.shared.body, turn),
+                    self.seq,
+                    k as u32,
+                    scratch,
+                )
+                .await;
+                if matches!(&sent, Err(f) if f.kind == FailureKind::Io) {
+                    // A second close on a fresh connection is a real failure.
+                    break;
+                }
+            }
             *in_flight = false;
             let timing = match &sent {
                 Ok(timing) => timing,
@@ -618,6 +686,50 @@ impl Task {
         // conversation got before it failed; see docs/metrics.md).
         self.recorder.borrow_mut().traces.record(&trace);
         Ending::Completed
+    }
+}
+
+/// How often one request is retried after a 429 (`--retry-429`), and the longest Retry-After
+/// honoured (a server asking for more gets this).
+const RETRIES_429: u32 = 3;
+const RETRY_AFTER_MAX_S: u64 = 60;
+
+impl Task {
+    /// The conversation's connection, opened if needed (`true`: just opened). A failed connect
+    /// is recorded as the turn's failure (`Err`: the conversation is abandoned).
+    async fn connect<'a>(
+        &self,
+        conn: &'a mut Option<Connection>,
+        url: usize,
+    ) -> Result<(&'a mut Connection, bool), ()> {
+        let core = &self.core;
+        let endpoint = &core.shared.endpoints[url];
+        match ensure_connection(conn, endpoint, core.read_buf).await {
+            Ok((c, opened)) => {
+                if opened {
+                    core.note_connect(true);
+                }
+                Ok((c, opened))
+            }
+            Err(kind) => {
+                core.note_connect(false);
+                let now = clock::now_ns();
+                let timing = TurnTiming {
+                    start_ns: now,
+                    end_ns: now,
+                    ..TurnTiming::default()
+                };
+                self.recorder
+                    .borrow_mut()
+                    .record_failure(&timing, kind, url);
+                if self.measured {
+                    let progress = core.progress();
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                    progress.live.on_failure(kind);
+                }
+                Err(())
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `SimArgs` checked and converted once into the units the server works in (pure, unit-tested).
 
+use super::fault::{self, FaultKind, FaultSpec};
 use super::{SimArgs, SimError};
 
 /// Longest duration any timing flag may ask for.
@@ -23,7 +24,8 @@ pub(crate) struct Config {
     pub(crate) max_model_len: u64,
     pub(crate) max_body_bytes: usize,
     pub(crate) seed: u64,
-    pub(crate) fail_every: u64,
+    /// `--fault` flags, then `--fail-every` as `http_500:every=N`.
+    pub(crate) faults: Vec<FaultSpec>,
     pub(crate) pm_qos: bool,
     pub(crate) usage: super::UsageMode,
     /// Lower-case name of the header carrying the conversation id.
@@ -81,6 +83,18 @@ impl Config {
         if a.model.is_empty() {
             return Err(invalid("--model", "must not be empty"));
         }
+        let mut faults = a
+            .faults
+            .iter()
+            .map(|f| fault::parse(f).map_err(|e| invalid("--fault", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if a.fail_every > 0 {
+            faults.push(FaultSpec {
+                kind: FaultKind::Http500,
+                every: a.fail_every,
+                after_ms: 0,
+            });
+        }
         Ok(Config {
             cores: a.cores,
             pin_cpus: a.advanced.pin_cpus.clone(),
@@ -102,7 +116,7 @@ impl Config {
             max_model_len: a.advanced.max_model_len,
             max_body_bytes: a.advanced.max_body_bytes,
             seed: a.seed,
-            fail_every: a.fail_every,
+            faults,
             pm_qos: !a.advanced.no_pm_qos,
             usage: a.advanced.usage,
             session_header: a.advanced.session_header.to_ascii_lowercase(),
@@ -139,7 +153,11 @@ mod tests {
         assert_eq!(c.itl_ns, 10_000_000);
         assert_eq!(c.tokens_per_chunk, 1);
         assert_eq!(c.default_output_tokens, 64);
-        assert_eq!(c.fail_every, 0);
+        assert!(c.faults.is_empty());
+        let c = Config::from_args(&args(&["--fail-every", "3", "--fault", "http_503:every=2"]))
+            .unwrap();
+        let kinds: Vec<_> = c.faults.iter().map(|f| (f.kind, f.every)).collect();
+        assert_eq!(kinds, [(FaultKind::Http503, 2), (FaultKind::Http500, 3)]);
         assert_eq!(c.model, "parley-sim");
         assert!(c.cache_output_tokens);
         let c = Config::from_args(&args(&[
@@ -169,6 +187,7 @@ mod tests {
             &["--itl-ms", "NaN"],
             &["--ttft-base-ms", "1e12"],
             &["--default-output-tokens", "0"],
+            &["--fault", "nope"],
         ] {
             assert!(Config::from_args(&args(bad)).is_err(), "{bad:?}");
         }

@@ -20,6 +20,8 @@
 
 pub mod cache;
 mod config;
+mod conn;
+mod fault;
 pub mod metrics;
 pub mod pmqos;
 pub mod prompt;
@@ -104,8 +106,28 @@ pub struct SimArgs {
     /// Fail every N-th generation request with HTTP 500 and an error body, before any stream:
     /// requests are numbered 1, 2, 3… in arrival order over all executors and request k fails
     /// when k is a multiple of N (so the first failure is request N). 0 = never.
+    /// Same as `--fault http_500:every=N`.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub fail_every: u64,
+    /// Inject a fault into every N-th generation request (repeatable; request k gets the first
+    /// listed fault whose N divides k). `every` defaults to 1 (all); `after=MS` (or a bare
+    /// number) is the duration of kinds that take one. Kinds: `http_500`, `http_503`,
+    /// `http_429` (Retry-After: after/1000 s, default 1 s), `reset_before_headers` (RST once
+    /// the request is read), `reset_mid_stream` (RST after half the reply),
+    /// `truncated_chunked_body` (FIN after half the reply, no last chunk),
+    /// `malformed_json_event` (an event that is not JSON, then the rest), `in_band_error_event`
+    /// (`data: {"error":…}` and [DONE] after half the reply), `abort_mid_stream`
+    /// (finish_reason "abort", usage, [DONE] after half the reply, as vLLM),
+    /// `stall_before_headers` (never answer), `stall_mid_stream` (half the reply, then
+    /// silence), `ping_forever` (`: ping` every after ms, default 100, forever),
+    /// `slow_headers` (headers after ms late, default 500, then a normal reply),
+    /// `close_after_response` (full reply, then the connection is reset when the client sends
+    /// its next request on it, unprocessed), `close_idle` (close connections idle for after
+    /// ms, default 100; every connection). Mid-stream kinds apply to streaming requests; a
+    /// non-streaming request gets a 500 instead. The record names each request's `fault` and
+    /// whether it `completed`.
+    #[arg(long = "fault", value_name = "KIND[:every=N][:after=MS]")]
+    pub faults: Vec<String>,
     /// Less common flags (boxed to keep `SimArgs` small).
     #[command(flatten, next_help_heading = "Advanced")]
     pub advanced: Box<SimAdvancedArgs>,
@@ -201,6 +223,7 @@ impl Default for SimArgs {
             seed: 0,
             record: None,
             fail_every: 0,
+            faults: Vec::new(),
             advanced: Box::default(),
         }
     }

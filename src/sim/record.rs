@@ -60,7 +60,7 @@ pub struct Record {
     pub turn: Option<serde_json::Value>,
     /// `"chat"` or `"completions"`.
     pub endpoint: String,
-    /// HTTP status sent.
+    /// HTTP status sent (0: none — a `stall_before_headers` or `reset_before_headers` fault).
     pub status: u16,
     pub stream: bool,
     /// When the request head had arrived (time of the socket read that completed it).
@@ -96,8 +96,16 @@ pub struct Record {
     pub reply_hash: Option<String>,
     /// The client disconnected before the reply was complete.
     pub aborted: bool,
-    /// Failed on purpose by `--fail-every`.
+    /// Failed on purpose with an error status (`--fail-every`, `--fault http_*`).
     pub failed: bool,
+    /// The `--fault` kind this request got (`http_500`, `reset_mid_stream`, …), if any.
+    #[serde(default)]
+    pub fault: Option<String>,
+    /// The whole reply was sent as a success (status 200, a normal end, [DONE] for a stream):
+    /// not rejected, not cut short by the client or by a fault. A client's successes should
+    /// equal these.
+    #[serde(default)]
+    pub completed: bool,
     /// Error message sent, for 4xx/5xx.
     pub error: Option<String>,
     /// The prompt as tokenized (`--record-prompts` only): a completions text prompt as sent, or a

@@ -27,12 +27,14 @@ use hyper::{Method, Response, StatusCode};
 
 use super::cache::{fmix64, PrefixCache};
 use super::config::Config;
+use super::conn::{self, set_reset_on_close, ConnCtl, Tracked};
+use super::fault::{self, FaultKind};
 use super::metrics::Metrics;
 use super::prompt::{Msg, PromptEncoder};
 use super::record::{content_hash, hash_hex, Record, RecordSender};
 use super::reply::{ReplyGen, ReplyWords};
 use super::request::{self, BadRequest, Endpoint, Input, Prompt};
-use super::stream::{full_reply, Run, RunSpec, SimBody, SseBody};
+use super::stream::{full_reply, Run, RunSpec, SimBody, SseBody, StreamFault};
 use super::SimError;
 use crate::clock::{instant_at, now_ns};
 use crate::net::{HyperIo, ReadStamp};
@@ -107,6 +109,10 @@ pub(crate) struct LocalStop {
 }
 
 impl LocalStop {
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
     pub(crate) fn trigger(&self) {
         self.stopped.set(true);
         let wakers: Vec<_> = self
@@ -255,7 +261,11 @@ async fn serve(
             Some(Ok(stream)) => {
                 exec.connections.set(exec.connections.get() + 1);
                 let guard = ConnGuard(exec.clone());
-                glommio::spawn_local(serve_connection(guard, stream)).detach();
+                if exec.shared.cfg.faults.is_empty() {
+                    glommio::spawn_local(serve_connection(guard, stream)).detach();
+                } else {
+                    glommio::spawn_local(serve_faulty_connection(guard, stream)).detach();
+                }
             }
             Some(Err(_)) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -277,7 +287,7 @@ async fn serve_connection(guard: ConnGuard, stream: glommio::net::TcpStream) {
     let (io, stamp, _) = HyperIo::new(stream);
     let svc_exec = exec.clone();
     let service =
-        hyper::service::service_fn(move |req| handle(svc_exec.clone(), stamp.clone(), req));
+        hyper::service::service_fn(move |req| handle(svc_exec.clone(), stamp.clone(), None, req));
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(io, service);
@@ -289,6 +299,88 @@ async fn serve_connection(guard: ConnGuard, stream: glommio::net::TcpStream) {
         exec.stop.wait(),
     )
     .await;
+    drop(guard);
+}
+
+/// How long a `close_after_response` connection waits for the client's next request.
+const HOLD_MAX: Duration = Duration::from_secs(60);
+
+/// [`serve_connection`] for a sim with `--fault`: the same, plus the connection-level faults
+/// (reset, close when idle, close after a response; see [`conn`]).
+async fn serve_faulty_connection(guard: ConnGuard, stream: glommio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let exec = guard.0.clone();
+    let _ = stream.set_nodelay(true);
+    let ctl = ConnCtl::new(stream.as_raw_fd());
+    let (io, stamp, _) = HyperIo::new(stream);
+    let io = ctl.io(io);
+    let (svc_exec, svc_ctl) = (exec.clone(), ctl.clone());
+    let service = hyper::service::service_fn(move |req| {
+        handle(svc_exec.clone(), stamp.clone(), Some(svc_ctl.clone()), req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service);
+    // In a block: the connection (and its socket) must be gone before a held socket waits.
+    {
+        let mut conn = std::pin::pin!(conn);
+        let idle_ms = fault::close_idle_ms(&exec.shared.cfg.faults);
+        enum Event {
+            Done,
+            Changed,
+            Idle,
+        }
+        loop {
+            let idle = async {
+                match (idle_ms, ctl.idle_since()) {
+                    (Some(ms), Some(since)) => {
+                        let at = since + Duration::from_millis(ms);
+                        glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+                        Event::Idle
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
+            let event = futures_lite::future::or(
+                futures_lite::future::or(
+                    async {
+                        let _ = conn.as_mut().await;
+                        Event::Done
+                    },
+                    async {
+                        exec.stop.wait().await;
+                        Event::Done
+                    },
+                ),
+                futures_lite::future::or(
+                    async {
+                        ctl.changed().await;
+                        Event::Changed
+                    },
+                    idle,
+                ),
+            )
+            .await;
+            match event {
+                Event::Done => break,
+                Event::Changed if ctl.reset.get() => break,
+                Event::Changed => {
+                    if ctl.take_shutdown() {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+                Event::Idle => {
+                    if ctl.idle_since().is_some() {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+    if let Some(fd) = ctl.take_held() {
+        let stop = exec.stop.clone();
+        conn::reset_on_next_request(fd, HOLD_MAX, move || stop.stopped()).await;
+    }
     drop(guard);
 }
 
@@ -320,6 +412,36 @@ fn error_response(status: StatusCode, message: &str, param: Option<&str>) -> Res
 async fn handle(
     exec: Rc<Exec>,
     stamp: ReadStamp,
+    ctl: Option<Rc<ConnCtl>>,
+    req: hyper::Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    let Some(ctl) = ctl else {
+        return route(exec, stamp, None, req).await;
+    };
+    let in_flight = ctl.begin();
+    let (resp, close_after) = {
+        let close_after = Cell::new(false);
+        let resp = route(exec, stamp, Some((&ctl, &close_after)), req).await?;
+        (resp, close_after.get())
+    };
+    let (parts, inner) = resp.into_parts();
+    let body = SimBody::Tracked(Box::new(Tracked {
+        inner,
+        ctl,
+        close_after,
+        _in_flight: in_flight,
+    }));
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The connection's fault state, and where to say that the connection is to be closed after
+/// this response.
+type FaultCtx<'a> = Option<(&'a Rc<ConnCtl>, &'a Cell<bool>)>;
+
+async fn route(
+    exec: Rc<Exec>,
+    stamp: ReadStamp,
+    faults: FaultCtx<'_>,
     req: hyper::Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     let now = now_ns();
@@ -366,7 +488,7 @@ async fn handle(
             ));
         }
     };
-    Ok(generate(exec.clone(), &stamp, endpoint, req, arrival_ns).await)
+    Ok(generate(exec.clone(), &stamp, endpoint, req, arrival_ns, faults).await)
 }
 
 /// A header's value for the record: a number when it is one.
@@ -404,10 +526,12 @@ async fn generate(
     endpoint: Endpoint,
     req: hyper::Request<Incoming>,
     arrival_ns: u64,
+    faults: FaultCtx<'_>,
 ) -> Resp {
     let shared = exec.shared.clone();
     let cfg = &shared.cfg;
     let request_id = shared.metrics.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let fault = fault::pick(&cfg.faults, request_id);
     let mut record = shared.record.as_ref().map(|_| {
         Box::new(Record {
             request_id,
@@ -415,6 +539,7 @@ async fn generate(
             turn: header_id(&req, crate::client::TURN_HEADER),
             endpoint: endpoint.name().to_owned(),
             arrival_ns,
+            fault: fault.map(|f| f.kind.name().to_owned()),
             ..Record::default()
         })
     });
@@ -441,25 +566,64 @@ async fn generate(
         r.t0_ns = t0_ns;
     }
 
-    if cfg.fail_every > 0 && request_id % cfg.fail_every == 0 {
-        shared
-            .metrics
-            .failed_injected
-            .fetch_add(1, Ordering::Relaxed);
-        if let Some(r) = record.as_mut() {
-            r.failed = true;
+    let mut stream_fault = None;
+    if let Some(f) = fault {
+        let status = match f.kind {
+            FaultKind::Http500 => Some(StatusCode::INTERNAL_SERVER_ERROR),
+            FaultKind::Http503 => Some(StatusCode::SERVICE_UNAVAILABLE),
+            FaultKind::Http429 => Some(StatusCode::TOO_MANY_REQUESTS),
+            _ => None,
+        };
+        if let Some(status) = status {
+            shared
+                .metrics
+                .failed_injected
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = record.as_mut() {
+                r.failed = true;
+            }
+            let msg = format!(
+                "injected failure: request {request_id} (--fault {}:every={}; --fail-every)",
+                f.kind, f.every
+            );
+            let mut resp = reject(&shared, record, status, &msg, None);
+            if f.kind == FaultKind::Http429 {
+                let secs = f.after_ms.div_ceil(1000).max(1);
+                resp.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            return resp;
         }
-        let msg = format!(
-            "injected failure: request {request_id} (--fail-every {})",
-            cfg.fail_every
-        );
-        return reject(
-            &shared,
-            record,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &msg,
-            None,
-        );
+        match f.kind {
+            FaultKind::StallBeforeHeaders | FaultKind::ResetBeforeHeaders => {
+                if let (Some(mut r), Some(tx)) = (record.take(), shared.record.as_ref()) {
+                    r.end_ns = now_ns();
+                    tx.send(r);
+                }
+                if let (FaultKind::ResetBeforeHeaders, Some((ctl, _))) = (f.kind, faults) {
+                    set_reset_on_close(ctl.fd);
+                    ctl.reset.set(true);
+                    ctl.notify();
+                }
+                // Never answered: the client goes away, the connection is reset, or the sim stops.
+                exec.stop.wait().await;
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, "stopping", None);
+            }
+            FaultKind::CloseAfterResponse => {
+                if let Some((_, close)) = faults {
+                    close.set(true);
+                }
+            }
+            FaultKind::SlowHeaders => {
+                glommio::timer::sleep(Duration::from_millis(f.after_ms)).await;
+            }
+            _ => {
+                stream_fault = Some(StreamFault {
+                    spec: f,
+                    fd: faults.map_or(-1, |(ctl, _)| ctl.fd),
+                });
+            }
+        }
     }
 
     let parsed = match request::parse(endpoint, &body) {
@@ -591,6 +755,22 @@ async fn generate(
         r.finish_reason = Some(plan.finish_reason.to_owned());
         r.chunk_ns = Vec::with_capacity(if parsed.stream { chunks as usize } else { 1 });
     }
+    if stream_fault.is_some() && !parsed.stream {
+        let msg = format!(
+            "injected failure: request {request_id} (--fault {} on a non-streaming request)",
+            fault.map_or("?", |f| f.kind.name())
+        );
+        if let Some(r) = record.as_mut() {
+            r.failed = true;
+        }
+        return reject(
+            &shared,
+            record,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &msg,
+            None,
+        );
+    }
     let spec = RunSpec {
         endpoint,
         request_id,
@@ -614,6 +794,7 @@ async fn generate(
             run,
             parsed.include_usage && usage,
             parsed.continuous_usage && usage,
+            stream_fault,
         );
         let mut r = Response::new(SimBody::Sse(Box::new(body)));
         let h = r.headers_mut();

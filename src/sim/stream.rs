@@ -10,7 +10,6 @@
 //! constant parts of each event are serialised once; a content event costs a few copies into a
 //! reused buffer.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +21,8 @@ use glommio::timer::Timer;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::cache::ChainTail;
+use super::conn::{set_reset_on_close, Tracked};
+use super::fault::{FaultKind, FaultSpec};
 use super::record::{hash_hex, Record};
 use super::reply::ReplyGen;
 use super::request::{Endpoint, OutputPlan};
@@ -51,6 +52,14 @@ pub(crate) struct RunSpec {
     pub(crate) report_usage: bool,
 }
 
+/// A fault the stream itself carries out (`--fault`), with the socket for a reset.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamFault {
+    pub(crate) spec: FaultSpec,
+    /// The connection's socket (-1 when unknown).
+    pub(crate) fd: std::os::fd::RawFd,
+}
+
 /// A running generation request.
 pub(crate) struct Run {
     shared: Arc<Shared>,
@@ -60,6 +69,10 @@ pub(crate) struct Run {
     /// Ids of the tokens produced, when output blocks are to be cached.
     out_ids: Option<Vec<u32>>,
     ended: bool,
+    /// A fault cut the reply short or made it unusable: the record says not completed.
+    faulted: bool,
+    /// The finish reason a fault sent instead of the planned one (`abort`).
+    fault_finish: Option<&'static str>,
 }
 
 impl Run {
@@ -78,6 +91,8 @@ impl Run {
             produced: 0,
             out_ids,
             ended: false,
+            faulted: false,
+            fault_finish: None,
         }
     }
 
@@ -145,9 +160,13 @@ impl Run {
             r.end_ns = end_ns;
             r.completion_tokens = u64::from(self.produced);
             r.aborted = aborted;
+            r.completed = !aborted && !self.faulted;
             r.reply_hash = Some(hash_hex(self.spec.reply.hash()));
             if aborted {
                 r.finish_reason = None;
+            }
+            if let Some(f) = self.fault_finish {
+                r.finish_reason = Some(f.to_owned());
             }
             tx.send(r);
         }
@@ -203,6 +222,10 @@ enum Phase {
     Usage,
     Done,
     End,
+    /// `ping_forever`: a comment every interval, nothing else.
+    Ping,
+    /// `stall_mid_stream`: nothing more, ever.
+    Stalled,
 }
 
 /// Streaming response body.
@@ -218,6 +241,11 @@ pub(crate) struct SseBody {
     buf: BytesMut,
     /// Bytes one content event needs at most (to reserve once per event).
     event_bytes_max: usize,
+    /// A mid-stream fault still to happen.
+    fault: Option<StreamFault>,
+    /// `ping_forever`: the interval, and when the next ping is due (0: at once).
+    ping_every_ns: u64,
+    ping_next_ns: u64,
 }
 
 const CHAT_PRELUDE: &[u8] = b"\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
@@ -235,16 +263,37 @@ const TEXT_CLOSE_LENGTH: &[u8] =
     b"\",\"logprobs\":null,\"finish_reason\":\"length\",\"stop_reason\":null";
 const EVENT_END: &[u8] = b"}]}\n\n";
 const DONE: &[u8] = b"data: [DONE]\n\n";
+const MALFORMED_EVENT: &[u8] =
+    b"data: {\"id\":\"broken\",\"choices\":[{\"delta\":{\"content\":\"x\"}\n\n";
+const ERROR_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"injected in-band error (--fault in_band_error_event)\",\"type\":\"InternalServerError\",\"param\":null,\"code\":500}}\n\n";
+const CHAT_ABORT: &[u8] = b"\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"abort\",\"stop_reason\":null}]}\n\n";
+const TEXT_ABORT: &[u8] = b"\"choices\":[{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"abort\",\"stop_reason\":null}]}\n\n";
+const PING: &[u8] = b": ping\n\n";
+
+type FrameResult = Result<Frame<Bytes>, std::io::Error>;
+
+fn fault_error(kind: FaultKind) -> std::io::Error {
+    std::io::Error::other(format!("injected fault {kind}"))
+}
 
 impl SseBody {
-    pub(crate) fn new(run: Run, include_usage: bool, continuous_usage: bool) -> Self {
+    pub(crate) fn new(
+        mut run: Run,
+        include_usage: bool,
+        continuous_usage: bool,
+        fault: Option<StreamFault>,
+    ) -> Self {
         let head = event_head(&run.shared, &run.spec);
         let words = run.spec.tokens_per_chunk.min(run.spec.plan.tokens) as usize
             * run.shared.words.max_escaped_len();
         let event_bytes_max = head.len() + words + 256;
-        let phase = match run.spec.endpoint {
-            Endpoint::Chat => Phase::Prelude,
-            Endpoint::Completions => Phase::Content,
+        let phase = match (run.spec.endpoint, fault.map(|f| f.spec.kind)) {
+            (_, Some(FaultKind::PingForever)) => {
+                run.faulted = true;
+                Phase::Ping
+            }
+            (Endpoint::Chat, _) => Phase::Prelude,
+            (Endpoint::Completions, _) => Phase::Content,
         };
         SseBody {
             run,
@@ -256,7 +305,55 @@ impl SseBody {
             armed_ns: 0,
             buf: BytesMut::new(),
             event_bytes_max,
+            fault: fault.filter(|f| f.spec.kind.mid_stream()),
+            ping_every_ns: fault.map_or(0, |f| f.spec.after_ms.max(1) * 1_000_000),
+            ping_next_ns: 0,
         }
+    }
+
+    /// Carries out the mid-stream fault once half the reply has gone out (at least one token,
+    /// never the last: the planned finish_reason is not sent before it).
+    fn poll_fault(&mut self) -> Option<Poll<Option<FrameResult>>> {
+        let f = self.fault?;
+        let half = (self.run.spec.plan.tokens / 2).max(1);
+        if self.run.produced < half {
+            return None;
+        }
+        self.fault = None;
+        self.run.faulted = true;
+        let kind = f.spec.kind;
+        Some(match kind {
+            FaultKind::ResetMidStream => {
+                if f.fd >= 0 {
+                    set_reset_on_close(f.fd);
+                }
+                Poll::Ready(Some(Err(fault_error(kind))))
+            }
+            FaultKind::TruncatedChunkedBody => Poll::Ready(Some(Err(fault_error(kind)))),
+            FaultKind::MalformedJsonEvent => {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(MALFORMED_EVENT)))))
+            }
+            FaultKind::InBandErrorEvent => {
+                self.phase = Phase::Done;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(ERROR_EVENT)))))
+            }
+            FaultKind::AbortMidStream => {
+                self.phase = Phase::Usage;
+                self.run.fault_finish = Some("abort");
+                let close = match self.run.spec.endpoint {
+                    Endpoint::Chat => CHAT_ABORT,
+                    Endpoint::Completions => TEXT_ABORT,
+                };
+                self.buf.reserve(self.head.len() + close.len());
+                self.buf.put_slice(&self.head);
+                self.buf.put_slice(close);
+                Poll::Ready(Some(Ok(self.take())))
+            }
+            _ => {
+                self.phase = Phase::Stalled;
+                Poll::Pending
+            }
+        })
     }
 
     #[inline]
@@ -322,12 +419,12 @@ impl SseBody {
 
 impl Body for SseBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         loop {
             match this.phase {
@@ -339,6 +436,9 @@ impl Body for SseBody {
                     return Poll::Ready(Some(Ok(this.take())));
                 }
                 Phase::Content => {
+                    if let Some(p) = this.poll_fault() {
+                        return p;
+                    }
                     let remaining = this.run.remaining();
                     if remaining == 0 {
                         this.phase = Phase::Usage;
@@ -376,6 +476,16 @@ impl Body for SseBody {
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(DONE)))));
                 }
                 Phase::End => return Poll::Ready(None),
+                Phase::Stalled => return Poll::Pending,
+                Phase::Ping => {
+                    if this.ping_next_ns != 0
+                        && this.poll_deadline(cx, this.ping_next_ns).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                    this.ping_next_ns = now_ns() + this.ping_every_ns;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(PING)))));
+                }
             }
         }
     }
@@ -444,6 +554,8 @@ pub(crate) fn full_reply(mut run: Run) -> Bytes {
 pub(crate) enum SimBody {
     Full(Option<Bytes>),
     Sse(Box<SseBody>),
+    /// On a connection of a sim with `--fault`.
+    Tracked(Box<Tracked>),
 }
 
 impl SimBody {
@@ -454,15 +566,16 @@ impl SimBody {
 
 impl Body for SimBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             SimBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             SimBody::Sse(s) => Pin::new(s.as_mut()).poll_frame(cx),
+            SimBody::Tracked(t) => Pin::new(t.as_mut()).poll_frame(cx),
         }
     }
 
@@ -470,6 +583,7 @@ impl Body for SimBody {
         match self {
             SimBody::Full(b) => b.is_none(),
             SimBody::Sse(s) => s.is_end_stream(),
+            SimBody::Tracked(t) => t.is_end_stream(),
         }
     }
 
@@ -478,6 +592,7 @@ impl Body for SimBody {
             SimBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             SimBody::Full(None) => SizeHint::with_exact(0),
             SimBody::Sse(_) => SizeHint::default(),
+            SimBody::Tracked(t) => t.size_hint(),
         }
     }
 }
