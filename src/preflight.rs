@@ -76,7 +76,9 @@ pub fn wait_for_model(endpoints: &[Endpoint], timeout: Duration) -> Result<(), S
                 Ok(status) => format!("HTTP {status}"),
                 Err(why) => why,
             };
-            if Instant::now() + POLL >= deadline {
+            // Give up only once the whole timeout has passed: the last attempt is at the
+            // deadline, so a target that comes up just in time is still seen.
+            if Instant::now() >= deadline {
                 return Err(format!(
                     "the target {} did not answer GET {path} within --wait-for-model-timeout \
                      {:.1} s (last: {last})",
@@ -84,7 +86,7 @@ pub fn wait_for_model(endpoints: &[Endpoint], timeout: Duration) -> Result<(), S
                     timeout.as_secs_f64()
                 ));
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
             if crate::signal::interrupted() {
                 return Err("interrupted while waiting for the target".into());
             }

@@ -516,7 +516,11 @@ fn wait_for_model_timeout() {
     );
     assert!(r.stderr.contains("did not answer"), "{}", r.stderr);
     assert!(r.summary.is_none(), "nothing was run");
-    assert!(r.elapsed >= Duration::from_millis(900) && r.elapsed < Duration::from_secs(15));
+    assert!(
+        r.elapsed >= Duration::from_millis(900) && r.elapsed < Duration::from_secs(60),
+        "{:?}",
+        r.elapsed
+    );
 
     let sim = Sim::start(&SIM_FAST);
     let r = run_on(&sim, &["--number", "2", "--wait-for-model-timeout", "5"]);
