@@ -36,6 +36,7 @@ pub fn engine_config(plan: &Plan, res: &Resources, point: &Point) -> EngineConfi
         load,
         preconnect: plan.load.preconnect,
         seed: plan.seed,
+        interrupt_grace_ns: (plan.load.grace_s * 1e9) as u64,
     }
 }
 
@@ -101,14 +102,16 @@ pub fn run_point(
     let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
     let mut config = res.config.clone();
     config.point = point.clone();
-    Ok(Summary::new(
+    let mut summary = Summary::new(
         config,
         &measured.recorder,
         measured.warmup.as_ref(),
         signal::interrupted(),
         cpu_ns,
         res.with_sim(),
-    ))
+    );
+    summary.interrupted_by = signal::received_name();
+    Ok(summary)
 }
 
 /// Console behaviour of [`bench()`].
@@ -120,7 +123,11 @@ pub struct Console {
 
 /// Runs every point (`res.points`), printing each point's tables and writing its files; a sweep
 /// also gets a table and `sweep_summary.json`. Returns the summaries in point order.
+///
+/// From here on a signal stops the run gracefully ([`signal::arm`]): the points run so far,
+/// and the one interrupted, are reported and written.
 pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summary>, RunError> {
+    signal::arm();
     let sweep = res.points.len() > 1;
     let mut summaries = Vec::new();
     for (i, point) in res.points.iter().enumerate() {
@@ -131,29 +138,50 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summa
             std::thread::sleep(Duration::from_secs_f64(plan.load.sweep_pause_s));
         }
         if !console.quiet {
-            eprintln!("parley: {}", describe(plan, res, point));
+            stderr(&format!("parley: {}\n", describe(plan, res, point)));
         }
         let summary = run_point(plan, res, point, progress_printer(console, point))?;
         if !console.quiet && std::io::stderr().is_terminal() {
-            eprintln!();
+            stderr("\n");
         }
-        print!("{}", summary.render());
+        // Files first: a closed stdout or a signal while printing must not lose them.
         let dir = if sweep {
             res.run_dir.join(&point.label)
         } else {
             res.run_dir.clone()
         };
         let path = write(&dir, |d| summary.write(d))?;
-        println!("\nsummary: {}", path.display());
+        stdout(&format!(
+            "{}\nsummary: {}\n",
+            summary.render(),
+            path.display()
+        ));
         summaries.push(summary);
     }
     if sweep {
         let rows: Vec<SweepRow> = summaries.iter().map(SweepRow::of).collect();
-        print!("\nSweep\n{}", crate::report::sweep_table(&rows));
         let path = write(&res.run_dir, |d| crate::report::write_sweep(d, &rows))?;
-        println!("sweep summary: {}", path.display());
+        stdout(&format!(
+            "\nSweep\n{}sweep summary: {}\n",
+            crate::report::sweep_table(&rows),
+            path.display()
+        ));
     }
     Ok(summaries)
+}
+
+/// Writes `text` to stdout, ignoring errors: a reader that went away (`parley bench … | head
+/// -1`: EPIPE, SIGPIPE being ignored by Rust's runtime) must not panic the run — its files are
+/// written regardless. `print!` panics on such an error.
+fn stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// [`stdout`] for stderr (`parley bench … 2>&1 | head -1` closes both).
+fn stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
 }
 
 fn write(
@@ -208,10 +236,9 @@ fn progress_printer(console: Console, point: &Point) -> impl FnMut(Progress) {
             )
         };
         if live {
-            eprint!("\r{line}   ");
-            let _ = std::io::stderr().flush();
+            stderr(&format!("\r{line}   "));
         } else if periodic && elapsed_s >= next_line_s {
-            eprintln!("{line}");
+            stderr(&format!("{line}\n"));
             next_line_s += 10.0;
         }
     }

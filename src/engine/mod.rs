@@ -90,6 +90,9 @@ pub struct EngineConfig {
     pub preconnect: bool,
     /// Seed of the open-loop arrival process.
     pub seed: u64,
+    /// After a signal: how long requests in flight may finish before they are cancelled
+    /// (`--grace`).
+    pub interrupt_grace_ns: u64,
 }
 
 /// How long an idle `--spin` executor polls before parking. Longer than any gap between events
@@ -316,6 +319,7 @@ mod tests {
             load: load(cap),
             preconnect: true,
             seed: 0,
+            interrupt_grace_ns: 0,
         };
         assert_eq!(active_cores(&config(Some(2))), 2);
         assert_eq!(active_cores(&config(None)), 4);
