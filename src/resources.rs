@@ -566,6 +566,24 @@ mod tests {
     }
 
     #[test]
+    fn run_directories_never_collide() {
+        let parent = tempfile::tempdir().unwrap();
+        let a = create_run_dir(parent.path(), "n").unwrap();
+        let b = create_run_dir(parent.path(), "n").unwrap();
+        let c = create_run_dir(parent.path(), "n").unwrap();
+        assert_eq!(a, parent.path().join("n"));
+        assert_eq!(b, parent.path().join("n_2"));
+        assert_eq!(c, parent.path().join("n_3"));
+        let file = parent.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let e = check_outputs_dir(&file.join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--outputs-dir: "), "{e}");
+        assert!(e.contains("f/out"), "{e}");
+    }
+
+    #[test]
     fn resources_find_what_the_plan_does_not_read() {
         let e = build_err(&["--cores", "100000"]);
         assert!(e.starts_with("--cores: 100000 requested but only "), "{e}");
