@@ -545,14 +545,11 @@ mod tests {
     fn build(flags: &[&str]) -> Result<Resources, String> {
         let outputs = std::env::temp_dir().join(format!("parley-res-{}", std::process::id()));
         let outputs = outputs.display().to_string();
-        let mut full = vec![
-            "--url",
-            "127.0.0.1:1",
-            "--model",
-            "m",
-            "--outputs-dir",
-            &outputs,
-        ];
+        let mut full = vec!["--url", "127.0.0.1:1", "--model", "m"];
+        // The run directory is created: in a temporary directory unless the test names one.
+        if !flags.contains(&"--outputs-dir") {
+            full.extend(["--outputs-dir", &outputs]);
+        }
         full.extend_from_slice(flags);
         let plan = Plan::from_args(&args(&full)).map_err(|e| e.to_string())?;
         Resources::build(&plan).map_err(|e| e.to_string())
@@ -614,6 +611,8 @@ mod tests {
 
     #[test]
     fn resources_echo_the_plan_and_their_facts() {
+        let out = tempfile::tempdir().unwrap();
+        let out_dir = out.path().join("out");
         let res = build(&[
             "--number",
             "3",
@@ -626,7 +625,7 @@ mod tests {
             "--cores",
             "1",
             "--outputs-dir",
-            "/out",
+            out_dir.to_str().unwrap(),
             "--name",
             "a b",
         ])
@@ -637,7 +636,8 @@ mod tests {
         assert_eq!(res.endpoints[0].addr, "127.0.0.1:1".parse().unwrap());
         assert_eq!(res.endpoints[0].path, "/v1/chat/completions");
         assert!(!res.with_sim());
-        assert!(res.run_dir.starts_with("/out") && res.run_dir.ends_with("a_b"));
+        assert!(res.run_dir.starts_with(&out_dir) && res.run_dir.ends_with("a_b"));
+        assert!(res.run_dir.is_dir(), "created before any traffic");
         let c = &res.config;
         assert_eq!((c.pool, c.cores, c.max_turns), (3, 1, Some(2)));
         assert_eq!(c.tokenizer, res.tokenizer.name());
