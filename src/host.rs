@@ -36,7 +36,7 @@ pub fn raise_fd_limit() -> Option<u64> {
             }
         }
     }
-    Some(lim.rlim_cur as u64)
+    Some(lim.rlim_cur)
 }
 
 /// Descriptors this process has open now (`None` without /proc).
@@ -55,7 +55,7 @@ mod tests {
         };
         // SAFETY: as above.
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-        assert_eq!(soft, lim.rlim_max as u64);
+        assert_eq!(soft, lim.rlim_max);
         assert_eq!(lim.rlim_cur, lim.rlim_max);
         assert!(super::open_fds().unwrap() >= 3);
     }
