@@ -150,12 +150,13 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summa
         } else {
             res.run_dir.clone()
         };
-        let path = write(&dir, |d| summary.write(d))?;
-        stdout(&format!(
-            "{}\nsummary: {}\n",
-            summary.render(),
-            path.display()
-        ));
+        let paths = write(&dir, |d| summary.write_all(d))?;
+        let mut text = summary.render();
+        text.push('\n');
+        for path in paths {
+            text.push_str(&format!("wrote {}\n", path.display()));
+        }
+        stdout(&text);
         summaries.push(summary);
     }
     if sweep {
@@ -184,10 +185,7 @@ fn stderr(text: &str) {
     let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
 }
 
-fn write(
-    dir: &Path,
-    f: impl FnOnce(&Path) -> std::io::Result<PathBuf>,
-) -> Result<PathBuf, RunError> {
+fn write<T>(dir: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> Result<T, RunError> {
     f(dir).map_err(|source| RunError::Write {
         path: dir.to_path_buf(),
         source,
