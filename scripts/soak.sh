@@ -7,7 +7,8 @@
 #
 # Warm-up: the first 2 minutes (a fifth of the run when shorter): every slot has connected,
 # allocated its buffers and run a few conversations; after it the client should hold steady.
-# Baseline = median RSS of the three samples ending at warm-up; end = median of the last three.
+# Baseline = median RSS of the first three samples after warm-up; end = median of the last
+# three before --duration ends (the drain after it frees memory).
 # Growth = end / baseline − 1. Each sample is one line: seconds, RSS KiB, open fds (client),
 # RSS KiB (sim).
 #
@@ -85,12 +86,13 @@ if [ "$rc" != 0 ]; then
   exit 1
 fi
 summary=$(find "$work/out" -name summary.json | head -1)
-python3 - "$work/samples" "$warmup_s" "$summary" <<'EOF'
+python3 - "$work/samples" "$warmup_s" "$summary" "$duration_s" <<'EOF'
 import json, statistics, sys
 samples = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 warmup_s = int(sys.argv[2])
 s = json.load(open(sys.argv[3]))
-after = [x for x in samples if x[0] >= warmup_s]
+# After --duration the conversations drain and memory is freed: not the steady state.
+after = [x for x in samples if warmup_s <= x[0] <= int(sys.argv[4])]
 if len(after) < 6:
     sys.exit(f"soak: too few samples after warm-up ({len(after)}); run longer")
 base = statistics.median(x[1] for x in after[:3])

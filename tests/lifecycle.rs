@@ -366,7 +366,9 @@ fn runs_with_the_same_name_at_the_same_time_never_share_a_directory() {
         }
     }
     assert!(
-        files.iter().all(|f| !f.to_string_lossy().contains(".tmp")),
+        files
+            .iter()
+            .all(|f| !f.file_name().unwrap().to_string_lossy().contains(".tmp")),
         "{files:?}"
     );
     sim.stop();
