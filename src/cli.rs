@@ -320,6 +320,14 @@ pub struct BenchArgs {
     #[arg(long, visible_alias = "benchmark-grace-period", value_parser = non_negative_f64, requires = "duration", help_heading = "Load")]
     pub duration_grace: Option<f64>,
 
+    /// Seconds requests in flight get to finish after SIGINT, SIGTERM or SIGHUP before they are
+    /// cancelled and counted as `cancelled` (a second Ctrl-C cancels at once). The signal itself
+    /// stops new conversations and turns at once, and the report is always written. Not to be
+    /// confused with --duration-grace (AIPerf --benchmark-grace-period), which applies after
+    /// --duration ends.
+    #[arg(long, visible_alias = "interrupt-grace", value_name = "S", default_value_t = 5.0, value_parser = non_negative_f64, help_heading = "Load")]
+    pub grace: f64,
+
     /// Conversations to run first, with the same load, excluded from every figure (the report
     /// counts them). A fraction 0 < x < 1 means x · --number (evalscope --warmup-num).
     #[arg(long, visible_aliases = ["warmup-num", "warmup-request-count", "num-warmup-sessions"], value_parser = non_negative_f64, help_heading = "Load")]

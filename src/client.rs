@@ -25,6 +25,9 @@ use crate::sse::{SseError, SseFramer};
 pub enum FailureKind {
     /// TCP connect failed or timed out.
     Connect,
+    /// No socket could be opened: this process (EMFILE) or the system (ENFILE) is out of file
+    /// descriptors — a client-side limit, not the server's fault.
+    TooManyOpenFiles,
     /// The server answered with a non-2xx status.
     HttpStatus(u16),
     /// The connection broke (reset, EOF) before the response was complete.
@@ -46,6 +49,7 @@ impl FailureKind {
     pub fn label(&self) -> String {
         match self {
             FailureKind::Connect => "connect".into(),
+            FailureKind::TooManyOpenFiles => "too_many_open_files".into(),
             FailureKind::HttpStatus(code) => format!("http_{code}"),
             FailureKind::Io => "io".into(),
             FailureKind::ReadTimeout => "read_timeout".into(),
@@ -102,7 +106,10 @@ impl Connection {
         let stream =
             glommio::net::TcpStream::connect_timeout(endpoint.addr, endpoint.connect_timeout)
                 .await
-                .map_err(|_| FailureKind::Connect)?;
+                .map_err(|e| match std::io::Error::from(e).raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE) => FailureKind::TooManyOpenFiles,
+                    _ => FailureKind::Connect,
+                })?;
         // Each SSE event must leave our send path immediately, and requests are single writes.
         let _ = stream.set_nodelay(true);
         let (io, stamp, write_stamp) = HyperIo::new(stream);

@@ -13,8 +13,53 @@ pub fn disable_transparent_huge_pages() -> bool {
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (every connection is a descriptor, and the
+/// common soft default of 1,024 is far below what `--parallel` asks for); returns the soft limit
+/// now in force, or `None` if it cannot be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Descriptors this process has open now (`None` without /proc).
+pub fn open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fd_limit_is_raised_to_the_hard_one() {
+        let soft = super::raise_fd_limit().expect("getrlimit works");
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as above.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        assert_eq!(soft, lim.rlim_max);
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+        assert!(super::open_fds().unwrap() >= 3);
+    }
+
     #[test]
     fn huge_pages_are_off_after_the_call() {
         assert!(super::disable_transparent_huge_pages());

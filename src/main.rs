@@ -92,5 +92,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let result = run::bench(&plan, &resources, run::Console { quiet: args.quiet });
     resources.shutdown();
     result?;
+    // Stopped by a signal, report written: exit 128 + it (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
+    if let Some(sig) = signal::received() {
+        std::process::exit(128 + sig);
+    }
     Ok(())
 }

@@ -161,6 +161,8 @@ pub struct LoadConfig {
     pub burstiness: f64,
     pub duration_s: Option<f64>,
     pub duration_grace_s: Option<f64>,
+    /// `--grace`: how long requests in flight may finish after a signal before being cancelled.
+    pub grace_s: f64,
     /// Warmup conversations (a count), if any.
     pub warmup_conversations: Option<u64>,
     pub warmup_duration_s: Option<f64>,
@@ -637,6 +639,7 @@ fn load_config(args: &BenchArgs) -> Result<(Vec<PointSpec>, LoadFlags), PlanErro
         burstiness,
         duration_s: args.duration,
         duration_grace_s: args.duration_grace,
+        grace_s: args.grace,
         warmup_conversations,
         warmup_duration_s: args.warmup_duration,
         preconnect: !args.no_preconnect,
@@ -971,8 +974,11 @@ pub(crate) fn parse_targets(
 /// Parses one `--url`: http only, `host:port` without a scheme means http. Without
 /// `--endpoint` (`any_base`), its path must be empty, `…/v1`, or an endpoint path.
 fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
+    // Everything downstream (errors, console, summary.json) sees the URL with its credentials
+    // masked; the raw text is parsed here and then dropped.
+    let shown = redact_url(url);
     let err = |reason: &str| PlanError::Url {
-        url: url.to_string(),
+        url: shown.clone(),
         reason: reason.to_string(),
     };
     // AIPerf's `localhost:8000`: no scheme means http.
@@ -1017,7 +1023,7 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
         None => host.to_string(),
     };
     Ok(ParsedUrl {
-        url: url.to_string(),
+        url: shown,
         host: host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -1026,6 +1032,19 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
         host_header: header_value("url", &host_header)?,
         path,
     })
+}
+
+/// `url` with any `user:password@` in its authority replaced by `***@`, so credentials given in
+/// a `--url` are never printed or written.
+pub(crate) fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
+    }
 }
 
 fn parse_extra_args(raw: Option<&str>) -> Result<Map<String, Value>, PlanError> {
@@ -1353,6 +1372,39 @@ mod tests {
         assert!(resolve(&["http://127.0.0.1:99999"], None, None).is_err());
         let foo = resolve(&["http://127.0.0.1:8000/foo"], None, None).unwrap_err();
         assert!(foo.contains("--endpoint"), "{foo}");
+    }
+
+    #[test]
+    fn ports_are_range_checked() {
+        for url in [
+            "http://h.example:99999",
+            "h.example:65536",
+            "http://h.example:0",
+        ] {
+            let e = resolve(&[url], None, None).unwrap_err();
+            assert!(e.contains("is not 1-65535"), "{url}: {e}");
+        }
+        let (targets, _) = parse_targets(&["http://h.example:65535".into()], None, None).unwrap();
+        let Target::Url { port, .. } = &targets[0] else {
+            unreachable!()
+        };
+        assert_eq!(*port, 65535);
+    }
+
+    #[test]
+    fn url_credentials_are_masked_everywhere() {
+        assert_eq!(
+            redact_url("http://user:s3cret@h:8000/v1?x=a@b"),
+            "http://***@h:8000/v1?x=a@b"
+        );
+        assert_eq!(redact_url("tok:s3cret@h:8000"), "***@h:8000");
+        assert_eq!(redact_url("http://h:8000/v1"), "http://h:8000/v1");
+        let (targets, _) =
+            parse_targets(&["http://user:s3cret@127.0.0.1:8000".into()], None, None).unwrap();
+        assert_eq!(targets[0].label(), "http://***@127.0.0.1:8000");
+        assert!(!format!("{:?}", targets[0]).contains("s3cret"));
+        let e = resolve(&["http://user:s3cret@127.0.0.1:99999"], None, None).unwrap_err();
+        assert!(e.starts_with("--url http://***@127.0.0.1:99999: "), "{e}");
     }
 
     #[test]

@@ -162,6 +162,8 @@ pub struct Summary {
     pub parley_version: &'static str,
     pub config: RunConfig,
     pub interrupted: bool,
+    /// The signal that stopped the run (`SIGINT`, `SIGTERM`, `SIGHUP`), if one did.
+    pub interrupted_by: Option<&'static str>,
     pub duration_s: f64,
     pub requests: Requests,
     pub conversations: Conversations,
@@ -278,6 +280,7 @@ impl Summary {
             parley_version: env!("CARGO_PKG_VERSION"),
             config,
             interrupted,
+            interrupted_by: None,
             duration_s,
             warmup: warmup.map(|w| Warmup {
                 conversations_started: w.conversations_started,
@@ -635,8 +638,14 @@ impl Summary {
         if self.requests.cancelled > 0 || self.conversations.cancelled > 0 {
             let _ = writeln!(
                 out,
-                "Cancelled at --duration + --duration-grace: {} requests, {} conversations",
-                self.requests.cancelled, self.conversations.cancelled
+                "Cancelled ({}): {} requests, {} conversations",
+                if self.interrupted {
+                    "in flight when --grace ran out after the signal"
+                } else {
+                    "at --duration + --duration-grace"
+                },
+                self.requests.cancelled,
+                self.conversations.cancelled
             );
         }
         if self.conversations.abandoned > 0 {
@@ -649,7 +658,9 @@ impl Summary {
         if self.interrupted {
             let _ = writeln!(
                 out,
-                "Interrupted: figures cover what was measured before Ctrl-C ({} conversations cut short).",
+                "Interrupted by {}: figures cover what was measured before it ({} conversations cut \
+                 short).",
+                self.interrupted_by.unwrap_or("a signal"),
                 self.conversations.interrupted
             );
         }
@@ -754,11 +765,28 @@ pub(crate) fn write_json(
 ) -> std::io::Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
     let json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, &path)?;
+    write_atomically(&path, &json)?;
     Ok(path)
+}
+
+/// Writes `bytes` to a temporary name beside `path`, syncs it and renames it over `path`: a
+/// reader (or a run killed mid-write) sees the old file or the whole new one, never a part.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// This process's command line, with the values of secret-bearing flags (`--api-key`, a
@@ -881,6 +909,7 @@ mod tests {
                 burstiness: 1.0,
                 duration_s: None,
                 duration_grace_s: None,
+                grace_s: 5.0,
                 warmup_conversations: None,
                 warmup_duration_s: None,
                 preconnect: true,

@@ -9,7 +9,7 @@
 //! names the flag (or file) at fault.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -39,6 +39,23 @@ pub enum ResourceError {
     Fixed { dataset: String, source: FixedError },
     #[error("starting the built-in sim: {0}")]
     Sim(#[from] sim::SimError),
+    #[error("--outputs-dir: {}: {reason}", path.display())]
+    Outputs { path: PathBuf, reason: String },
+    #[error(
+        "--parallel {parallel} needs about {needed} file descriptors ({connections} connections \
+         + {open} open now + {margin} for the executors), but this process may open only \
+         {limit} (its hard limit, RLIMIT_NOFILE). Raise it and run again: `ulimit -n {needed}` \
+         (as root, or after raising nofile in /etc/security/limits.conf), or lower --parallel. \
+         `parley doctor --parallel {parallel}` checks the host."
+    )]
+    FdLimit {
+        parallel: u64,
+        connections: u64,
+        open: u64,
+        margin: u64,
+        needed: u64,
+        limit: u64,
+    },
 }
 
 /// What a run needs beyond its plan. Call [`Resources::shutdown`] when done (it stops the
@@ -89,10 +106,14 @@ impl Resources {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let cpus = pick_cpus(plan.cores)?;
+        check_fd_limit(plan, cpus.len())?;
+        // Before the (possibly long) dataset build: an unusable --outputs-dir is found now.
+        check_outputs_dir(&plan.outputs_dir)?;
         let tokenizer = Arc::new(Tokenizer::load(plan.dataset.tokenizer_path.as_deref())?);
         let pool = build_pool(plan, &tokenizer)?;
         let points = resolve_points(plan, &pool);
-        let run_dir = plan.outputs_dir.join(local_timestamp()).join(&plan.name);
+        // Created (exclusively) before any traffic, so the report always has a place to go.
+        let run_dir = create_run_dir(&plan.outputs_dir.join(local_timestamp()), &plan.name)?;
         let urls: Vec<String> = plan.targets.iter().map(|t| t.label().to_string()).collect();
         let d = &plan.dataset;
         let config = RunConfig {
@@ -405,6 +426,89 @@ fn pick_cpus(cores: Option<u32>) -> Result<Vec<usize>, ResourceError> {
 }
 
 /// `YYYYMMDD_HHMMSS` in local time.
+/// Descriptors per executor beyond its connections (io_uring rings, eventfds, timers), and a
+/// process-wide reserve (record and output files, the tokenizer, stdio).
+const FDS_PER_EXECUTOR: u64 = 16;
+const FDS_RESERVE: u64 = 64;
+
+/// Raises the soft fd limit to the hard one, then checks the connections the plan can open fit:
+/// `--parallel` × URLs (each slot may keep an idle connection to every URL), twice that with the
+/// built-in sim in this process (it holds the other end). Unbounded open-loop points cannot be
+/// sized; running out mid-run is then counted as `too_many_open_files`.
+fn check_fd_limit(plan: &Plan, cores: usize) -> Result<(), ResourceError> {
+    let Some(limit) = crate::host::raise_fd_limit() else {
+        return Ok(());
+    };
+    let Some(parallel) = plan
+        .points
+        .iter()
+        .map(|p| p.parallel.map(u64::from))
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|v| v.into_iter().max())
+    else {
+        return Ok(());
+    };
+    let builtin = plan
+        .targets
+        .iter()
+        .any(|t| matches!(t, Target::BuiltinSim { .. }));
+    let sides = if builtin { 2 } else { 1 };
+    let connections = parallel * plan.targets.len() as u64 * sides;
+    let open = crate::host::open_fds().unwrap_or(0);
+    let margin = FDS_RESERVE + FDS_PER_EXECUTOR * cores as u64 * sides;
+    let needed = connections + open + margin;
+    if needed > limit {
+        return Err(ResourceError::FdLimit {
+            parallel,
+            connections,
+            open,
+            margin,
+            needed,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Creates `dir` if needed and checks a file can be created in it.
+fn check_outputs_dir(dir: &Path) -> Result<(), ResourceError> {
+    let err = |e: std::io::Error| ResourceError::Outputs {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(format!(".parley-write-test-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(err)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Creates `<parent>/<name>`, or `<name>_2`, `<name>_3`, … when another run (same name, same
+/// second) already has it: `create_dir` is exclusive, so two runs never share a directory.
+pub(crate) fn create_run_dir(parent: &Path, name: &str) -> Result<PathBuf, ResourceError> {
+    let err = |path: &Path, e: std::io::Error| ResourceError::Outputs {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+    for n in 1u32..10_000 {
+        let dir = if n == 1 {
+            parent.join(name)
+        } else {
+            parent.join(format!("{name}_{n}"))
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(err(&dir, e)),
+        }
+    }
+    Err(err(
+        parent,
+        std::io::Error::other(format!("{name}_2 … {name}_9999 all exist")),
+    ))
+}
+
 pub(crate) fn local_timestamp() -> String {
     // SAFETY: time and localtime_r only write into the provided out-parameters.
     unsafe {
@@ -440,7 +544,13 @@ mod tests {
 
     /// Plan and resources of `flags` (with a `--url`, so no sim starts).
     fn build(flags: &[&str]) -> Result<Resources, String> {
+        let outputs = std::env::temp_dir().join(format!("parley-res-{}", std::process::id()));
+        let outputs = outputs.display().to_string();
         let mut full = vec!["--url", "127.0.0.1:1", "--model", "m"];
+        // The run directory is created: in a temporary directory unless the test names one.
+        if !flags.contains(&"--outputs-dir") {
+            full.extend(["--outputs-dir", &outputs]);
+        }
         full.extend_from_slice(flags);
         let plan = Plan::from_args(&args(&full)).map_err(|e| e.to_string())?;
         Resources::build(&plan).map_err(|e| e.to_string())
@@ -451,6 +561,24 @@ mod tests {
             Ok(_) => panic!("expected an error for {flags:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn run_directories_never_collide() {
+        let parent = tempfile::tempdir().unwrap();
+        let a = create_run_dir(parent.path(), "n").unwrap();
+        let b = create_run_dir(parent.path(), "n").unwrap();
+        let c = create_run_dir(parent.path(), "n").unwrap();
+        assert_eq!(a, parent.path().join("n"));
+        assert_eq!(b, parent.path().join("n_2"));
+        assert_eq!(c, parent.path().join("n_3"));
+        let file = parent.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let e = check_outputs_dir(&file.join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--outputs-dir: "), "{e}");
+        assert!(e.contains("f/out"), "{e}");
     }
 
     #[test]
@@ -466,8 +594,15 @@ mod tests {
             "/nonexistent/trace.jsonl",
         ]);
         assert!(e.starts_with("/nonexistent/trace.jsonl: "), "{e}");
-        let plan =
-            Plan::from_args(&args(&["--url", "no-such-host.invalid:1", "--model", "m"])).unwrap();
+        let plan = Plan::from_args(&args(&[
+            "--url",
+            "no-such-host.invalid:1",
+            "--model",
+            "m",
+            "--outputs-dir",
+            "/nonexistent/parley-outputs",
+        ]))
+        .unwrap();
         let e = Resources::build(&plan).err().unwrap().to_string();
         assert!(
             e.starts_with("--url no-such-host.invalid:1: cannot resolve host"),
@@ -477,6 +612,8 @@ mod tests {
 
     #[test]
     fn resources_echo_the_plan_and_their_facts() {
+        let out = tempfile::tempdir().unwrap();
+        let out_dir = out.path().join("out");
         let res = build(&[
             "--number",
             "3",
@@ -489,7 +626,7 @@ mod tests {
             "--cores",
             "1",
             "--outputs-dir",
-            "/out",
+            out_dir.to_str().unwrap(),
             "--name",
             "a b",
         ])
@@ -500,7 +637,8 @@ mod tests {
         assert_eq!(res.endpoints[0].addr, "127.0.0.1:1".parse().unwrap());
         assert_eq!(res.endpoints[0].path, "/v1/chat/completions");
         assert!(!res.with_sim());
-        assert!(res.run_dir.starts_with("/out") && res.run_dir.ends_with("a_b"));
+        assert!(res.run_dir.starts_with(&out_dir) && res.run_dir.ends_with("a_b"));
+        assert!(res.run_dir.is_dir(), "created before any traffic");
         let c = &res.config;
         assert_eq!((c.pool, c.cores, c.max_turns), (3, 1, Some(2)));
         assert_eq!(c.tokenizer, res.tokenizer.name());

@@ -3,7 +3,7 @@
 //! the sweep table ([`bench()`]). Tests call these in-process; `main.rs` only chains
 //! [`Plan::from_args`], [`Resources::build`] and [`bench()`].
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +41,7 @@ pub fn engine_config(plan: &Plan, res: &Resources, point: &Point) -> EngineConfi
         seed: plan.seed,
         retry_429: plan.retry_429,
         max_consecutive_connect_failures: plan.max_consecutive_connect_failures,
+        interrupt_grace_ns: (plan.load.grace_s * 1e9) as u64,
     }
 }
 
@@ -104,19 +105,21 @@ pub fn run_point(
     let cpu_before_ns = metrics::process_cpu_ns();
     let measured = engine::run(shared, on_tick)?;
     if let Some(why) = &measured.halted {
-        eprintln!("parley: {why}");
+        stderr(&format!("parley: {why}\n"));
     }
     let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
     let mut config = res.config.clone();
     config.point = point.clone();
-    Ok(Summary::new(
+    let mut summary = Summary::new(
         config,
         &measured.recorder,
         measured.warmup.as_ref(),
         signal::interrupted(),
         cpu_ns,
         res.with_sim(),
-    ))
+    );
+    summary.interrupted_by = signal::received_name();
+    Ok(summary)
 }
 
 /// Console behaviour of [`bench()`].
@@ -128,7 +131,11 @@ pub struct Console {
 
 /// Runs every point (`res.points`), printing each point's tables and writing its files; a sweep
 /// also gets a table and `sweep_summary.json`. Returns the summaries in point order.
+///
+/// From here on a signal stops the run gracefully ([`signal::arm`]): the points run so far,
+/// and the one interrupted, are reported and written.
 pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summary>, RunError> {
+    signal::arm();
     if let Some(timeout) = plan.wait_for_model {
         crate::preflight::wait_for_model(&res.endpoints, timeout)
             .map_err(RunError::TargetNotReady)?;
@@ -143,31 +150,50 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summa
             std::thread::sleep(Duration::from_secs_f64(plan.load.sweep_pause_s));
         }
         if !console.quiet {
-            eprintln!("parley: {}", describe(plan, res, point));
+            stderr(&format!("parley: {}\n", describe(plan, res, point)));
         }
         let mut view = ProgressView::new(console, point, plan.load.duration_s);
         let summary = run_point(plan, res, point, |p| view.tick(p))?;
         view.finish();
-        print!("{}", summary.render());
+        // Files first: a closed stdout or a signal while printing must not lose them.
         let dir = if sweep {
             res.run_dir.join(&point.label)
         } else {
             res.run_dir.clone()
         };
         let paths = write(&dir, |d| summary.write_all(d))?;
-        println!();
+        let mut text = summary.render();
+        text.push('\n');
         for path in paths {
-            println!("wrote {}", path.display());
+            text.push_str(&format!("wrote {}\n", path.display()));
         }
+        stdout(&text);
         summaries.push(summary);
     }
     if sweep {
         let rows: Vec<SweepRow> = summaries.iter().map(SweepRow::of).collect();
-        print!("\nSweep\n{}", crate::report::sweep_table(&rows));
         let path = write(&res.run_dir, |d| crate::report::write_sweep(d, &rows))?;
-        println!("sweep summary: {}", path.display());
+        stdout(&format!(
+            "\nSweep\n{}sweep summary: {}\n",
+            crate::report::sweep_table(&rows),
+            path.display()
+        ));
     }
     Ok(summaries)
+}
+
+/// Writes `text` to stdout, ignoring errors: a reader that went away (`parley bench … | head
+/// -1`: EPIPE, SIGPIPE being ignored by Rust's runtime) must not panic the run — its files are
+/// written regardless. `print!` panics on such an error.
+fn stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// [`stdout`] for stderr (`parley bench … 2>&1 | head -1` closes both).
+fn stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
 }
 
 fn write<T>(dir: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> Result<T, RunError> {
@@ -298,10 +324,10 @@ impl ProgressView {
             bar.set_message(details);
         } else if self.periodic && elapsed_s >= self.next_line_s {
             let of = self.limit.map_or(String::new(), |n| format!("/{n}"));
-            eprintln!(
-                "{elapsed_s:>7.1}s  conversations {}{of} done, {} started | {details}",
+            stderr(&format!(
+                "{elapsed_s:>7.1}s  conversations {}{of} done, {} started | {details}\n",
                 p.completed, p.started
-            );
+            ));
             self.next_line_s += 10.0;
         }
     }

@@ -8,7 +8,10 @@ use parley::resources::Resources;
 use parley::run;
 
 fn args(flags: &[&str]) -> BenchArgs {
-    let mut full = vec!["parley", "bench"];
+    // Resources::build creates its run directory: keep it out of the working tree.
+    let outputs = std::env::temp_dir().join(format!("parley-pipeline-{}", std::process::id()));
+    let outputs = outputs.display().to_string();
+    let mut full = vec!["parley", "bench", "--outputs-dir", &outputs];
     full.extend_from_slice(flags);
     match try_parse_from(full).unwrap().command {
         Command::Bench(b) => *b,

@@ -553,6 +553,11 @@ fn run_seed(words: &[String]) -> SeedRun {
 
     let mut full = vec!["parley".to_string(), sub.clone()];
     full.extend(args.iter().cloned());
+    // Resources::build creates its run directory: keep it out of the working tree.
+    full.extend([
+        "--outputs-dir".into(),
+        outputs.path().join("rebuilt").display().to_string(),
+    ]);
     let Command::Bench(bench_args) = Cli::try_parse_from(&full).unwrap().command else {
         unreachable!()
     };

@@ -96,6 +96,9 @@ pub struct EngineConfig {
     /// Stop the run after this many failed connects in a row on one core (0: never; `None`:
     /// [`DEFAULT_MAX_CONNECT_FAILURES`] or the core's slots, whichever is larger).
     pub max_consecutive_connect_failures: Option<u64>,
+    /// After a signal: how long requests in flight may finish before they are cancelled
+    /// (`--grace`).
+    pub interrupt_grace_ns: u64,
 }
 
 /// Failed connects in a row on one core that stop the run, unless the core has more slots.
@@ -372,6 +375,7 @@ mod tests {
             seed: 0,
             retry_429: false,
             max_consecutive_connect_failures: None,
+            interrupt_grace_ns: 0,
         };
         assert_eq!(active_cores(&config(Some(2))), 2);
         assert_eq!(active_cores(&config(None)), 4);

@@ -55,6 +55,65 @@ struct Core {
     /// many halt the run (0: never).
     connect_failures: std::cell::Cell<u64>,
     connect_limit: u64,
+    stop: Stop,
+}
+
+/// How this core's tasks learn of a signal. The signal handler may only set an atomic, so a
+/// watcher task ([`watch_signals`]) polls it every [`SIGNAL_POLL`] and closes these
+/// semaphores, which wakes every task waiting on them at once — one timer per core, not one per
+/// waiting conversation (10,000 think-time waits each polling a flag would cost 500,000 wake-ups
+/// a second). An eventfd or self-pipe would wake a parked executor sooner, but glommio has no
+/// public way to wait on an arbitrary fd, and 20 ms is well inside what a person or a process
+/// manager notices.
+struct Stop {
+    /// Closed at the first signal: stop claiming, cut waits (think time, arrivals, slots) short.
+    stopping: Rc<Semaphore>,
+    /// Closed when requests in flight are to be cancelled: `--grace` after the first signal,
+    /// or at once on a second.
+    cancel: Rc<Semaphore>,
+}
+
+impl Stop {
+    fn new() -> Stop {
+        Stop {
+            stopping: Rc::new(Semaphore::new(0)),
+            cancel: Rc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+/// How often each core looks at the signal flags.
+const SIGNAL_POLL: Duration = Duration::from_millis(20);
+
+/// Resolves when `sem` (never signalled, only closed) is closed.
+async fn closed(sem: &Semaphore) {
+    let _ = sem.acquire(1).await;
+}
+
+/// `fut`'s output, or `None` if the run is stopped (a signal) first.
+async fn unless_stopped<T>(stop: &Stop, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        closed(&stop.stopping).await;
+        None
+    })
+    .await
+}
+
+/// Polls the signal flags for this core: closes `stopping` at the first signal and `cancel`
+/// `grace_ns` later or at a second signal. Runs until the core ends (its task is dropped).
+async fn watch_signals(core: Rc<Core>, grace_ns: u64) {
+    loop {
+        glommio::timer::sleep(SIGNAL_POLL).await;
+        if signal::interrupted() {
+            break;
+        }
+    }
+    core.stop.stopping.close();
+    let deadline_ns = clock::now_ns().saturating_add(grace_ns);
+    while !signal::cancel_now() && clock::now_ns() < deadline_ns {
+        glommio::timer::sleep(SIGNAL_POLL).await;
+    }
+    core.stop.cancel.close();
 }
 
 impl Core {
@@ -144,11 +203,14 @@ pub(crate) async fn run(
         connect_limit: config
             .max_consecutive_connect_failures
             .unwrap_or_else(|| super::DEFAULT_MAX_CONNECT_FAILURES.max(slots.unwrap_or(0) as u64)),
+        stop: Stop::new(),
         shared,
     });
+    // Dropped (and so stopped) when this function returns.
+    let _watcher = glommio::spawn_local(watch_signals(core.clone(), config.interrupt_grace_ns));
     if config.preconnect {
         if let Some(n) = slots {
-            preconnect(&core, n).await;
+            unless_stopped(&core.stop, preconnect(&core, n)).await;
         }
     }
     let mut phases = Vec::new();
@@ -347,7 +409,10 @@ async fn drive(core: &Rc<Core>, phase: &Phase, start_ns: u64, base: u64) {
         // start, or when a slot freed if it had to wait for one.
         let (arrival, permit, intended_ns, ready_ns) = if schedule.slot_driven() {
             let permit = match &permits {
-                Some(p) => Some(p.acquire_static_permit(1).await.expect("never closed")),
+                Some(p) => match unless_stopped(&core.stop, p.acquire_static_permit(1)).await {
+                    Some(permit) => Some(permit.expect("never closed")),
+                    None => break,
+                },
                 None => None,
             };
             let now = clock::now_ns();
@@ -366,7 +431,12 @@ async fn drive(core: &Rc<Core>, phase: &Phase, start_ns: u64, base: u64) {
             if soft_end_ns.is_some_and(|end| at_ns >= end) {
                 break;
             }
-            sleep_until(at_ns).await;
+            if unless_stopped(&core.stop, sleep_until(at_ns))
+                .await
+                .is_none()
+            {
+                break;
+            }
             let (permit, ready_ns) = match &permits {
                 Some(p) => match p.try_acquire_static_permit(1) {
                     Ok(permit) => {
@@ -374,7 +444,12 @@ async fn drive(core: &Rc<Core>, phase: &Phase, start_ns: u64, base: u64) {
                         (Some(permit), at_ns)
                     }
                     Err(_) => {
-                        let permit = p.acquire_static_permit(1).await.expect("never closed");
+                        let Some(permit) =
+                            unless_stopped(&core.stop, p.acquire_static_permit(1)).await
+                        else {
+                            break;
+                        };
+                        let permit = permit.expect("never closed");
                         let now = clock::now_ns();
                         phase
                             .recorder
@@ -458,16 +533,17 @@ impl Task {
             .borrow_mut()
             .record_conversation_start(clock::now_ns());
         let walk = self.walk(conv, url, &mut conn, &mut state);
-        let ending = match self.hard_end_ns {
-            Some(end_ns) => {
-                futures_lite::future::or(walk, async move {
-                    sleep_until(end_ns).await;
-                    Ending::Cancelled
-                })
-                .await
+        // Cut off at the hard end of the phase, or when a signal's grace has run out.
+        let hard_end_ns = self.hard_end_ns;
+        let cancel = &core.stop.cancel;
+        let cut = async move {
+            match hard_end_ns {
+                Some(end_ns) => futures_lite::future::or(sleep_until(end_ns), closed(cancel)).await,
+                None => closed(cancel).await,
             }
-            None => walk.await,
+            Ending::Cancelled
         };
+        let ending = futures_lite::future::or(walk, cut).await;
         {
             let mut rec = self.recorder.borrow_mut();
             match ending {
@@ -538,7 +614,13 @@ impl Task {
                     _ => prev_end_ns + turn.delay_ns,
                 };
                 ready_ns = intended_ns;
-                sleep_until(intended_ns).await;
+                // A signal ends think time at once: no new turn is sent after it.
+                if unless_stopped(&core.stop, sleep_until(intended_ns))
+                    .await
+                    .is_none()
+                {
+                    return Ending::Interrupted;
+                }
             }
             // Send lag is measured from when the client could send: connection setup is the
             // network's time, and waiting for the end of the previous response after its last
@@ -552,6 +634,11 @@ impl Task {
             } else {
                 ready_ns.max(c.last_read_ns())
             };
+            // The signal may have come while connecting, or just before a conversation's first
+            // turn.
+            if signal::interrupted() {
+                return Ending::Interrupted;
+            }
             *in_flight = true;
             let mut sent = client::send_turn(
                 c,

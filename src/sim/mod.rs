@@ -375,6 +375,8 @@ pub fn run(args: &SimArgs) -> Result<(), SimError> {
     let tokenizer = Arc::new(Tokenizer::load(args.tokenizer_path.as_deref())?);
     // Before announcing the address: a test may signal us as soon as it reads it.
     crate::signal::install();
+    // Stop gracefully from the first signal on, so the record is flushed.
+    crate::signal::arm();
     let handle = spawn(args, tokenizer)?;
     {
         let mut out = std::io::stdout().lock();
