@@ -14,6 +14,7 @@ use crate::plan::{Plan, Point, DEFAULT_PARALLEL};
 use crate::report::{Summary, SweepRow};
 use crate::resources::Resources;
 use crate::signal;
+use crate::verdict::{self, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -36,6 +37,7 @@ pub fn engine_config(plan: &Plan, res: &Resources, point: &Point) -> EngineConfi
         load,
         preconnect: plan.load.preconnect,
         seed: plan.seed,
+        goodput: plan.goodput,
     }
 }
 
@@ -101,14 +103,16 @@ pub fn run_point(
     let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
     let mut config = res.config.clone();
     config.point = point.clone();
-    Ok(Summary::new(
+    let mut summary = Summary::new(
         config,
         &measured.recorder,
         measured.warmup.as_ref(),
         signal::interrupted(),
         cpu_ns,
         res.with_sim(),
-    ))
+    );
+    summary.thresholds = verdict::evaluate(&plan.thresholds, &summary);
+    Ok(summary)
 }
 
 /// Console behaviour of [`bench()`].
@@ -119,8 +123,9 @@ pub struct Console {
 }
 
 /// Runs every point (`res.points`), printing each point's tables and writing its files; a sweep
-/// also gets a table and `sweep_summary.json`. Returns the summaries in point order.
-pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summary>, RunError> {
+/// also gets a table and `sweep_summary.json`. Returns the summaries in point order, with the
+/// signal that stopped the run if one did: the [`Outcome`] the binary turns into its exit code.
+pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Outcome, RunError> {
     let sweep = res.points.len() > 1;
     let mut summaries = Vec::new();
     for (i, point) in res.points.iter().enumerate() {
@@ -153,7 +158,10 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summa
         let path = write(&res.run_dir, |d| crate::report::write_sweep(d, &rows))?;
         println!("sweep summary: {}", path.display());
     }
-    Ok(summaries)
+    // Which signal it was is the signal handling's to record; until it does, any interrupt
+    // is reported as SIGINT's 130.
+    let signal = signal::interrupted().then_some(libc::SIGINT);
+    Ok(Outcome { summaries, signal })
 }
 
 fn write(

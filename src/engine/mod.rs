@@ -90,6 +90,8 @@ pub struct EngineConfig {
     pub preconnect: bool,
     /// Seed of the open-loop arrival process.
     pub seed: u64,
+    /// `--goodput`: each core counts the successes that meet these limits.
+    pub goodput: Option<crate::metrics::GoodputLimits>,
 }
 
 /// How long an idle `--spin` executor polls before parking. Longer than any gap between events
@@ -316,6 +318,7 @@ mod tests {
             load: load(cap),
             preconnect: true,
             seed: 0,
+            goodput: None,
         };
         assert_eq!(active_cores(&config(Some(2))), 2);
         assert_eq!(active_cores(&config(None)), 4);
