@@ -626,6 +626,27 @@ impl Summary {
                 }
             }
         }
+        if self.requests.cancelled > 0 || self.conversations.cancelled > 0 {
+            let _ = writeln!(
+                out,
+                "Cancelled at --duration + --duration-grace: {} requests, {} conversations",
+                self.requests.cancelled, self.conversations.cancelled
+            );
+        }
+        if self.conversations.abandoned > 0 {
+            let _ = writeln!(
+                out,
+                "Abandoned conversations (a turn failed): {}",
+                self.conversations.abandoned
+            );
+        }
+        if self.interrupted {
+            let _ = writeln!(
+                out,
+                "Interrupted: figures cover what was measured before Ctrl-C ({} conversations cut short).",
+                self.conversations.interrupted
+            );
+        }
         if let Some(g) = &self.goodput {
             let limits: Vec<String> = [
                 ("ttft", g.ttft_ms),
@@ -664,27 +685,6 @@ impl Summary {
                     t.describe()
                 );
             }
-        }
-        if self.requests.cancelled > 0 || self.conversations.cancelled > 0 {
-            let _ = writeln!(
-                out,
-                "Cancelled at --duration + --duration-grace: {} requests, {} conversations",
-                self.requests.cancelled, self.conversations.cancelled
-            );
-        }
-        if self.conversations.abandoned > 0 {
-            let _ = writeln!(
-                out,
-                "Abandoned conversations (a turn failed): {}",
-                self.conversations.abandoned
-            );
-        }
-        if self.interrupted {
-            let _ = writeln!(
-                out,
-                "Interrupted: figures cover what was measured before Ctrl-C ({} conversations cut short).",
-                self.conversations.interrupted
-            );
         }
         out
     }
