@@ -347,3 +347,24 @@ fn second_sim_on_a_served_port_refuses_to_start() {
     assert!(err.contains("already listens on this port"), "{err}");
     sim.stop();
 }
+
+/// The exit codes are in `parley bench --help`.
+#[test]
+fn exit_codes_are_in_bench_help() {
+    let out = parley().args(["bench", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for line in [
+        "Exit codes:",
+        "0    completed, and every --slo / --max-error-rate threshold met",
+        "1    completed, but a threshold was breached",
+        "2    usage or input error",
+        "3    nothing measurable",
+        "130  interrupted by SIGINT (143: SIGTERM, 129: SIGHUP)",
+        "--goodput <NAME:MS>...",
+        "--slo <NAME=LIMIT,...>",
+        "--max-error-rate <R>",
+    ] {
+        assert!(help.contains(line), "missing {line:?} in\n{help}");
+    }
+}
