@@ -188,7 +188,17 @@ fn extract(
     let mut message = None;
     for (key, value) in choice {
         match key {
-            "finish_reason" => info.finish = as_str(value).map(Finish::of),
+            // A string everywhere we know of; an object `{"type": "stop", …}` (SGLang's
+            // native form) is read by its type rather than taken for no finish at all.
+            "finish_reason" => {
+                info.finish = as_str(value)
+                    .or_else(|| {
+                        object(value)?
+                            .find(|(k, _)| *k == "type")
+                            .and_then(|(_, v)| as_str(v))
+                    })
+                    .map(Finish::of)
+            }
             "text" => text = as_str(value),
             k if k == message_key => message = object(value),
             _ => {}
@@ -540,6 +550,9 @@ mod tests {
             assert_eq!(finish(normal), Some(Finish::Normal), "{normal}");
         }
         assert_eq!(finish("abort"), Some(Finish::Abort));
+        let (info, _) =
+            parse(r#"{"choices":[{"delta":{},"finish_reason":{"type":"abort","message":"x"}}]}"#);
+        assert_eq!(info.finish, Some(Finish::Abort));
         assert_eq!(finish("error"), Some(Finish::Error));
         // vLLM's abort chunk, as it sends it when it aborts a request.
         let (info, _) = parse(
