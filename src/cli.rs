@@ -605,7 +605,7 @@ pub struct BenchArgs {
     pub goodput: Vec<String>,
 
     /// Thresholds on each point's summary, comma-separated or repeated: `ttft_p99_ms=500`,
-    /// `itl_p99_ms=50`, `{ttft,tpot,itl,latency}_{mean,p50,p90,p99,max}_ms` (maxima),
+    /// `itl_p99_ms=50`, `{ttft,tpot,itl,latency}_{mean,p50,p90,p95,p99,max}_ms` (maxima),
     /// `error_rate=0.01` (maximum), `goodput_share=0.9`, `requests_per_s=…`,
     /// `output_tokens_per_s=…` (minima). A breach makes the run exit 1 and the console says
     /// which threshold failed by how much.

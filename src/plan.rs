@@ -1199,12 +1199,13 @@ pub enum Stat {
     Mean,
     P50,
     P90,
+    P95,
     P99,
     Max,
 }
 
 /// Every `--slo` name pattern, for error messages.
-const SLO_NAMES: &str = "{ttft,tpot,itl,latency,e2el}_{mean,p50,p90,p99,max}_ms, error_rate, \
+const SLO_NAMES: &str = "{ttft,tpot,itl,latency,e2el}_{mean,p50,p90,p95,p99,max}_ms, error_rate, \
                          goodput_share, requests_per_s, output_tokens_per_s";
 
 fn parse_figure(name: &str) -> Option<(Figure, String)> {
@@ -1231,6 +1232,7 @@ fn parse_figure(name: &str) -> Option<(Figure, String)> {
         "mean" | "avg" => Stat::Mean,
         "p50" => Stat::P50,
         "p90" => Stat::P90,
+        "p95" => Stat::P95,
         "p99" => Stat::P99,
         "max" => Stat::Max,
         _ => return None,
@@ -1247,6 +1249,7 @@ fn parse_figure(name: &str) -> Option<(Figure, String)> {
             Stat::Mean => "mean",
             Stat::P50 => "p50",
             Stat::P90 => "p90",
+            Stat::P95 => "p95",
             Stat::P99 => "p99",
             Stat::Max => "max",
         }
@@ -1422,7 +1425,7 @@ mod tests {
             "--slo",
             "ttft_p99_ms=500,itl_p99_ms=50",
             "--slo",
-            "E2EL_mean_ms=2000",
+            "E2EL_mean_ms=2000,tpot_p95_ms=20",
             "--max-error-rate",
             "0.01",
             "--goodput",
@@ -1442,6 +1445,7 @@ mod tests {
                 ("ttft_p99_ms", 500.0, true),
                 ("itl_p99_ms", 50.0, true),
                 ("latency_mean_ms", 2000.0, true),
+                ("tpot_p95_ms", 20.0, true),
                 ("goodput_share", 0.9, false),
                 ("output_tokens_per_s", 100.0, false),
                 ("error_rate", 0.01, true),
@@ -1453,8 +1457,8 @@ mod tests {
         );
         for (flags, says) in [
             (
-                &["--slo", "ttft_p95_ms=5"][..],
-                "unknown figure `ttft_p95_ms`",
+                &["--slo", "ttft_p97_ms=5"][..],
+                "unknown figure `ttft_p97_ms`",
             ),
             (&["--slo", "ttfb_p99_ms=5"], "unknown figure"),
             (&["--slo", "ttft_p99_ms"], "is not NAME=LIMIT"),

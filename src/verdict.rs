@@ -84,6 +84,7 @@ fn stat(s: &Stats, which: Stat) -> Option<f64> {
         Stat::Mean => s.mean,
         Stat::P50 => s.p50,
         Stat::P90 => s.p90,
+        Stat::P95 => s.p95,
         Stat::P99 => s.p99,
         Stat::Max => s.max,
     }

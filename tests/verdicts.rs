@@ -226,7 +226,7 @@ fn thresholds_decide_exit_1_and_goodput_is_reported() {
 fn bad_threshold_exits_2_and_sends_nothing() {
     let sim = Sim::start(&[]);
     for extra in [
-        &["--slo", "ttft_p95_ms=5"][..],
+        &["--slo", "ttft_p97_ms=5"][..],
         &["--goodput", "ttfb:5"],
         &["--max-error-rate", "2"],
     ] {
