@@ -443,3 +443,73 @@ fn peer_exports_carry_the_keys_their_readers_use() {
 fn run_dir(run: &common::Bench) -> std::path::PathBuf {
     run.dir().to_path_buf()
 }
+
+/// Piped (not a terminal), a run prints one plain progress line every 10 s with the counts,
+/// recent rates and TTFT median; the counts in it never exceed the run's.
+#[test]
+fn piped_progress_prints_a_plain_line_every_10_s() {
+    let sim = Sim::start(&["--ttft-base-ms", "5", "--itl-ms", "2"]);
+    let url = sim.url();
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::parley()
+        .args([
+            "bench",
+            "--url",
+            &url,
+            "--model",
+            "parley-sim",
+            "--cores",
+            "1",
+            "--duration",
+            "11",
+            "--parallel",
+            "2",
+            "--min-turns",
+            "2",
+            "--max-turns",
+            "2",
+            "--max-tokens",
+            "4",
+            "--name",
+            "t",
+            "--outputs-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let records = sim.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("req/s")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = lines[0];
+    for part in [
+        "conversations",
+        "ok ",
+        "failed 0",
+        "in flight",
+        "tok/s",
+        "TTFT p50",
+    ] {
+        assert!(line.contains(part), "{part}: {line}");
+    }
+    let ok: u64 = line
+        .split("ok ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("ok count");
+    assert!(
+        ok > 0 && ok <= records.len() as u64,
+        "{ok} of {}",
+        records.len()
+    );
+    // The TTFT median is of the last seconds' requests: about the sim's 5 ms.
+    let ms: f64 = line
+        .split("TTFT p50 ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("TTFT p50");
+    assert!((4.0..=15.0).contains(&ms), "{line}");
+}
