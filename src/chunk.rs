@@ -26,12 +26,40 @@ pub struct ChunkInfo {
     /// Non-empty `content`, `reasoning_content`/`reasoning`, `text` or `tool_calls` in
     /// `choices[0]`: this chunk stops the TTFT clock / is an ITL point.
     pub output: bool,
-    /// `choices[0].finish_reason` was a non-null string.
-    pub finished: bool,
+    /// `choices[0].finish_reason`, when it was a string.
+    pub finish: Option<Finish>,
     pub usage: Option<Usage>,
     /// The chunk was an in-band error (`error` key or `object == "error"`).
     pub error: bool,
 }
+
+/// What a `finish_reason` string says about how the reply ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// The reply ended as the model or the request meant it to: `stop`, `length`, `tool_calls`,
+    /// `function_call`, `content_filter`, and any other string but the two below (servers name
+    /// normal ends their own way, e.g. TGI's `eos_token` and `stop_sequence`).
+    Normal,
+    /// `abort`: the server cut the reply short (vLLM aborts requests at shutdown or when the
+    /// client's request is cancelled, then still sends usage and `[DONE]`).
+    Abort,
+    /// `error`: generation failed on the server.
+    Error,
+}
+
+impl Finish {
+    /// The finish a `finish_reason` string stands for.
+    pub fn of(reason: &str) -> Finish {
+        match reason {
+            "abort" => Finish::Abort,
+            "error" => Finish::Error,
+            _ => Finish::Normal,
+        }
+    }
+}
+
+/// Longest in-band error message kept ([`ChunkParser::error_message`]), in bytes.
+const MAX_ERROR_MESSAGE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkError {
@@ -44,6 +72,9 @@ pub struct ChunkParser {
     buffers: Buffers,
     /// Empty between calls; only its allocation is kept.
     tape: Tape<'static>,
+    /// The message of the last in-band error parsed (empty when it had none). Copied out here
+    /// because the payload is unescaped in place and the tape that points into it is reset.
+    error_message: String,
 }
 
 impl Default for ChunkParser {
@@ -57,7 +88,15 @@ impl ChunkParser {
         Self {
             buffers: Buffers::new(1024),
             tape: Tape(Vec::with_capacity(128)),
+            error_message: String::new(),
         }
+    }
+
+    /// The message of the last chunk or body parsed, when it was an in-band error with one
+    /// (`error.message`, a string `error`, or a top-level `message` beside
+    /// `"object": "error"`); empty otherwise.
+    pub fn error_message(&self) -> &str {
+        &self.error_message
     }
 
     /// `true` for the `[DONE]` sentinel (surrounding whitespace allowed).
@@ -90,8 +129,10 @@ impl ChunkParser {
         message_key: &str,
     ) -> Result<ChunkInfo, ChunkError> {
         let mut tape = mem::replace(&mut self.tape, Tape(Vec::new())).reset();
+        self.error_message.clear();
+        let error_message = &mut self.error_message;
         let r = simd_json::fill_tape(input, &mut self.buffers, &mut tape)
-            .map(|()| extract(&tape.0, reply, message_key))
+            .map(|()| extract(&tape.0, reply, message_key, error_message))
             .map_err(|e| ChunkError::Json(e.to_string()));
         self.tape = tape.reset();
         r
@@ -99,20 +140,44 @@ impl ChunkParser {
 }
 
 /// Reads what we need from the tape of one chunk / response.
-fn extract(root: &[Node<'_>], reply: &mut String, message_key: &str) -> ChunkInfo {
+fn extract(
+    root: &[Node<'_>],
+    reply: &mut String,
+    message_key: &str,
+    error_message: &mut String,
+) -> ChunkInfo {
     let mut info = ChunkInfo::default();
     let Some(fields) = object(root) else {
         return info;
     };
     let mut choices = None;
+    // Candidates for the error's text; only read when the chunk turns out to be an error.
+    let (mut top_message, mut error_text) = (None, None);
     for (key, value) in fields {
         match key {
             "choices" => choices = Some(value),
             "usage" => info.usage = usage(value),
             // `"error": null` is not an error (some proxies send it on every chunk).
-            "error" => info.error |= !is_null(value),
+            "error" => {
+                info.error |= !is_null(value);
+                error_text = as_str(value).or_else(|| {
+                    object(value)?
+                        .find(|(k, _)| *k == "message")
+                        .and_then(|(_, v)| as_str(v))
+                });
+            }
             "object" => info.error |= as_str(value) == Some("error"),
+            "message" => top_message = as_str(value),
             _ => {}
+        }
+    }
+    if info.error {
+        if let Some(text) = error_text.or(top_message) {
+            let mut end = text.len().min(MAX_ERROR_MESSAGE);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            error_message.push_str(&text[..end]);
         }
     }
     let Some(choice) = choices.and_then(first_element).and_then(object) else {
@@ -123,7 +188,17 @@ fn extract(root: &[Node<'_>], reply: &mut String, message_key: &str) -> ChunkInf
     let mut message = None;
     for (key, value) in choice {
         match key {
-            "finish_reason" => info.finished = as_str(value).is_some(),
+            // A string everywhere we know of; an object `{"type": "stop", …}` (SGLang's
+            // native form) is read by its type rather than taken for no finish at all.
+            "finish_reason" => {
+                info.finish = as_str(value)
+                    .or_else(|| {
+                        object(value)?
+                            .find(|(k, _)| *k == "type")
+                            .and_then(|(_, v)| as_str(v))
+                    })
+                    .map(Finish::of)
+            }
             "text" => text = as_str(value),
             k if k == message_key => message = object(value),
             _ => {}
@@ -278,7 +353,7 @@ mod tests {
 
     const OUT: ChunkInfo = ChunkInfo {
         output: true,
-        finished: false,
+        finish: None,
         usage: None,
         error: false,
     };
@@ -299,12 +374,12 @@ mod tests {
     fn vllm_finish_chunk() {
         let s = r#"{"id":"chatcmpl-7f3a","object":"chat.completion.chunk","created":1733000000,"model":"m","choices":[{"index":0,"delta":{"content":"."},"logprobs":null,"finish_reason":"length","stop_reason":null,"token_ids":[13]}]}"#;
         let (info, reply) = parse(s);
-        assert!(info.output && info.finished && !info.error);
+        assert!(info.output && info.finish == Some(Finish::Normal) && !info.error);
         assert_eq!(reply, ".");
         // EOS: finish_reason with empty content is finished but not output.
         let s = r#"{"choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop","stop_reason":151645}]}"#;
         let (info, reply) = parse(s);
-        assert!(!info.output && info.finished);
+        assert!(!info.output && info.finish == Some(Finish::Normal));
         assert_eq!(reply, "");
         // null / missing / non-string finish_reason is not finished.
         for s in [
@@ -427,7 +502,7 @@ mod tests {
         );
         assert_eq!((info, reply.as_str()), (OUT, " foo"));
         let (info, reply) = parse(r#"{"choices":[{"index":0,"text":"","finish_reason":"stop"}]}"#);
-        assert!(!info.output && info.finished);
+        assert!(!info.output && info.finish == Some(Finish::Normal));
         assert_eq!(reply, "");
     }
 
@@ -453,6 +528,79 @@ mod tests {
         assert!(!info.error && info.output);
         let (info, _) = parse(r#"{"object":"chat.completion.chunk","choices":[]}"#);
         assert!(!info.error);
+    }
+
+    #[test]
+    fn finish_reasons_are_told_apart() {
+        let finish = |reason: &str| {
+            parse(&format!(
+                r#"{{"choices":[{{"index":0,"delta":{{}},"finish_reason":"{reason}"}}]}}"#
+            ))
+            .0
+            .finish
+        };
+        for normal in [
+            "stop",
+            "length",
+            "tool_calls",
+            "function_call",
+            "content_filter",
+            "eos_token",
+        ] {
+            assert_eq!(finish(normal), Some(Finish::Normal), "{normal}");
+        }
+        assert_eq!(finish("abort"), Some(Finish::Abort));
+        let (info, _) =
+            parse(r#"{"choices":[{"delta":{},"finish_reason":{"type":"abort","message":"x"}}]}"#);
+        assert_eq!(info.finish, Some(Finish::Abort));
+        assert_eq!(finish("error"), Some(Finish::Error));
+        // vLLM's abort chunk, as it sends it when it aborts a request.
+        let (info, _) = parse(
+            r#"{"id":"chatcmpl-9","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"abort","stop_reason":null}]}"#,
+        );
+        assert_eq!(info.finish, Some(Finish::Abort));
+        assert!(!info.output && !info.error);
+        // Non-stream bodies too.
+        let (info, _) = parse_resp(
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"ab"},"finish_reason":"abort"}]}"#,
+        );
+        assert_eq!(info.finish, Some(Finish::Abort));
+    }
+
+    #[test]
+    fn error_messages_are_kept() {
+        let mut p = ChunkParser::new();
+        let mut reply = String::new();
+        let mut msg = |s: &str| {
+            let mut buf = s.as_bytes().to_vec();
+            let info = p.parse_chunk(&mut buf, &mut reply).unwrap();
+            (info.error, p.error_message().to_string())
+        };
+        // vLLM's error object (HTTP body or in-band), escapes decoded.
+        assert_eq!(
+            msg(
+                r#"{"object":"error","message":"This model's maximum context length is 4096 tokens. \"x\"","type":"BadRequestError","param":null,"code":400}"#
+            ),
+            (
+                true,
+                "This model's maximum context length is 4096 tokens. \"x\"".to_string()
+            )
+        );
+        assert_eq!(
+            msg(r#"{"error":{"message":"overloaded","type":"server_error"}}"#),
+            (true, "overloaded".to_string())
+        );
+        assert_eq!(msg(r#"{"error":"boom"}"#), (true, "boom".to_string()));
+        assert_eq!(msg(r#"{"error":{"code":500}}"#), (true, String::new()));
+        // Not an error: nothing kept, even with a `message` key.
+        assert_eq!(
+            msg(r#"{"message":"hi","choices":[]}"#),
+            (false, String::new())
+        );
+        // Long messages are cut at a character boundary.
+        let long = "é".repeat(2000);
+        let (error, text) = msg(&format!(r#"{{"error":"{long}"}}"#));
+        assert!(error && text.len() <= MAX_ERROR_MESSAGE && text.len() >= MAX_ERROR_MESSAGE - 1);
     }
 
     #[test]
@@ -544,7 +692,7 @@ mod tests {
             info,
             ChunkInfo {
                 output: true,
-                finished: true,
+                finish: Some(Finish::Normal),
                 usage: Some(Usage {
                     prompt_tokens: 10,
                     completion_tokens: 3,
@@ -558,13 +706,13 @@ mod tests {
         let (info, reply) = parse_resp(
             r#"{"object":"text_completion","choices":[{"index":0,"text":"abc","finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":3}}"#,
         );
-        assert!(info.output && info.finished);
+        assert!(info.output && info.finish == Some(Finish::Normal));
         assert_eq!(reply, "abc");
         // Empty content: not output.
         let (info, reply) = parse_resp(
             r#"{"choices":[{"message":{"role":"assistant","content":""},"finish_reason":"stop"}]}"#,
         );
-        assert!(!info.output && info.finished);
+        assert!(!info.output && info.finish == Some(Finish::Normal));
         assert_eq!(reply, "");
         // `delta` is not read for a response, `message` not for a chunk.
         assert!(

@@ -187,8 +187,17 @@ pub struct DoctorArgs {
     pub parallel: u64,
 }
 
+/// `parley bench`'s exit codes (README "Exit codes").
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0    completed, and every --slo / --max-error-rate threshold met
+  1    completed, but a threshold was breached (the console says which, by how much)
+  2    usage or input error (bad flag, dataset, URL): nothing was sent
+  3    nothing measurable: no request succeeded (e.g. target unreachable, every request failed)
+  130  interrupted by SIGINT (143: SIGTERM, 129: SIGHUP); the report was written";
+
 /// Flags of `parley bench`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = EXIT_CODES_HELP)]
 pub struct BenchArgs {
     // ----- target -----
     /// Server URL: a base (`http://host:port` or `host:port`; the endpoint's path is appended,
@@ -618,6 +627,28 @@ pub struct BenchArgs {
     /// a text prompt with --endpoint-type completions), which the server tokenizes.
     #[arg(long, help_heading = "Request")]
     pub tokenize_prompt: bool,
+
+    // ----- thresholds -----
+    /// Per-request limits in milliseconds that make a successful request "good": `ttft`, `tpot`,
+    /// `itl` (the request's mean gap between output events), `e2el` (latency); vLLM's
+    /// `ttft:200 tpot:50 e2el:5000` and AIPerf's `"time_to_first_token:200
+    /// inter_token_latency:50 request_latency:5000"` spellings work too. A request is good when
+    /// it meets every limit; the report adds goodput (good requests/s) and its share.
+    #[arg(long, num_args = 1.., value_name = "NAME:MS", help_heading = "Thresholds")]
+    pub goodput: Vec<String>,
+
+    /// Thresholds on each point's summary, comma-separated or repeated: `ttft_p99_ms=500`,
+    /// `itl_p99_ms=50`, `{ttft,tpot,itl,latency}_{mean,p50,p90,p95,p99,max}_ms` (maxima),
+    /// `error_rate=0.01` (maximum), `goodput_share=0.9`, `requests_per_s=…`,
+    /// `output_tokens_per_s=…` (minima). A breach makes the run exit 1 and the console says
+    /// which threshold failed by how much.
+    #[arg(long, value_name = "NAME=LIMIT,...", help_heading = "Thresholds")]
+    pub slo: Vec<String>,
+
+    /// Shorthand for `--slo error_rate=R`: exit 1 when more than this fraction of requests
+    /// failed (0.01 = 1 %).
+    #[arg(long, value_name = "R", help_heading = "Thresholds")]
+    pub max_error_rate: Option<f64>,
 
     // ----- output -----
     /// Directory under which each run writes `<timestamp>/<name>/summary.json`.

@@ -15,7 +15,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 
-use crate::chunk::{ChunkError, ChunkInfo, ChunkParser, Usage};
+use crate::chunk::{ChunkError, ChunkInfo, ChunkParser, Finish, Usage};
 use crate::clock;
 use crate::net::{HyperIo, ReadStamp, SegmentsBody, WriteStamp};
 use crate::sse::{SseError, SseFramer};
@@ -40,8 +40,20 @@ pub enum FailureKind {
     MalformedSse,
     /// The server sent an error object inside the stream or body.
     ServerError,
-    /// The body ended without `[DONE]` or a `finish_reason`.
+    /// The body ended cleanly, without `[DONE]` and without a `finish_reason`: the reply was
+    /// cut short.
     Incomplete,
+    /// `finish_reason: "abort"`: the server aborted the reply (vLLM does at shutdown), even if
+    /// usage and `[DONE]` followed.
+    Aborted,
+    /// `finish_reason: "error"`: generation failed on the server.
+    FinishError,
+    /// The stream ended with `[DONE]` but no `finish_reason` was ever sent (non-stream: the body
+    /// had none).
+    NoFinishReason,
+    /// The reply ended normally but carried no output at all (no content, reasoning, text or
+    /// tool call), though parley always asks for at least one token.
+    EmptyReply,
 }
 
 impl FailureKind {
@@ -57,7 +69,27 @@ impl FailureKind {
             FailureKind::MalformedSse => "malformed_sse".into(),
             FailureKind::ServerError => "server_error".into(),
             FailureKind::Incomplete => "incomplete".into(),
+            FailureKind::Aborted => "aborted".into(),
+            FailureKind::FinishError => "finish_error".into(),
+            FailureKind::NoFinishReason => "no_finish_reason".into(),
+            FailureKind::EmptyReply => "empty_reply".into(),
         }
+    }
+}
+
+/// The verdict on a reply whose body ended cleanly (the success rules, `docs/metrics.md`):
+/// `finish`: the last `finish_reason` seen; `done`: `[DONE]` arrived (non-stream: always
+/// true, the body is complete); `output`: some output-bearing event or content arrived.
+pub(crate) fn verdict(finish: Option<Finish>, done: bool, output: bool) -> Result<(), FailureKind> {
+    match finish {
+        Some(Finish::Abort) => Err(FailureKind::Aborted),
+        Some(Finish::Error) => Err(FailureKind::FinishError),
+        None if done => Err(FailureKind::NoFinishReason),
+        None => Err(FailureKind::Incomplete),
+        // parley never asks for 0 tokens (`--max-tokens` and every dataset's lengths are at
+        // least 1), so a normal end with nothing in it is a broken reply, not a short one.
+        Some(Finish::Normal) if !output => Err(FailureKind::EmptyReply),
+        Some(Finish::Normal) => Ok(()),
     }
 }
 
@@ -209,23 +241,52 @@ pub struct TurnFailure {
     pub before_response: bool,
     /// A 429's `Retry-After`, in seconds (`None`: absent or not a number of seconds).
     pub retry_after_s: Option<u64>,
+    /// What the server or the connection said, when anything: an error status's body (its
+    /// JSON `message` when it has one), an in-band error's message, the transport's or the
+    /// parser's error. Built only on failure, never on the success path.
+    pub message: Option<String>,
+}
+
+/// A failure with its message, while the request is still being read.
+#[derive(Debug)]
+struct Fault {
+    kind: FailureKind,
+    message: Option<String>,
+}
+
+impl From<FailureKind> for Fault {
+    fn from(kind: FailureKind) -> Self {
+        Fault {
+            kind,
+            message: None,
+        }
+    }
+}
+
+impl Fault {
+    fn with(kind: FailureKind, message: impl ToString) -> Fault {
+        Fault {
+            kind,
+            message: Some(message.to_string()),
+        }
+    }
 }
 
 enum StreamError {
-    Sse,
-    Chunk,
+    Sse(SseError),
+    Chunk(ChunkError),
     Server,
 }
 
 impl From<SseError> for StreamError {
-    fn from(_: SseError) -> Self {
-        StreamError::Sse
+    fn from(e: SseError) -> Self {
+        StreamError::Sse(e)
     }
 }
 
 impl From<ChunkError> for StreamError {
-    fn from(_: ChunkError) -> Self {
-        StreamError::Chunk
+    fn from(e: ChunkError) -> Self {
+        StreamError::Chunk(e)
     }
 }
 
@@ -268,6 +329,33 @@ fn build_request(
 /// Upper bound on a non-stream or error body we buffer.
 const MAX_BODY_BYTES: usize = 64 << 20;
 
+/// How much of an error status's body is kept for its message (the rest is drained unread).
+const ERROR_BODY_KEEP: usize = 4096;
+
+/// The message of an error status's body: its JSON error message when it has one (OpenAI's
+/// `error.message`, vLLM's top-level `message`, FastAPI's `detail`), else the text itself.
+pub(crate) fn error_body_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let text = v
+            .pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .or_else(|| v.get("detail"));
+        match text {
+            Some(serde_json::Value::String(s)) => return s.clone(),
+            Some(other) if !other.is_null() => return other.to_string(),
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        "(empty body)".into()
+    } else {
+        text.into()
+    }
+}
+
 /// Sends one request and consumes its response.
 pub async fn send_turn(
     conn: &mut Connection,
@@ -294,7 +382,7 @@ pub async fn send_turn(
         let request = build_request(endpoint, body, conversation, turn);
         let response = match conn.sender.send_request(request).await {
             Ok(r) => r,
-            Err(_) => return Err(FailureKind::Io),
+            Err(e) => return Err(Fault::with(FailureKind::Io, e)),
         };
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -306,18 +394,29 @@ pub async fn send_turn(
         }
         let mut body = response.into_body();
         if status != StatusCode::OK {
-            // Drain (bounded) so the connection stays reusable; the body is not needed.
+            // Drain (bounded) so the connection stays reusable, keeping the start of the body
+            // for its message. Failures are rare: this allocation is off the success path.
+            let mut kept = Vec::new();
             let mut drained = 0usize;
             while let Some(frame) = body.frame().await {
                 match frame {
-                    Ok(f) => drained += f.data_ref().map_or(0, |d| d.len()),
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            let room = ERROR_BODY_KEEP.saturating_sub(kept.len());
+                            kept.extend_from_slice(&d[..d.len().min(room)]);
+                            drained += d.len();
+                        }
+                    }
                     Err(_) => break,
                 }
                 if drained > MAX_BODY_BYTES {
                     break;
                 }
             }
-            return Err(FailureKind::HttpStatus(status.as_u16()));
+            return Err(Fault::with(
+                FailureKind::HttpStatus(status.as_u16()),
+                error_body_message(&kept),
+            ));
         }
         if endpoint.stream {
             read_stream(&mut body, &conn.stamp, scratch, &mut timing).await
@@ -339,12 +438,71 @@ pub async fn send_turn(
     timing.first_write_ns = (written_ns != 0).then_some(written_ns);
     match result {
         Ok(()) => Ok(timing),
-        Err(kind) => Err(TurnFailure {
+        Err(Fault { kind, message }) => Err(TurnFailure {
             kind,
             timing,
             before_response: last_read_ns < start_ns,
             retry_after_s,
+            message,
         }),
+    }
+}
+
+/// One streamed reply as its events arrive: timing, reply text and what the success rules
+/// need at its end. Synchronous, so recorded byte streams replay through it in unit tests.
+struct StreamReader<'a> {
+    parser: &'a RefCell<ChunkParser>,
+    reply: &'a mut String,
+    itl_ns: &'a mut Vec<u64>,
+    timing: &'a mut TurnTiming,
+    done: bool,
+    /// The last `finish_reason` seen: a server that aborts after a normal-looking chunk has
+    /// aborted.
+    finish: Option<Finish>,
+    last_output_ns: u64,
+}
+
+impl StreamReader<'_> {
+    /// One event's data, read from the socket at `now_ns`.
+    fn on_data(&mut self, payload: &mut [u8], now_ns: u64) -> Result<(), StreamError> {
+        if self.done {
+            return Ok(());
+        }
+        if ChunkParser::is_done(payload) {
+            self.done = true;
+            return Ok(());
+        }
+        // Never held across an await: the callback runs synchronously inside `feed`.
+        let info: ChunkInfo = self.parser.borrow_mut().parse_chunk(payload, self.reply)?;
+        if info.error {
+            return Err(StreamError::Server);
+        }
+        let timing = &mut *self.timing;
+        if info.output {
+            match timing.first_output_ns {
+                None => timing.first_output_ns = Some(now_ns),
+                Some(_) => self.itl_ns.push(now_ns - self.last_output_ns),
+            }
+            self.last_output_ns = now_ns;
+            timing.output_chunks += 1;
+        }
+        if info.finish.is_some() {
+            self.finish = info.finish;
+        }
+        if info.usage.is_some() {
+            timing.usage = info.usage;
+        }
+        Ok(())
+    }
+
+    /// The verdict once the body ended cleanly, or the error a feed gave.
+    fn end(&self, fed: Result<(), StreamError>) -> Result<(), Fault> {
+        fed.map_err(|e| classify(e, &self.parser.borrow()))?;
+        Ok(verdict(
+            self.finish,
+            self.done,
+            self.timing.output_chunks > 0,
+        )?)
     }
 }
 
@@ -353,69 +511,50 @@ async fn read_stream(
     stamp: &ReadStamp,
     scratch: &mut Scratch,
     timing: &mut TurnTiming,
-) -> Result<(), FailureKind> {
+) -> Result<(), Fault> {
     let Scratch {
         framer,
         parser,
         reply,
         itl_ns,
     } = scratch;
-    let mut done = false;
-    let mut finished = false;
-    let mut last_output_ns = 0u64;
-    let mut on_data = |payload: &mut [u8], now_ns: u64| -> Result<(), StreamError> {
-        if done {
-            return Ok(());
-        }
-        if ChunkParser::is_done(payload) {
-            done = true;
-            return Ok(());
-        }
-        // Never held across an await: the callback runs synchronously inside `feed`.
-        let info: ChunkInfo = parser.borrow_mut().parse_chunk(payload, reply)?;
-        if info.error {
-            return Err(StreamError::Server);
-        }
-        if info.output {
-            match timing.first_output_ns {
-                None => timing.first_output_ns = Some(now_ns),
-                Some(_) => itl_ns.push(now_ns - last_output_ns),
-            }
-            last_output_ns = now_ns;
-            timing.output_chunks += 1;
-        }
-        finished |= info.finished;
-        if info.usage.is_some() {
-            timing.usage = info.usage;
-        }
-        Ok(())
+    let mut reader = StreamReader {
+        parser,
+        reply,
+        itl_ns,
+        timing,
+        done: false,
+        finish: None,
+        last_output_ns: 0,
     };
+    let mut fed = Ok(());
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| FailureKind::Io)?;
+        let frame = frame.map_err(|e| Fault::with(FailureKind::Io, e))?;
         let Some(data) = frame.data_ref() else {
             continue;
         };
         // The time the bytes were read from the socket, not the time we got to them.
         let now_ns = stamp.get();
-        framer
-            .feed(data, |p: &mut [u8]| on_data(p, now_ns))
-            .map_err(classify)?;
+        fed = framer.feed(data, |p: &mut [u8]| reader.on_data(p, now_ns));
+        if fed.is_err() {
+            break;
+        }
     }
-    let now_ns = stamp.get();
-    framer
-        .finish(|p: &mut [u8]| on_data(p, now_ns))
-        .map_err(classify)?;
-    if done || finished {
-        Ok(())
-    } else {
-        Err(FailureKind::Incomplete)
+    if fed.is_ok() {
+        let now_ns = stamp.get();
+        fed = framer.finish(|p: &mut [u8]| reader.on_data(p, now_ns));
     }
+    reader.end(fed)
 }
 
-fn classify(e: StreamError) -> FailureKind {
+fn classify(e: StreamError, parser: &ChunkParser) -> Fault {
     match e {
-        StreamError::Sse | StreamError::Chunk => FailureKind::MalformedSse,
-        StreamError::Server => FailureKind::ServerError,
+        StreamError::Sse(e) => Fault::with(FailureKind::MalformedSse, e),
+        StreamError::Chunk(e) => Fault::with(FailureKind::MalformedSse, e),
+        StreamError::Server => Fault {
+            kind: FailureKind::ServerError,
+            message: Some(parser.error_message().to_string()).filter(|m| !m.is_empty()),
+        },
     }
 }
 
@@ -424,33 +563,47 @@ async fn read_whole(
     stamp: &ReadStamp,
     scratch: &mut Scratch,
     timing: &mut TurnTiming,
-) -> Result<(), FailureKind> {
+) -> Result<(), Fault> {
     let mut buf: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| FailureKind::Io)?;
+        let frame = frame.map_err(|e| Fault::with(FailureKind::Io, e))?;
         if let Some(data) = frame.data_ref() {
             if buf.len() + data.len() > MAX_BODY_BYTES {
-                return Err(FailureKind::MalformedSse);
+                return Err(Fault::with(
+                    FailureKind::MalformedSse,
+                    format!("response body larger than {MAX_BODY_BYTES} bytes"),
+                ));
             }
             buf.extend_from_slice(data);
         }
     }
-    let info = scratch
-        .parser
-        .borrow_mut()
-        .parse_response(&mut buf, &mut scratch.reply)
-        .map_err(|_| FailureKind::MalformedSse)?;
+    let now_ns = stamp.get();
+    let mut parser = scratch.parser.borrow_mut();
+    judge_whole(&mut parser, &mut buf, &mut scratch.reply, timing, now_ns)
+}
+
+/// Parses a whole (non-stream) body read by `now_ns` and gives its verdict. A whole body is
+/// complete by definition: only its finish_reason and content decide.
+fn judge_whole(
+    parser: &mut ChunkParser,
+    buf: &mut [u8],
+    reply: &mut String,
+    timing: &mut TurnTiming,
+    now_ns: u64,
+) -> Result<(), Fault> {
+    let info = parser
+        .parse_response(buf, reply)
+        .map_err(|e| Fault::with(FailureKind::MalformedSse, e))?;
     if info.error {
-        return Err(FailureKind::ServerError);
+        return Err(classify(StreamError::Server, parser));
     }
     // Without streaming the first token arrives with the whole body: TTFT = latency.
-    let now_ns = stamp.get();
     if info.output {
         timing.first_output_ns = Some(now_ns);
         timing.output_chunks = 1;
     }
     timing.usage = info.usage;
-    Ok(())
+    Ok(verdict(info.finish, true, info.output)?)
 }
 
 /// Races `work` against a watchdog that fails it once no byte has been read for `read_limit`
@@ -463,9 +616,9 @@ async fn with_timeouts<F>(
     start_ns: u64,
     read_limit: Duration,
     request_limit: Option<Duration>,
-) -> Result<(), FailureKind>
+) -> Result<(), Fault>
 where
-    F: std::future::Future<Output = Result<(), FailureKind>>,
+    F: std::future::Future<Output = Result<(), Fault>>,
 {
     let read_limit_ns = read_limit.as_nanos() as u64;
     let request_limit_ns = request_limit.map_or(u64::MAX, |d| d.as_nanos() as u64);
@@ -476,11 +629,11 @@ where
             glommio::timer::sleep(tick).await;
             let now = clock::now_ns();
             if now.saturating_sub(start_ns) >= request_limit_ns {
-                return Err(FailureKind::RequestTimeout);
+                return Err(FailureKind::RequestTimeout.into());
             }
             let last = stamp.get().max(start_ns);
             if now.saturating_sub(last) >= read_limit_ns {
-                return Err(FailureKind::ReadTimeout);
+                return Err(FailureKind::ReadTimeout.into());
             }
         }
     };
@@ -490,6 +643,227 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Replays a recorded response body, split into the given reads, through the framer and
+    /// the stream reader exactly as [`read_stream`] does; each read is stamped 1 ms later.
+    fn replay(reads: &[&[u8]]) -> (Result<(), Fault>, TurnTiming, String) {
+        let parser = RefCell::new(ChunkParser::new());
+        let mut framer = SseFramer::default();
+        let (mut reply, mut itl_ns, mut timing) =
+            (String::new(), Vec::new(), TurnTiming::default());
+        let mut reader = StreamReader {
+            parser: &parser,
+            reply: &mut reply,
+            itl_ns: &mut itl_ns,
+            timing: &mut timing,
+            done: false,
+            finish: None,
+            last_output_ns: 0,
+        };
+        let mut fed = Ok(());
+        for (i, data) in reads.iter().enumerate() {
+            let now_ns = (i as u64 + 1) * 1_000_000;
+            fed = framer.feed(data, |p: &mut [u8]| reader.on_data(p, now_ns));
+            if fed.is_err() {
+                break;
+            }
+        }
+        if fed.is_ok() {
+            fed = framer.finish(|p: &mut [u8]| reader.on_data(p, 99_000_000));
+        }
+        let result = reader.end(fed);
+        (result, timing, reply)
+    }
+
+    fn kind(reads: &[&[u8]]) -> Result<(), FailureKind> {
+        replay(reads).0.map_err(|f| f.kind)
+    }
+
+    const PRELUDE: &[u8] = b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+    const HELLO: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"finish_reason\":null}]}\n\n";
+    const USAGE: &[u8] =
+        b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
+    const DONE: &[u8] = b"data: [DONE]\n\n";
+
+    fn finish(reason: &str) -> Vec<u8> {
+        format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"\"}},\"finish_reason\":\"{reason}\"}}]}}\n\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_normal_stream_succeeds_with_or_without_done() {
+        for reason in [
+            "stop",
+            "length",
+            "tool_calls",
+            "function_call",
+            "content_filter",
+        ] {
+            let stop = finish(reason);
+            let (r, timing, reply) = replay(&[PRELUDE, HELLO, &stop, USAGE, DONE]);
+            assert!(r.is_ok(), "{reason}: {r:?}");
+            assert_eq!((timing.output_chunks, reply.as_str()), (1, "Hello"));
+            assert_eq!(timing.usage.map(|u| u.completion_tokens), Some(2));
+            // A clean end of body after the finish_reason is enough.
+            assert!(kind(&[PRELUDE, HELLO, &stop]).is_ok(), "{reason}");
+        }
+    }
+
+    /// Issue 11: vLLM's aborted stream (finish_reason "abort", usage, [DONE]) counted as a
+    /// success, putting truncated replies into every figure.
+    #[test]
+    fn an_aborted_stream_fails_as_aborted() {
+        let abort = finish("abort");
+        assert_eq!(
+            kind(&[PRELUDE, HELLO, &abort, USAGE, DONE]),
+            Err(FailureKind::Aborted)
+        );
+        // Split at every byte boundary: same verdict.
+        let whole = [PRELUDE, HELLO, &abort, USAGE, DONE].concat();
+        for cut in 1..whole.len() {
+            let (a, b) = whole.split_at(cut);
+            assert_eq!(kind(&[a, b]), Err(FailureKind::Aborted), "cut at {cut}");
+        }
+        assert_eq!(
+            kind(&[PRELUDE, HELLO, &finish("error"), DONE]),
+            Err(FailureKind::FinishError)
+        );
+        // The last finish_reason wins.
+        assert_eq!(
+            kind(&[PRELUDE, HELLO, &finish("stop"), &abort, DONE]),
+            Err(FailureKind::Aborted)
+        );
+    }
+
+    /// Issue 11: a stream of only the role prelude and [DONE] counted as a success with 0
+    /// tokens.
+    #[test]
+    fn streams_without_finish_or_output_fail_by_class() {
+        assert_eq!(kind(&[PRELUDE, DONE]), Err(FailureKind::NoFinishReason));
+        assert_eq!(
+            kind(&[PRELUDE, HELLO, USAGE, DONE]),
+            Err(FailureKind::NoFinishReason)
+        );
+        // Cut short: no [DONE], no finish_reason.
+        assert_eq!(kind(&[PRELUDE, HELLO]), Err(FailureKind::Incomplete));
+        assert_eq!(kind(&[]), Err(FailureKind::Incomplete));
+        // Finished normally, but nothing in it.
+        assert_eq!(
+            kind(&[PRELUDE, &finish("stop"), USAGE, DONE]),
+            Err(FailureKind::EmptyReply)
+        );
+        // Reasoning and tool calls are output.
+        let reasoning: &[u8] =
+            b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\n";
+        let tool: &[u8] = b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n";
+        for out in [reasoning, tool] {
+            assert!(kind(&[PRELUDE, out, &finish("tool_calls"), DONE]).is_ok());
+        }
+    }
+
+    #[test]
+    fn in_band_errors_and_bad_json_keep_their_message() {
+        let error: &[u8] = b"data: {\"object\":\"error\",\"message\":\"This model's maximum context length is 4096 tokens.\",\"type\":\"BadRequestError\",\"code\":400}\n\n";
+        let (r, _, _) = replay(&[PRELUDE, error, DONE]);
+        let f = r.unwrap_err();
+        assert_eq!(f.kind, FailureKind::ServerError);
+        assert_eq!(
+            f.message.as_deref(),
+            Some("This model's maximum context length is 4096 tokens.")
+        );
+        let (r, _, _) = replay(&[PRELUDE, b"data: {\"choices\": [}\n\n", DONE]);
+        let f = r.unwrap_err();
+        assert_eq!(f.kind, FailureKind::MalformedSse);
+        assert!(f.message.unwrap().starts_with("malformed JSON in SSE data"));
+    }
+
+    #[test]
+    fn whole_bodies_follow_the_same_rules() {
+        let judge = |body: &str| {
+            let mut parser = ChunkParser::new();
+            let (mut reply, mut timing) = (String::new(), TurnTiming::default());
+            let mut buf = body.as_bytes().to_vec();
+            judge_whole(&mut parser, &mut buf, &mut reply, &mut timing, 7)
+                .map(|()| (timing.first_output_ns, reply))
+                .map_err(|f| (f.kind, f.message))
+        };
+        let body = |content: &str, finish: &str| {
+            format!(
+                r#"{{"object":"chat.completion","choices":[{{"index":0,"message":{{"role":"assistant","content":"{content}"}},"finish_reason":{finish}}}],"usage":{{"prompt_tokens":3,"completion_tokens":2}}}}"#
+            )
+        };
+        assert_eq!(judge(&body("Hi", r#""stop""#)), Ok((Some(7), "Hi".into())));
+        assert_eq!(
+            judge(&body("Hi", r#""abort""#)),
+            Err((FailureKind::Aborted, None))
+        );
+        assert_eq!(
+            judge(&body("Hi", r#""error""#)),
+            Err((FailureKind::FinishError, None))
+        );
+        assert_eq!(
+            judge(&body("Hi", "null")),
+            Err((FailureKind::NoFinishReason, None))
+        );
+        assert_eq!(
+            judge(&body("", r#""stop""#)),
+            Err((FailureKind::EmptyReply, None))
+        );
+        assert_eq!(
+            judge(r#"{"object":"error","message":"bad request","code":400}"#),
+            Err((FailureKind::ServerError, Some("bad request".into())))
+        );
+    }
+
+    #[test]
+    fn verdict_table() {
+        use Finish::*;
+        assert_eq!(verdict(Some(Normal), false, true), Ok(()));
+        assert_eq!(
+            verdict(Some(Normal), true, false),
+            Err(FailureKind::EmptyReply)
+        );
+        assert_eq!(verdict(Some(Abort), true, true), Err(FailureKind::Aborted));
+        assert_eq!(
+            verdict(Some(Error), true, true),
+            Err(FailureKind::FinishError)
+        );
+        assert_eq!(verdict(None, true, true), Err(FailureKind::NoFinishReason));
+        assert_eq!(verdict(None, false, true), Err(FailureKind::Incomplete));
+        for (k, label) in [
+            (FailureKind::Aborted, "aborted"),
+            (FailureKind::FinishError, "finish_error"),
+            (FailureKind::NoFinishReason, "no_finish_reason"),
+            (FailureKind::EmptyReply, "empty_reply"),
+        ] {
+            assert_eq!(k.label(), label);
+        }
+    }
+
+    #[test]
+    fn error_bodies_give_their_message() {
+        assert_eq!(
+            error_body_message(
+                br#"{"object":"error","message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","param":null,"code":400}"#
+            ),
+            "This model's maximum context length is 4096 tokens."
+        );
+        assert_eq!(
+            error_body_message(br#"{"error":{"message":"rate limited","type":"x"}}"#),
+            "rate limited"
+        );
+        assert_eq!(
+            error_body_message(br#"{"detail":"Not Found"}"#),
+            "Not Found"
+        );
+        assert_eq!(
+            error_body_message(b"<html>\n502 Bad Gateway\n</html>"),
+            "<html>\n502 Bad Gateway\n</html>"
+        );
+        assert_eq!(error_body_message(b"  "), "(empty body)");
+    }
 
     #[test]
     fn small_read_buffer_only_for_many_slots() {

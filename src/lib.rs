@@ -23,7 +23,8 @@
 //!   writes `summary.json`.
 //! - [`run`] runs a plan with its resources: each load point through the engine into a
 //!   summary ([`run::run_point`], callable in-process by tests), files written ([`run::bench`]).
-//!   `main.rs` only chains `Plan::from_args` → `Resources::build` → `run::bench`.
+//!   `main.rs` only chains `Plan::from_args` → `Resources::build` → `run::bench`, and exits
+//!   with the code [`verdict`] gives the run's outcome (thresholds, nothing measured, signal).
 //! - [`sim`] is the built-in OpenAI-compatible server: the default target and every test's
 //!   ground truth.
 //! - [`tokenizer`] wraps the HF tokenizer (builtin Qwen2 BPE or a user's tokenizer.json) and the
@@ -54,4 +55,5 @@ pub mod timeline;
 pub mod tokenizer;
 pub mod trace;
 pub mod turns;
+pub mod verdict;
 pub mod workload;

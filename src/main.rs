@@ -9,6 +9,7 @@ use parley::cli::{
 use parley::plan::Plan;
 use parley::resources::Resources;
 use parley::tokenizer::Tokenizer;
+use parley::verdict::{EXIT_OK, EXIT_USAGE};
 use parley::workload::swe_smith;
 use parley::{doctor, run, signal, sim};
 
@@ -21,13 +22,17 @@ fn main() {
     let cli = parley::cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench(&args),
-        Command::Sim(args) => sim::run(&args).context("parley sim"),
-        Command::Dataset(args) => dataset(&args),
-        Command::Doctor(args) => run_doctor(&args),
+        Command::Sim(args) => sim::run(&args).context("parley sim").map(|()| EXIT_OK),
+        Command::Dataset(args) => dataset(&args).map(|()| EXIT_OK),
+        Command::Doctor(args) => run_doctor(&args).map(|()| EXIT_OK),
     };
-    if let Err(e) = result {
-        eprintln!("error: {}", message(&e));
-        std::process::exit(2);
+    match result {
+        Ok(EXIT_OK) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {}", message(&e));
+            std::process::exit(EXIT_USAGE);
+        }
     }
 }
 
@@ -81,8 +86,8 @@ fn run_doctor(args: &DoctorArgs) -> Result<()> {
 }
 
 /// The pipeline: flags → [`Plan`] (pure) → [`Resources`] (the I/O) → [`run::bench`] (each
-/// point run, reported and written) → shutdown.
-fn bench(args: &BenchArgs) -> Result<()> {
+/// point run, reported and written) → shutdown; returns the exit code the outcome calls for.
+fn bench(args: &BenchArgs) -> Result<i32> {
     signal::install();
     let plan = Plan::from_args(args)?;
     for note in &plan.notes {
@@ -91,10 +96,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let resources = Resources::build(&plan)?;
     let result = run::bench(&plan, &resources, run::Console { quiet: args.quiet });
     resources.shutdown();
-    result?;
-    // Stopped by a signal, report written: exit 128 + it (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
-    if let Some(sig) = signal::received() {
-        std::process::exit(128 + sig);
+    let outcome = result?;
+    if let Some(line) = outcome.explain() {
+        eprintln!("{line}");
     }
-    Ok(())
+    Ok(outcome.exit_code())
 }

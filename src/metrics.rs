@@ -109,6 +109,76 @@ impl Dist {
     }
 }
 
+/// Distinct messages kept per failure class (`requests.failure_messages`).
+pub const MESSAGES_PER_CLASS: usize = 3;
+
+/// Longest failure message kept, in characters (longer ones end in `…`).
+pub const MESSAGE_MAX_CHARS: usize = 300;
+
+/// A failure message as reports show it: whitespace runs (newlines of an HTML error page, say)
+/// made single spaces, cut to [`MESSAGE_MAX_CHARS`].
+pub fn clean_message(message: &str) -> String {
+    let mut out = String::new();
+    for (i, word) in message.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    if let Some((cut, _)) = out.char_indices().nth(MESSAGE_MAX_CHARS) {
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// Adds `message` to `kept` unless it is already there or `kept` is full.
+fn keep_message(kept: &mut Vec<String>, message: String) {
+    if kept.len() < MESSAGES_PER_CLASS && !kept.contains(&message) {
+        kept.push(message);
+    }
+}
+
+/// `--goodput`: the limits a successful request must all meet to count as good, in ns (`None`:
+/// no limit on that figure). Decided on the request's own core when it ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GoodputLimits {
+    /// Time to first token.
+    pub ttft_ns: Option<u64>,
+    /// (end − first output) / (completion tokens − 1). A request with one token or none has
+    /// no TPOT and meets this limit (vLLM's rule).
+    pub tpot_ns: Option<u64>,
+    /// The request's mean gap between output-bearing events. With fewer than two events it has
+    /// none and meets this limit.
+    pub itl_ns: Option<u64>,
+    /// End-to-end latency.
+    pub e2el_ns: Option<u64>,
+}
+
+impl GoodputLimits {
+    /// Whether a request with these figures (ns) meets every limit.
+    pub fn is_good(
+        &self,
+        ttft_ns: Option<u64>,
+        tpot_ns: Option<u64>,
+        itl_ns: Option<u64>,
+        e2el_ns: u64,
+    ) -> bool {
+        // A missing TTFT fails a TTFT limit (it cannot be shown to meet it); a missing TPOT or
+        // ITL means there was no decode gap to judge.
+        let within = |limit: Option<u64>, value: Option<u64>, missing_ok: bool| match (limit, value)
+        {
+            (None, _) => true,
+            (Some(l), Some(v)) => v <= l,
+            (Some(_), None) => missing_ok,
+        };
+        within(self.ttft_ns, ttft_ns, false)
+            && within(self.tpot_ns, tpot_ns, true)
+            && within(self.itl_ns, itl_ns, true)
+            && within(self.e2el_ns, Some(e2el_ns), false)
+    }
+}
+
 /// How the cached-token figure of a request was obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheSource {
@@ -221,6 +291,11 @@ pub struct Recorder {
     pub requests_cancelled: u64,
     pub requests_failed: u64,
     pub failures: BTreeMap<FailureKind, u64>,
+    /// Per failure class, the first [`MESSAGES_PER_CLASS`] distinct messages (cleaned).
+    pub failure_messages: BTreeMap<FailureKind, Vec<String>>,
+    /// `--goodput`'s limits, when given; `requests_good` counts the successes that met them.
+    pub goodput: Option<GoodputLimits>,
+    pub requests_good: u64,
     pub conversations_completed: u64,
     pub conversations_abandoned: u64,
     /// Conversations cut short by Ctrl-C (not failures).
@@ -286,6 +361,9 @@ impl Recorder {
             requests_cancelled: 0,
             requests_failed: 0,
             failures: BTreeMap::new(),
+            failure_messages: BTreeMap::new(),
+            goodput: None,
+            requests_good: 0,
             conversations_completed: 0,
             conversations_abandoned: 0,
             conversations_interrupted: 0,
@@ -360,8 +438,12 @@ impl Recorder {
                 u.ttft_us.record(first.saturating_sub(t.start_ns) / 1_000);
             }
         }
+        let mut ttft_ns = None;
+        let mut tpot_ns = None;
         if let Some(first) = t.first_output_ns {
-            let ttft_ns = first.saturating_sub(t.start_ns);
+            let ttft = first.saturating_sub(t.start_ns);
+            ttft_ns = Some(ttft);
+            let ttft_ns = ttft;
             self.ttft_us.record(ttft_ns / 1_000);
             self.ttft_from_schedule_us
                 .record(first.saturating_sub(s.intended_ns) / 1_000);
@@ -372,12 +454,20 @@ impl Recorder {
             }
             if s.completion_tokens > 1 {
                 let decode_ns = t.end_ns.saturating_sub(first);
-                self.tpot_us
-                    .record(decode_ns / (s.completion_tokens - 1) / 1_000);
+                let tpot = decode_ns / (s.completion_tokens - 1);
+                tpot_ns = Some(tpot);
+                self.tpot_us.record(tpot / 1_000);
                 if decode_ns > 0 {
                     self.decode_milli_tps
                         .record(milli_per_s(s.completion_tokens - 1, decode_ns));
                 }
+            }
+        }
+        if let Some(limits) = &self.goodput {
+            let itl_ns = (!s.itl_ns.is_empty())
+                .then(|| s.itl_ns.iter().sum::<u64>() / s.itl_ns.len() as u64);
+            if limits.is_good(ttft_ns, tpot_ns, itl_ns, latency_ns) {
+                self.requests_good += 1;
             }
         }
         for &gap_ns in s.itl_ns {
@@ -440,6 +530,15 @@ impl Recorder {
         *self.failures.entry(kind).or_insert(0) += 1;
     }
 
+    /// Keeps what the server or connection said about a failure of class `kind` (recorded
+    /// with [`Recorder::record_failure`]), if that class has room for another distinct one.
+    pub fn record_failure_message(&mut self, kind: FailureKind, message: &str) {
+        let kept = self.failure_messages.entry(kind).or_default();
+        if kept.len() < MESSAGES_PER_CLASS {
+            keep_message(kept, clean_message(message));
+        }
+    }
+
     pub fn merge(&mut self, other: &Recorder) {
         self.ttft_us.merge(&other.ttft_us);
         self.itl_us.merge(&other.itl_us);
@@ -467,6 +566,14 @@ impl Recorder {
         for (k, v) in &other.failures {
             *self.failures.entry(*k).or_insert(0) += v;
         }
+        for (k, messages) in &other.failure_messages {
+            let kept = self.failure_messages.entry(*k).or_default();
+            for m in messages {
+                keep_message(kept, m.clone());
+            }
+        }
+        self.goodput = self.goodput.or(other.goodput);
+        self.requests_good += other.requests_good;
         self.conversations_completed += other.conversations_completed;
         self.conversations_abandoned += other.conversations_abandoned;
         self.conversations_interrupted += other.conversations_interrupted;
@@ -611,6 +718,70 @@ mod tests {
         assert!((a.duration_s() - 0.409).abs() < 1e-9);
         let p50 = a.ttft_us.quantile(0.5).unwrap();
         assert!((4_995..=5_005).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn failure_messages_are_few_distinct_and_merged() {
+        let mut a = Recorder::new();
+        let kind = FailureKind::HttpStatus(400);
+        a.record_failure_message(kind, "too   long\n context");
+        a.record_failure_message(kind, "too long context");
+        a.record_failure_message(FailureKind::Aborted, "x");
+        let mut b = Recorder::new();
+        for m in ["b1", "too long context", "b2", "b3", "b4"] {
+            b.record_failure_message(kind, m);
+        }
+        a.merge(&b);
+        assert_eq!(a.failure_messages[&kind], ["too long context", "b1", "b2"]);
+        assert_eq!(a.failure_messages[&FailureKind::Aborted], ["x"]);
+        let long = clean_message(&"é".repeat(1000));
+        assert_eq!(long.chars().count(), MESSAGE_MAX_CHARS + 1);
+        assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn goodput_is_decided_per_request_and_merged() {
+        let limits = GoodputLimits {
+            ttft_ns: Some(25_000_000),
+            tpot_ns: Some(9_000_000),
+            itl_ns: Some(11_000_000),
+            e2el_ns: Some(200_000_000),
+        };
+        let success = |rec: &mut Recorder, t: &TurnTiming, itl: &[u64], completion: u64| {
+            rec.record_success(Success {
+                timing: t,
+                intended_ns: 0,
+                url: 0,
+                itl_ns: itl,
+                turn: 0,
+                prompt_tokens: 10,
+                completion_tokens: completion,
+                tokens_from_usage: true,
+                cached_tokens: 0,
+                cache_source: CacheSource::Server,
+            })
+        };
+        let mut a = Recorder::new();
+        a.goodput = Some(limits);
+        // TTFT 20 ms, TPOT (101 − 21) / 10 = 8 ms, mean ITL 10 ms, latency 100 ms: good.
+        let t = timing(1_000_000, 21_000_000, 101_000_000);
+        success(&mut a, &t, &[10_000_000, 10_000_000], 11);
+        // Same, but one ITL gap of 14 ms makes the mean 12 ms: not good.
+        success(&mut a, &t, &[10_000_000, 14_000_000], 11);
+        // TPOT 80 / 8 = 10 ms: not good.
+        success(&mut a, &t, &[10_000_000], 9);
+        // One token: no TPOT or ITL to judge; TTFT and latency are within: good.
+        success(&mut a, &t, &[], 1);
+        // TTFT 30 ms: not good.
+        success(&mut a, &timing(0, 30_000_000, 50_000_000), &[], 1);
+        assert_eq!(a.requests_good, 2);
+        // Without limits nothing is counted; the merge keeps the limits and sums the counts.
+        let mut merged = Recorder::new();
+        merged.merge(&a);
+        assert_eq!((merged.goodput, merged.requests_good), (Some(limits), 2));
+        let mut plain = Recorder::new();
+        success(&mut plain, &t, &[], 1);
+        assert_eq!(plain.requests_good, 0);
     }
 
     #[test]

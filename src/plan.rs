@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::cli::BenchArgs;
 use crate::engine::{ArrivalMode, BodyShape, EndpointKind, RampStrategy};
+use crate::metrics::GoodputLimits;
 use crate::workload::fixed::FixedOptions;
 use crate::workload::sampling::SamplingStrategy;
 use crate::workload::{self, ContextMode, DatasetError, DatasetFlag, DatasetParams, Selection};
@@ -242,6 +243,11 @@ pub struct Plan {
     /// One-line notes for stderr about flags accepted but without effect (e.g.
     /// `--tokenize-prompt`).
     pub notes: Vec<String>,
+    /// `--goodput`: per-request limits for the goodput figures.
+    pub goodput: Option<GoodputLimits>,
+    /// `--slo` and `--max-error-rate`: thresholds on each point's summary; a breach makes the
+    /// run exit 1.
+    pub thresholds: Vec<Threshold>,
 }
 
 impl Plan {
@@ -365,6 +371,8 @@ impl Plan {
             load.config.warmup_conversations = Some(((w * number as f64) as u64).max(1));
         }
 
+        let goodput = parse_goodput(&args.goodput)?;
+        let thresholds = parse_thresholds(&args.slo, args.max_error_rate, goodput.is_some())?;
         let name = args.name.clone().unwrap_or_else(|| {
             model
                 .rsplit('/')
@@ -424,6 +432,8 @@ impl Plan {
             outputs_dir: args.outputs_dir.clone(),
             name: sanitize(&name),
             notes,
+            goodput,
+            thresholds,
         })
     }
 
@@ -1128,6 +1138,261 @@ fn open_fields(fields: &Map<String, Value>, with_brace: bool, kind: EndpointKind
     out
 }
 
+/// `--goodput`'s names, in parley's, vLLM's and AIPerf's spellings, and the limit each sets.
+const GOODPUT_NAMES: &[(&str, GoodputFigure)] = &[
+    ("ttft", GoodputFigure::Ttft),
+    ("time_to_first_token", GoodputFigure::Ttft),
+    ("tpot", GoodputFigure::Tpot),
+    // AIPerf's inter_token_latency is per request (latency − TTFT) / (OSL − 1): a TPOT.
+    ("inter_token_latency", GoodputFigure::Tpot),
+    ("itl", GoodputFigure::Itl),
+    ("e2el", GoodputFigure::E2el),
+    ("request_latency", GoodputFigure::E2el),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GoodputFigure {
+    Ttft,
+    Tpot,
+    Itl,
+    E2el,
+}
+
+/// `--goodput NAME:MS …` (one value per limit, or AIPerf's one value of space-separated
+/// limits) into per-request limits; `None` when not given.
+pub(crate) fn parse_goodput(values: &[String]) -> Result<Option<GoodputLimits>, PlanError> {
+    let err = |reason: String| flag_err("goodput", reason);
+    let mut limits = GoodputLimits::default();
+    let mut any = false;
+    for item in values
+        .iter()
+        .flat_map(|v| v.split(|c: char| c.is_whitespace() || c == ','))
+        .filter(|s| !s.is_empty())
+    {
+        let (name, value) = item
+            .split_once([':', '='])
+            .ok_or_else(|| err(format!("`{item}` is not NAME:MS (e.g. ttft:200)")))?;
+        let name = name.trim().to_ascii_lowercase();
+        let figure = GOODPUT_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                let known: Vec<&str> = GOODPUT_NAMES.iter().map(|(n, _)| *n).collect();
+                err(format!(
+                    "unknown metric `{name}` in `{item}` (known: {})",
+                    known.join(", ")
+                ))
+            })?;
+        let ms: f64 = value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v > 0.0 && *v <= 3.6e6)
+            .ok_or_else(|| {
+                err(format!(
+                    "`{item}`: the limit must be a positive number of milliseconds, at most an hour"
+                ))
+            })?;
+        let ns = Some((ms * 1e6).round() as u64);
+        let slot = match figure {
+            GoodputFigure::Ttft => &mut limits.ttft_ns,
+            GoodputFigure::Tpot => &mut limits.tpot_ns,
+            GoodputFigure::Itl => &mut limits.itl_ns,
+            GoodputFigure::E2el => &mut limits.e2el_ns,
+        };
+        if slot.is_some() {
+            return Err(err(format!("`{item}`: {figure:?} is limited twice")));
+        }
+        *slot = ns;
+        any = true;
+    }
+    if !values.is_empty() && !any {
+        return Err(err(
+            "no limit given (e.g. --goodput ttft:200 e2el:5000)".into()
+        ));
+    }
+    Ok(any.then_some(limits))
+}
+
+/// A `--slo` threshold: one figure of a point's summary and the bound it must keep.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Threshold {
+    /// Its canonical name (`ttft_p99_ms`, `error_rate`, …), as reports print it.
+    pub name: String,
+    #[serde(skip)]
+    pub figure: Figure,
+    /// The bound: a maximum for latencies and `error_rate`, a minimum for throughputs and
+    /// `goodput_share`.
+    pub limit: f64,
+}
+
+/// A summary figure a threshold can bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Figure {
+    /// A statistic of a per-request latency distribution, in ms.
+    Latency(LatencyMetric, Stat),
+    /// failed / (succeeded + failed).
+    ErrorRate,
+    /// good / (succeeded + failed) (needs `--goodput`).
+    GoodputShare,
+    /// Successful requests per second.
+    RequestsPerS,
+    /// Output tokens per second.
+    OutputTokensPerS,
+}
+
+impl Figure {
+    /// `true`: the figure must stay at or below the limit; `false`: at or above it.
+    pub fn is_maximum(self) -> bool {
+        matches!(self, Figure::Latency(..) | Figure::ErrorRate)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatencyMetric {
+    Ttft,
+    Tpot,
+    Itl,
+    Latency,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    Mean,
+    P50,
+    P90,
+    P95,
+    P99,
+    Max,
+}
+
+/// Every `--slo` name pattern, for error messages.
+const SLO_NAMES: &str = "{ttft,tpot,itl,latency,e2el}_{mean,p50,p90,p95,p99,max}_ms, error_rate, \
+                         goodput_share, requests_per_s, output_tokens_per_s";
+
+fn parse_figure(name: &str) -> Option<(Figure, String)> {
+    let simple = match name {
+        "error_rate" => Some(Figure::ErrorRate),
+        "goodput_share" => Some(Figure::GoodputShare),
+        "requests_per_s" => Some(Figure::RequestsPerS),
+        "output_tokens_per_s" => Some(Figure::OutputTokensPerS),
+        _ => None,
+    };
+    if let Some(f) = simple {
+        return Some((f, name.to_string()));
+    }
+    let rest = name.strip_suffix("_ms")?;
+    let (metric, stat) = rest.rsplit_once('_')?;
+    let metric = match metric {
+        "ttft" => LatencyMetric::Ttft,
+        "tpot" => LatencyMetric::Tpot,
+        "itl" => LatencyMetric::Itl,
+        "latency" | "e2el" => LatencyMetric::Latency,
+        _ => return None,
+    };
+    let stat = match stat {
+        "mean" | "avg" => Stat::Mean,
+        "p50" => Stat::P50,
+        "p90" => Stat::P90,
+        "p95" => Stat::P95,
+        "p99" => Stat::P99,
+        "max" => Stat::Max,
+        _ => return None,
+    };
+    let canonical = format!(
+        "{}_{}_ms",
+        match metric {
+            LatencyMetric::Ttft => "ttft",
+            LatencyMetric::Tpot => "tpot",
+            LatencyMetric::Itl => "itl",
+            LatencyMetric::Latency => "latency",
+        },
+        match stat {
+            Stat::Mean => "mean",
+            Stat::P50 => "p50",
+            Stat::P90 => "p90",
+            Stat::P95 => "p95",
+            Stat::P99 => "p99",
+            Stat::Max => "max",
+        }
+    );
+    Some((Figure::Latency(metric, stat), canonical))
+}
+
+/// `--slo NAME=LIMIT,…` (repeatable) and `--max-error-rate R` into thresholds.
+pub(crate) fn parse_thresholds(
+    values: &[String],
+    max_error_rate: Option<f64>,
+    goodput: bool,
+) -> Result<Vec<Threshold>, PlanError> {
+    let err = |reason: String| flag_err("slo", reason);
+    let mut out: Vec<Threshold> = Vec::new();
+    let mut add = |t: Threshold, flag: &'static str| {
+        if out.iter().any(|o| o.figure == t.figure) {
+            return Err(flag_err(flag, format!("{} is given twice", t.name)));
+        }
+        out.push(t);
+        Ok(())
+    };
+    for item in values
+        .iter()
+        .flat_map(|v| v.split(|c: char| c.is_whitespace() || c == ','))
+        .filter(|s| !s.is_empty())
+    {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| err(format!("`{item}` is not NAME=LIMIT (e.g. ttft_p99_ms=500)")))?;
+        let name = name.trim().to_ascii_lowercase();
+        let (figure, name) = parse_figure(&name).ok_or_else(|| {
+            err(format!(
+                "unknown figure `{name}` in `{item}` (known: {SLO_NAMES})"
+            ))
+        })?;
+        let limit: f64 = value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| err(format!("`{item}`: the limit must be a non-negative number")))?;
+        if matches!(figure, Figure::ErrorRate | Figure::GoodputShare) && limit > 1.0 {
+            return Err(err(format!(
+                "`{item}`: {name} is a fraction in [0, 1] (0.01 = 1 %)"
+            )));
+        }
+        if figure == Figure::GoodputShare && !goodput {
+            return Err(err(format!(
+                "`{item}`: goodput_share needs --goodput (the per-request limits)"
+            )));
+        }
+        add(
+            Threshold {
+                name,
+                figure,
+                limit,
+            },
+            "slo",
+        )?;
+    }
+    if let Some(rate) = max_error_rate {
+        if !(rate.is_finite() && (0.0..=1.0).contains(&rate)) {
+            return Err(flag_err(
+                "max-error-rate",
+                format!("{rate} is not a fraction in [0, 1] (0.01 = 1 %)"),
+            ));
+        }
+        add(
+            Threshold {
+                name: "error_rate".into(),
+                figure: Figure::ErrorRate,
+                limit: rate,
+            },
+            "max-error-rate",
+        )?;
+    }
+    Ok(out)
+}
+
 fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -1158,6 +1423,129 @@ mod tests {
             Ok(_) => panic!("expected an error for {flags:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn goodput_takes_parley_vllm_and_aiperf_spellings() {
+        let ms = |v: u64| Some(v * 1_000_000);
+        let parley = Plan::from_args(&args(&["--goodput", "ttft:200", "itl:50", "e2el:5000"]))
+            .unwrap()
+            .goodput
+            .unwrap();
+        assert_eq!(
+            (
+                parley.ttft_ns,
+                parley.itl_ns,
+                parley.e2el_ns,
+                parley.tpot_ns
+            ),
+            (ms(200), ms(50), ms(5000), None)
+        );
+        let vllm = Plan::from_args(&args(&["--goodput", "ttft:200", "tpot:50", "e2el:5000"]))
+            .unwrap()
+            .goodput
+            .unwrap();
+        assert_eq!((vllm.tpot_ns, vllm.itl_ns), (ms(50), None));
+        let aiperf = Plan::from_args(&args(&[
+            "--goodput",
+            "time_to_first_token:200 inter_token_latency:50 request_latency:5000",
+        ]))
+        .unwrap()
+        .goodput
+        .unwrap();
+        assert_eq!(aiperf, vllm);
+        let frac = parse_goodput(&["ttft:0.5".into()]).unwrap().unwrap();
+        assert_eq!(frac.ttft_ns, Some(500_000));
+        assert_eq!(Plan::from_args(&args(&[])).unwrap().goodput, None);
+    }
+
+    #[test]
+    fn goodput_errors_name_the_problem() {
+        let e = plan_err(&["--goodput", "ttfb:200"]);
+        assert!(
+            e.starts_with("--goodput: unknown metric `ttfb`") && e.contains("time_to_first_token"),
+            "{e}"
+        );
+        for (bad, says) in [
+            ("ttft", "is not NAME:MS"),
+            ("ttft:-1", "positive number of milliseconds"),
+            ("ttft:abc", "positive number of milliseconds"),
+            ("ttft:inf", "positive number of milliseconds"),
+            ("ttft:200 time_to_first_token:100", "limited twice"),
+            ("", "no limit given"),
+        ] {
+            let e = plan_err(&["--goodput", bad]);
+            assert!(
+                e.starts_with("--goodput: ") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn slo_thresholds_parse_and_validate() {
+        let p = Plan::from_args(&args(&[
+            "--slo",
+            "ttft_p99_ms=500,itl_p99_ms=50",
+            "--slo",
+            "E2EL_mean_ms=2000,tpot_p95_ms=20",
+            "--max-error-rate",
+            "0.01",
+            "--goodput",
+            "ttft:300",
+            "--slo",
+            "goodput_share=0.9,output_tokens_per_s=100",
+        ]))
+        .unwrap();
+        let got: Vec<(&str, f64, bool)> = p
+            .thresholds
+            .iter()
+            .map(|t| (t.name.as_str(), t.limit, t.figure.is_maximum()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ttft_p99_ms", 500.0, true),
+                ("itl_p99_ms", 50.0, true),
+                ("latency_mean_ms", 2000.0, true),
+                ("tpot_p95_ms", 20.0, true),
+                ("goodput_share", 0.9, false),
+                ("output_tokens_per_s", 100.0, false),
+                ("error_rate", 0.01, true),
+            ]
+        );
+        assert_eq!(
+            p.thresholds[0].figure,
+            Figure::Latency(LatencyMetric::Ttft, Stat::P99)
+        );
+        for (flags, says) in [
+            (
+                &["--slo", "ttft_p97_ms=5"][..],
+                "unknown figure `ttft_p97_ms`",
+            ),
+            (&["--slo", "ttfb_p99_ms=5"], "unknown figure"),
+            (&["--slo", "ttft_p99_ms"], "is not NAME=LIMIT"),
+            (&["--slo", "ttft_p99_ms=-3"], "non-negative number"),
+            (&["--slo", "error_rate=5"], "fraction in [0, 1]"),
+            (&["--slo", "goodput_share=0.5"], "needs --goodput"),
+            (&["--slo", "ttft_p99_ms=1,ttft_p99_ms=2"], "given twice"),
+        ] {
+            let e = plan_err(flags);
+            assert!(
+                e.starts_with("--slo: ") && e.contains(says),
+                "{flags:?}: {e}"
+            );
+        }
+        let e = plan_err(&["--slo", "error_rate=0.1", "--max-error-rate", "0.2"]);
+        assert!(
+            e.starts_with("--max-error-rate: error_rate is given twice"),
+            "{e}"
+        );
+        let e = plan_err(&["--max-error-rate", "1.5"]);
+        assert!(
+            e.starts_with("--max-error-rate: 1.5 is not a fraction"),
+            "{e}"
+        );
     }
 
     /// Issue 9: these were silently ignored.

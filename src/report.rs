@@ -57,8 +57,29 @@ pub struct Requests {
     pub cancelled: u64,
     /// Requests sent again (see `docs/metrics.md`); each counts once in `total` all the same.
     pub retried: u64,
-    /// Failed requests by cause (`http_500`, `io`, `read_timeout`, …).
+    /// Failed requests by cause (`http_500`, `io`, `read_timeout`, `aborted`, …).
     pub failures: BTreeMap<String, u64>,
+    /// Per cause, the first few distinct messages the server or connection gave (an error
+    /// status's body, an in-band error's message, …), cleaned and cut (`docs/metrics.md`).
+    pub failure_messages: BTreeMap<String, Vec<String>>,
+    /// failed / (succeeded + failed); `null` when no request was answered.
+    pub error_rate: Option<f64>,
+}
+
+/// `--goodput`: the limits and how many successful requests met them all.
+#[derive(Clone, Debug, Serialize)]
+pub struct Goodput {
+    /// The limits, in ms (`null`: not limited).
+    pub ttft_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub itl_ms: Option<f64>,
+    pub e2el_ms: Option<f64>,
+    /// Successful requests that met every limit.
+    pub good_requests: u64,
+    /// good_requests / `duration_s`.
+    pub requests_per_s: f64,
+    /// good_requests / (succeeded + failed); `null` when no request was answered.
+    pub share: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -132,10 +153,14 @@ pub struct ClientCost {
     /// Per request, from when its slot was ready to send it to when its first bytes were
     /// written to the socket, in µs (`docs/metrics.md`).
     pub send_lag_us: Stats,
-    /// Some engine core was busy ≥ 90 % of its run, or send lag p99 exceeded 1 ms: the client
-    /// may have been the bottleneck, and its latency figures may include time responses waited
-    /// for it.
+    /// `bottleneck` is set: the client may have been the bottleneck, and its latency figures
+    /// may include time responses waited for it.
     pub saturated: bool,
+    /// Why, when it may have been (never on a run of fewer than [`MIN_REQUESTS_TO_WARN`]
+    /// requests): `"client_saturated"` (some engine core was busy ≥ 90 % of its run) or
+    /// `"host_busy"` (send lag p99 above 1 ms while no engine core was that busy: the executor
+    /// threads waited for a CPU other processes held).
+    pub bottleneck: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -155,6 +180,10 @@ pub const SATURATED_BUSY_FRACTION: f64 = 0.9;
 /// of microseconds of the slot being ready; a millisecond means requests queued behind its own
 /// work.
 pub const SATURATED_SEND_LAG_P99_US: f64 = 1_000.0;
+
+/// Fewest requests a run needs before the bottleneck warning may fire: below this a p99 is one
+/// or two samples, so one late wake-up on a shared host would "show" a bottleneck.
+pub const MIN_REQUESTS_TO_WARN: u64 = 100;
 
 /// Everything a run reports.
 #[derive(Clone, Debug, Serialize)]
@@ -187,6 +216,11 @@ pub struct Summary {
     /// `"server"` when every request carried `usage`, else `"estimated"` (output tokens counted
     /// as output-bearing chunks).
     pub token_source: &'static str,
+    /// `--goodput`, when given.
+    pub goodput: Option<Goodput>,
+    /// `--slo` / `--max-error-rate`, each checked against this summary (filled by
+    /// [`crate::run`]; empty without thresholds).
+    pub thresholds: Vec<crate::verdict::ThresholdResult>,
     /// Per completed conversation (`trace_summary.json` too).
     pub traces: TraceSummary,
     /// Tokens/s over the whole run, its last 30 s and its steady part
@@ -235,6 +269,28 @@ impl Summary {
         let lagging = send_lag_us
             .p99
             .is_some_and(|p99| p99 > SATURATED_SEND_LAG_P99_US);
+        // Our own cores busy explain a send lag; a lag with idle cores is the host's doing.
+        let bottleneck = if requests < MIN_REQUESTS_TO_WARN {
+            None
+        } else if busy {
+            Some("client_saturated")
+        } else if lagging {
+            Some("host_busy")
+        } else {
+            None
+        };
+        let answered = ok + rec.requests_failed;
+        let share_of = |n: u64| (answered > 0).then(|| n as f64 / answered as f64);
+        let ms = |ns: Option<u64>| ns.map(|v| v as f64 / 1e6);
+        let goodput = rec.goodput.map(|g| Goodput {
+            ttft_ms: ms(g.ttft_ns),
+            tpot_ms: ms(g.tpot_ns),
+            itl_ms: ms(g.itl_ns),
+            e2el_ms: ms(g.e2el_ns),
+            good_requests: rec.requests_good,
+            requests_per_s: per_s(rec.requests_good as f64),
+            share: share_of(rec.requests_good),
+        });
         let by_url = rec
             .by_url
             .iter()
@@ -297,6 +353,13 @@ impl Summary {
                 cancelled: rec.requests_cancelled,
                 retried: rec.requests_retried,
                 failures: rec.failures.iter().map(|(k, v)| (k.label(), *v)).collect(),
+                failure_messages: rec
+                    .failure_messages
+                    .iter()
+                    .filter(|(_, m)| !m.is_empty())
+                    .map(|(k, m)| (k.label(), m.clone()))
+                    .collect(),
+                error_rate: share_of(rec.requests_failed),
             },
             conversations: Conversations {
                 started: rec.conversations_started,
@@ -332,6 +395,8 @@ impl Summary {
             } else {
                 "estimated"
             },
+            goodput,
+            thresholds: Vec::new(),
             traces: TraceSummary::of(&rec.traces),
             workload_throughput: WorkloadThroughput::of(&timeline.points),
             by_turn: rec.by_turn.summary(),
@@ -353,7 +418,8 @@ impl Summary {
                     })
                     .collect(),
                 send_lag_us,
-                saturated: busy || lagging,
+                saturated: bottleneck.is_some(),
+                bottleneck,
             },
         }
     }
@@ -586,30 +652,33 @@ impl Summary {
                 us(lag.max)
             );
         }
-        if self.client.saturated {
-            let busiest = self
-                .client
-                .cores
-                .iter()
-                .map(|c| c.busy_pct)
-                .fold(0.0, f64::max);
-            let mut causes = Vec::new();
-            if busiest >= 100.0 * SATURATED_BUSY_FRACTION {
-                causes.push(format!("a client core was busy {busiest:.0}% of the run"));
+        let busiest = self
+            .client
+            .cores
+            .iter()
+            .map(|c| c.busy_pct)
+            .fold(0.0, f64::max);
+        match self.client.bottleneck {
+            Some("client_saturated") => {
+                let _ = writeln!(
+                    out,
+                    "WARNING: client saturated: a client core was busy {busiest:.0}% of the run, \
+                     so TTFT/ITL/latency may include time responses waited for parley itself. \
+                     Add --cores or lower the load."
+                );
             }
-            if let Some(p99) = lag.p99.filter(|p| *p > SATURATED_SEND_LAG_P99_US) {
-                causes.push(format!(
-                    "send lag p99 was {:.1} ms (> {:.0} ms)",
-                    p99 / 1e3,
+            Some(_) => {
+                let _ = writeln!(
+                    out,
+                    "WARNING: host busy: send lag p99 was {:.1} ms (> {:.0} ms) while parley's \
+                     busiest core was only {busiest:.0}% busy, so its threads waited for a CPU \
+                     other processes held; TTFT/ITL/latency may include that wait. Run on a \
+                     quieter host or give parley dedicated CPUs (`parley doctor`).",
+                    lag.p99.unwrap_or(0.0) / 1e3,
                     SATURATED_SEND_LAG_P99_US / 1e3
-                ));
+                );
             }
-            let _ = writeln!(
-                out,
-                "WARNING: {}: parley itself may have been the bottleneck, and TTFT/ITL/latency \
-                 may include time responses waited for it. Add --cores or lower the load.",
-                causes.join(" and ")
-            );
+            None => {}
         }
         if self.config.skipped_invalid > 0 || self.config.filtered > 0 {
             let _ = writeln!(
@@ -626,6 +695,11 @@ impl Summary {
             }
             out.push_str(&line);
             out.push('\n');
+            for (k, messages) in &self.requests.failure_messages {
+                for m in messages {
+                    let _ = writeln!(out, "  {k}: {m}");
+                }
+            }
         }
         if self.requests.retried > 0 {
             let _ = writeln!(
@@ -663,6 +737,45 @@ impl Summary {
                 self.interrupted_by.unwrap_or("a signal"),
                 self.conversations.interrupted
             );
+        }
+        if let Some(g) = &self.goodput {
+            let limits: Vec<String> = [
+                ("ttft", g.ttft_ms),
+                ("tpot", g.tpot_ms),
+                ("itl", g.itl_ms),
+                ("e2el", g.e2el_ms),
+            ]
+            .iter()
+            .filter_map(|(n, v)| v.map(|v| format!("{n} ≤ {v} ms")))
+            .collect();
+            let _ = writeln!(
+                out,
+                "Goodput ({}): {} good requests, {:.2} req/s, {} of requests",
+                limits.join(", "),
+                g.good_requests,
+                g.requests_per_s,
+                g.share.map_or("-".into(), |v| format!("{:.1}%", v * 100.0))
+            );
+        }
+        if !self.thresholds.is_empty() {
+            let failed = self.thresholds.iter().filter(|t| !t.met).count();
+            if failed == 0 {
+                let _ = writeln!(out, "Thresholds: all {} met", self.thresholds.len());
+            } else {
+                let _ = writeln!(
+                    out,
+                    "Thresholds: {failed} of {} FAILED",
+                    self.thresholds.len()
+                );
+            }
+            for t in &self.thresholds {
+                let _ = writeln!(
+                    out,
+                    "  {} {}",
+                    if t.met { "ok    " } else { "FAILED" },
+                    t.describe()
+                );
+            }
         }
         out
     }
@@ -947,6 +1060,7 @@ mod tests {
                 wall_ns: 1_000,
             },
         ];
+        rec.requests_succeeded = MIN_REQUESTS_TO_WARN;
         let s = Summary::new(config(), &rec, None, false, 0, false);
         assert!(!s.client.saturated);
         assert_eq!(s.client.cores[1].busy_pct, 89.0);
@@ -954,11 +1068,41 @@ mod tests {
         rec.core_loads[0].cpu_ns = 950;
         let s = Summary::new(config(), &rec, None, false, 0, false);
         assert!(s.client.saturated);
+        assert_eq!(s.client.bottleneck, Some("client_saturated"));
+        let text = s.render();
         assert!(
-            s.render().contains("WARNING: a client core was busy 95%"),
-            "{}",
-            s.render()
+            text.contains("WARNING: client saturated: a client core was busy 95%")
+                && text.contains("Add --cores"),
+            "{text}"
         );
+        // A busy core explains a send lag too: still "client saturated", not "host busy".
+        for _ in 0..10 {
+            rec.record_send_lag(0, 5_000_000);
+        }
+        let s = Summary::new(config(), &rec, None, false, 0, false);
+        assert_eq!(s.client.bottleneck, Some("client_saturated"));
+    }
+
+    /// Issue 11: the warning fired in small runs on a shared host; a run too small for a p99
+    /// never warns.
+    #[test]
+    fn no_bottleneck_warning_on_a_small_run() {
+        let mut rec = Recorder::new();
+        rec.core_loads = vec![CoreLoad {
+            cpu_ns: 990,
+            wall_ns: 1_000,
+        }];
+        for _ in 0..20 {
+            rec.record_send_lag(0, 5_000_000);
+        }
+        rec.requests_succeeded = 60;
+        rec.requests_failed = MIN_REQUESTS_TO_WARN - 61;
+        let s = Summary::new(config(), &rec, None, false, 0, false);
+        assert_eq!((s.client.saturated, s.client.bottleneck), (false, None));
+        assert!(!s.render().contains("WARNING"), "{}", s.render());
+        rec.requests_failed += 1;
+        let s = Summary::new(config(), &rec, None, false, 0, false);
+        assert_eq!(s.client.bottleneck, Some("client_saturated"));
     }
 
     #[test]
@@ -972,6 +1116,7 @@ mod tests {
             rec.record_send_lag(0, 40_000); // 40 µs
         }
         rec.record_send_lag(0, 900_000); // 0.9 ms: p99 still ≤ 1 ms
+        rec.requests_succeeded = 105;
         let s = Summary::new(config(), &rec, None, false, 0, false);
         assert_eq!(s.client.send_lag_us.count, 100);
         assert!(!s.client.saturated);
@@ -983,9 +1128,69 @@ mod tests {
         }
         let s = Summary::new(config(), &rec, None, false, 0, false);
         assert!(s.client.saturated);
+        assert_eq!(s.client.bottleneck, Some("host_busy"));
         let text = s.render();
-        assert!(text.contains("WARNING: send lag p99 was 5.0 ms"), "{text}");
+        assert!(
+            text.contains(
+                "WARNING: host busy: send lag p99 was 5.0 ms (> 1 ms) while parley's busiest \
+                 core was only 10% busy"
+            ) && text.contains("quieter host"),
+            "{text}"
+        );
         assert!(!text.contains("core was busy"), "{text}");
+    }
+
+    #[test]
+    fn failure_messages_error_rate_and_goodput_are_reported() {
+        use crate::client::FailureKind;
+        let mut rec = Recorder::new();
+        rec.goodput = Some(crate::metrics::GoodputLimits {
+            ttft_ns: Some(200_000_000),
+            ..Default::default()
+        });
+        rec.requests_succeeded = 3;
+        rec.requests_good = 2;
+        rec.first_start_ns = 0;
+        rec.last_end_ns = 2_000_000_000;
+        let t = crate::client::TurnTiming::default();
+        rec.record_failure(&t, FailureKind::HttpStatus(400), 0);
+        rec.record_failure_message(
+            FailureKind::HttpStatus(400),
+            "This model's maximum context length is 4096 tokens.",
+        );
+        let s = Summary::new(config(), &rec, None, false, 0, false);
+        assert_eq!(s.requests.error_rate, Some(0.25));
+        assert_eq!(
+            s.requests.failure_messages["http_400"],
+            ["This model's maximum context length is 4096 tokens."]
+        );
+        let g = s.goodput.as_ref().unwrap();
+        assert_eq!(
+            (g.ttft_ms, g.e2el_ms, g.good_requests),
+            (Some(200.0), None, 2)
+        );
+        assert_eq!((g.requests_per_s, g.share), (1.0, Some(0.5)));
+        let text = s.render();
+        assert!(
+            text.contains("  http_400: This model's maximum context length is 4096 tokens."),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Goodput (ttft ≤ 200 ms): 2 good requests, 1.00 req/s, 50.0% of requests"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["goodput"]["share"], 0.5);
+        assert_eq!(
+            json["requests"]["failure_messages"]["http_400"][0],
+            "This model's maximum context length is 4096 tokens."
+        );
+        // No --goodput: no section.
+        rec.goodput = None;
+        let s = Summary::new(config(), &rec, None, false, 0, false);
+        assert!(s.goodput.is_none() && !s.render().contains("Goodput"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::plan::{Plan, Point, DEFAULT_PARALLEL};
 use crate::report::{Summary, SweepRow};
 use crate::resources::Resources;
 use crate::signal;
+use crate::verdict::{self, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -42,6 +43,7 @@ pub fn engine_config(plan: &Plan, res: &Resources, point: &Point) -> EngineConfi
         retry_429: plan.retry_429,
         max_consecutive_connect_failures: plan.max_consecutive_connect_failures,
         interrupt_grace_ns: (plan.load.grace_s * 1e9) as u64,
+        goodput: plan.goodput,
     }
 }
 
@@ -119,6 +121,7 @@ pub fn run_point(
         res.with_sim(),
     );
     summary.interrupted_by = signal::received_name();
+    summary.thresholds = verdict::evaluate(&plan.thresholds, &summary);
     Ok(summary)
 }
 
@@ -130,11 +133,9 @@ pub struct Console {
 }
 
 /// Runs every point (`res.points`), printing each point's tables and writing its files; a sweep
-/// also gets a table and `sweep_summary.json`. Returns the summaries in point order.
-///
-/// From here on a signal stops the run gracefully ([`signal::arm`]): the points run so far,
-/// and the one interrupted, are reported and written.
-pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summary>, RunError> {
+/// also gets a table and `sweep_summary.json`. Returns the summaries in point order, with the
+/// signal that stopped the run if one did: the [`Outcome`] the binary turns into its exit code.
+pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Outcome, RunError> {
     signal::arm();
     if let Some(timeout) = plan.wait_for_model {
         crate::preflight::wait_for_model(&res.endpoints, timeout)
@@ -179,7 +180,9 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summa
             path.display()
         ));
     }
-    Ok(summaries)
+    // The first signal received decides the exit code (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
+    let signal = signal::received();
+    Ok(Outcome { summaries, signal })
 }
 
 /// Writes `text` to stdout, ignoring errors: a reader that went away (`parley bench … | head

@@ -682,7 +682,7 @@ fn interrupt_still_writes_the_report() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    // Interrupted by SIGINT, report written: 128 + 2.
+    // Interrupted, report written: 128 + SIGINT (README, "Exit codes").
     assert_eq!(status.code(), Some(130), "{status}");
     let records = sim.stop();
     let path = std::fs::read_dir(dir.path())

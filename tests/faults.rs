@@ -310,7 +310,6 @@ fn ping_forever_ends_at_the_request_timeout() {
 /// vLLM ends the streams it aborts with finish_reason "abort", a usage chunk and [DONE]; such a
 /// truncated reply is not a success.
 #[test]
-#[ignore = "needs verdicts branch"]
 fn abort_mid_stream() {
     let sim = Sim::start(&[&SIM_FAST[..], &["--fault", "abort_mid_stream:every=2"]].concat());
     let r = run_on(&sim, &SERIAL);
@@ -318,7 +317,6 @@ fn abort_mid_stream() {
     let hit = faulted(&records, "abort_mid_stream");
     assert_eq!(hit.len(), 3);
     assert!(hit.iter().all(|h| h["finish_reason"] == "abort"));
-    // MERGE: the class name the verdicts branch gives finish_reason "abort".
     assert_eq!(r.failures("aborted"), 3, "{}", r.summary()["requests"]);
     assert_abandoned_after(&records, "abort_mid_stream");
     assert_nothing_lost(&r, &records);

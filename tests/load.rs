@@ -237,26 +237,47 @@ fn duration_is_a_soft_exit_and_grace_cancels() {
         t[t.len() - 1] - t[0]
     );
 
-    // Hard: 0.3 s after a 0.3 s duration, 2-s replies are cancelled, not failed.
+    // Hard: 0.3 s after a 0.3 s duration, 2-s replies are cancelled, not failed. Nothing
+    // succeeded, so nothing was measured: exit 3 (README, "Exit codes"), report written.
     let sim = Sim::start(&["--ttft-base-ms", "1", "--itl-ms", "20"]);
-    let run = sim.bench(&[
-        "--parallel",
-        "2",
-        "--duration",
-        "0.3",
-        "--duration-grace",
-        "0.3",
-        "--min-turns",
-        "1",
-        "--max-turns",
-        "1",
-        "--max-tokens",
-        "100",
-        "--extra-args",
-        r#"{"ignore_eos": true}"#,
-    ]);
+    let url = sim.url();
+    let dir = tempfile::tempdir().unwrap();
+    let output = parley()
+        .args([
+            "bench",
+            "--url",
+            &url,
+            "--model",
+            "parley-sim",
+            "--cores",
+            "1",
+        ])
+        .args(["--quiet", "--name", "t", "--outputs-dir"])
+        .arg(dir.path())
+        .args([
+            "--parallel",
+            "2",
+            "--duration",
+            "0.3",
+            "--duration-grace",
+            "0.3",
+            "--min-turns",
+            "1",
+            "--max-turns",
+            "1",
+            "--max-tokens",
+            "100",
+            "--extra-args",
+            r#"{"ignore_eos": true}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
     let records = sim.stop();
-    let s = &run.summary;
+    let path = find_all(dir.path(), "summary.json")
+        .pop()
+        .expect("summary.json");
+    let s: &Value = &serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(u(&s["requests"]["cancelled"]), 2, "{}", s["requests"]);
     assert_eq!(u(&s["requests"]["failed"]), 0);
     assert_eq!(u(&s["conversations"]["cancelled"]), 2);

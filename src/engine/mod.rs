@@ -99,6 +99,8 @@ pub struct EngineConfig {
     /// After a signal: how long requests in flight may finish before they are cancelled
     /// (`--grace`).
     pub interrupt_grace_ns: u64,
+    /// `--goodput`: each core counts the successes that meet these limits.
+    pub goodput: Option<crate::metrics::GoodputLimits>,
 }
 
 /// Failed connects in a row on one core that stop the run, unless the core has more slots.
@@ -376,6 +378,7 @@ mod tests {
             retry_429: false,
             max_consecutive_connect_failures: None,
             interrupt_grace_ns: 0,
+            goodput: None,
         };
         assert_eq!(active_cores(&config(Some(2))), 2);
         assert_eq!(active_cores(&config(None)), 4);

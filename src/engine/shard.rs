@@ -267,6 +267,7 @@ pub(crate) async fn run(
 fn recorder_for(core: &Core) -> Recorder {
     let mut rec = Recorder::new();
     rec.with_urls(core.shared.endpoints.len());
+    rec.goodput = core.shared.config.goodput;
     rec
 }
 
@@ -752,9 +753,13 @@ impl Task {
                     cursor.on_reply(turn, tokens.completion, &scratch.reply);
                 }
                 Err(failure) => {
-                    self.recorder
-                        .borrow_mut()
-                        .record_failure(&failure.timing, failure.kind, url);
+                    {
+                        let mut rec = self.recorder.borrow_mut();
+                        rec.record_failure(&failure.timing, failure.kind, url);
+                        if let Some(message) = &failure.message {
+                            rec.record_failure_message(failure.kind, message);
+                        }
+                    }
                     if self.measured {
                         progress.failed.fetch_add(1, Ordering::Relaxed);
                         progress.live.on_failure(failure.kind);

@@ -305,6 +305,7 @@ pub fn spawn(args: &SimArgs, tokenizer: Arc<Tokenizer>) -> Result<SimHandle, Sim
             host: args.host.clone(),
             reason: "no address".into(),
         })?;
+    refuse_taken_port(addr)?;
     let words = ReplyWords::new(&tokenizer)?;
     let pm_qos = if cfg.pm_qos {
         PmQos::hold()
@@ -338,6 +339,35 @@ pub fn spawn(args: &SimArgs, tokenizer: Arc<Tokenizer>) -> Result<SimHandle, Sim
         }
     }
     Ok(handle)
+}
+
+/// Fails when another socket already listens on `addr`. The executors listen with
+/// `SO_REUSEPORT`, which would let a second sim (or any server that also sets it) share the port
+/// silently, each getting part of the connections and of the record; a probe bound without it
+/// is refused instead. Port 0 asks the kernel for a free port, which needs no check. (A server
+/// that starts between the probe and the executors' binds is not caught.)
+fn refuse_taken_port(addr: SocketAddr) -> Result<(), SimError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(SimError::Bind {
+            addr: addr.to_string(),
+            source: std::io::Error::new(
+                e.kind(),
+                "another process already listens on this port (pick another --port, or 0 for \
+                 a free one)",
+            ),
+        }),
+        Err(e) => Err(SimError::Bind {
+            addr: addr.to_string(),
+            source: e,
+        }),
+    }
 }
 
 fn start_one(
