@@ -642,6 +642,79 @@ mod tests {
         assert!(p.listed()[0].error.reason.starts_with("invalid JSON"));
     }
 
+    fn lines_of(bytes: &[u8], max: usize) -> (Vec<(usize, Vec<u8>)>, Option<usize>) {
+        let mut lines = Lines::new(bytes, max);
+        let mut out = Vec::new();
+        loop {
+            match lines.next_line() {
+                Ok(Some((n, l))) => out.push((n, l.to_vec())),
+                Ok(None) => return (out, None),
+                Err(LineError::TooLong { line }) => return (out, Some(line)),
+                Err(LineError::Io(e)) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lines_strip_a_bom_at_the_start_only_and_number_every_line() {
+        let (l, err) = lines_of(b"\xEF\xBB\xBFa\r\n\n\xEF\xBB\xBFb\nc", 100);
+        assert_eq!(err, None);
+        let want: Vec<(usize, Vec<u8>)> = vec![
+            (1, b"a\r".to_vec()),
+            (2, b"".to_vec()),
+            (3, b"\xEF\xBB\xBFb".to_vec()),
+            (4, b"c".to_vec()),
+        ];
+        assert_eq!(l, want);
+        assert_eq!(lines_of(b"", 10), (vec![], None));
+    }
+
+    #[test]
+    fn a_line_at_the_limit_is_read_and_one_byte_more_is_not() {
+        assert_eq!(lines_of(b"abcd\nxy", 4).1, None);
+        // The newline does not count; the limit is per line, not per file.
+        let (l, err) = lines_of(b"abcd\nabcde\nz", 4);
+        assert_eq!((l.len(), err), (1, Some(2)));
+        // A tiny buffer: the limit holds across refills.
+        let r = std::io::BufReader::with_capacity(2, &b"abcdefgh"[..]);
+        let mut lines = Lines::new(r, 5);
+        assert!(matches!(
+            lines.next_line(),
+            Err(LineError::TooLong { line: 1 })
+        ));
+    }
+
+    #[test]
+    fn readers_name_empty_files_and_report_non_utf8_lines() {
+        let path = Path::new("d.jsonl");
+        let mut p = Problems::new(Some(path), true);
+        let e = each_jsonl_in(&b" \n\r\n"[..], path, &mut p, |_, _, _| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d.jsonl: the file is empty (no entries to read)"
+        );
+        let mut seen = Vec::new();
+        each_jsonl_in(&b"[1]\n\xFF\n[3]\n"[..], path, &mut p, |loc, _, _| {
+            seen.push(loc)
+        })
+        .unwrap();
+        assert_eq!(seen, [Loc::Line(1), Loc::Line(3)]);
+        assert_eq!(p.listed()[0].loc, Loc::Line(2));
+        assert!(p.listed()[0].error.reason.starts_with("not UTF-8"));
+        // read_text keeps the numbering: the bad line reads as blank.
+        let mut p = Problems::new(Some(path), true);
+        let text = read_text_in(&b"\xEF\xBB\xBFa\n\xC3\nc\n"[..], path, &mut p).unwrap();
+        assert_eq!(text, "a\n\nc\n");
+        assert_eq!(p.count(), 1);
+        let mut p = Problems::new(Some(path), true).with_max_line_bytes(2);
+        let e = read_text_in(&b"ab\nabc\n"[..], path, &mut p).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("d.jsonl: line 2: longer than --max-line-bytes (2 bytes)"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn field_helpers_name_the_path() {
         let o = json!({"n": -3, "s": 5, "f": 2.5, "ok": 7.0});
