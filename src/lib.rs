@@ -48,5 +48,8 @@ pub mod run;
 pub mod signal;
 pub mod sim;
 pub mod sse;
+pub mod timeline;
 pub mod tokenizer;
+pub mod trace;
+pub mod turns;
 pub mod workload;

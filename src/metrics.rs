@@ -11,32 +11,73 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 
 use crate::client::{FailureKind, TurnTiming};
+use crate::timeline::Timeline;
+use crate::trace::TraceStats;
+use crate::turns::{ByTurn, TurnSample};
 
 const SIGFIG: u8 = 3;
 const MAX_US: u64 = 3_600_000_000;
 const MAX_TOKENS: u64 = 100_000_000;
 const MAX_NS: u64 = MAX_US * 1_000;
 
-/// A histogram with an exact sum beside it (HDR means are bucket-rounded).
+/// A histogram with an exact sum and sum of squares beside it (HDR means are bucket-rounded).
 #[derive(Clone, Debug)]
 pub struct Dist {
     pub hist: Histogram<u64>,
     pub sum: u128,
+    pub sum_sq: u128,
 }
 
 impl Dist {
-    fn new(max: u64) -> Dist {
+    pub(crate) fn new(max: u64) -> Dist {
+        Dist::with_sigfig(max, SIGFIG)
+    }
+
+    /// Fewer significant digits cost less memory (2: ≈ 25 KiB for 1 µs–1 h instead of ≈ 180);
+    /// for figures kept many times over, such as one per turn index.
+    pub(crate) fn with_sigfig(max: u64, sigfig: u8) -> Dist {
         Dist {
-            hist: Histogram::new_with_bounds(1, max, SIGFIG).expect("valid histogram bounds"),
+            hist: Histogram::new_with_bounds(1, max, sigfig).expect("valid histogram bounds"),
             sum: 0,
+            sum_sq: 0,
         }
     }
 
     #[inline]
     pub fn record(&mut self, value: u64) {
-        // Values beyond the range are clamped rather than dropped, so counts stay exact.
+        // Durations below the unit count as one unit in the histogram (the sums stay exact);
+        // values beyond the range are clamped rather than dropped, so counts stay exact.
         self.hist.saturating_record(value.max(1));
+        self.add_sums(value);
+    }
+
+    /// Records a value for which 0 is a real figure (a 0 % cache hit rate), not a duration
+    /// below the unit.
+    #[inline]
+    pub fn record_zero_ok(&mut self, value: u64) {
+        self.hist.saturating_record(value);
+        self.add_sums(value);
+    }
+
+    #[inline]
+    fn add_sums(&mut self, value: u64) {
         self.sum += value as u128;
+        self.sum_sq += value as u128 * value as u128;
+    }
+
+    /// Population standard deviation from the exact sums.
+    pub fn std(&self) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| {
+            let mean = self.sum as f64 / n as f64;
+            (self.sum_sq as f64 / n as f64 - mean * mean)
+                .max(0.0)
+                .sqrt()
+        })
+    }
+
+    pub fn min(&self) -> Option<u64> {
+        (self.count() > 0).then(|| self.hist.min())
     }
 
     pub fn count(&self) -> u64 {
@@ -57,11 +98,12 @@ impl Dist {
         (self.count() > 0).then(|| self.hist.max())
     }
 
-    fn merge(&mut self, other: &Dist) {
+    pub(crate) fn merge(&mut self, other: &Dist) {
         self.hist
             .add(&other.hist)
             .expect("same bounds on every core");
         self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
     }
 }
 
@@ -196,6 +238,12 @@ pub struct Recorder {
     pub last_end_ns: u64,
     /// One entry per engine core (in core order after merging).
     pub core_loads: Vec<CoreLoad>,
+    /// Completed conversations' figures (`trace.rs`).
+    pub traces: TraceStats,
+    /// Requests and tokens by when they ended (`timeline.rs`).
+    pub timeline: Timeline,
+    /// Figures by turn index (`turns.rs`).
+    pub by_turn: ByTurn,
 }
 
 impl Default for Recorder {
@@ -242,6 +290,9 @@ impl Recorder {
             first_start_ns: u64::MAX,
             last_end_ns: 0,
             core_loads: Vec::new(),
+            traces: TraceStats::default(),
+            timeline: Timeline::default(),
+            by_turn: ByTurn::default(),
         }
     }
 
@@ -316,6 +367,20 @@ impl Recorder {
         }
         self.input_tokens.record(s.prompt_tokens);
         self.output_tokens.record(s.completion_tokens);
+        self.timeline.record_success(
+            t.end_ns,
+            s.prompt_tokens,
+            s.cached_tokens,
+            s.completion_tokens,
+        );
+        self.by_turn.record(TurnSample {
+            turn: s.turn,
+            ttft_ns: t.first_output_ns.map(|f| f.saturating_sub(t.start_ns)),
+            latency_ns,
+            prompt_tokens: s.prompt_tokens,
+            cached_tokens: s.cached_tokens,
+            output_tokens: s.completion_tokens,
+        });
         self.turn_depth_sum += s.turn as u64 + 1;
         self.output_events += t.output_chunks as u64;
         if !s.tokens_from_usage {
@@ -342,6 +407,7 @@ impl Recorder {
     pub fn record_failure(&mut self, timing: &TurnTiming, kind: FailureKind, url: usize) {
         self.span(timing);
         self.requests_failed += 1;
+        self.timeline.record_failure(timing.end_ns);
         if let Some(u) = self.by_url.get_mut(url) {
             u.requests_failed += 1;
         }
@@ -399,6 +465,9 @@ impl Recorder {
         self.first_start_ns = self.first_start_ns.min(other.first_start_ns);
         self.last_end_ns = self.last_end_ns.max(other.last_end_ns);
         self.core_loads.extend_from_slice(&other.core_loads);
+        self.traces.merge(&other.traces);
+        self.timeline.merge(&other.timeline);
+        self.by_turn.merge(&other.by_turn);
     }
 
     /// Conversations started per second between the first and the last start (`None` with

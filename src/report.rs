@@ -10,28 +10,37 @@ use serde::Serialize;
 
 use crate::metrics::{Dist, Recorder};
 use crate::plan::RunConfig;
+use crate::timeline::{TimelineFile, WorkloadThroughput};
+use crate::trace::TraceSummary;
+use crate::turns::TurnSummary;
 
-/// `{mean, p50, p90, p99, max}` of one distribution, in the unit its key names; `null` when no
-/// request contributed.
+/// `{count, mean, std, min, p50, p90, p95, p99, max}` of one distribution, in the unit its key
+/// names; `null` when no request contributed.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
 pub struct Stats {
     pub count: u64,
     pub mean: Option<f64>,
+    pub std: Option<f64>,
+    pub min: Option<f64>,
     pub p50: Option<f64>,
     pub p90: Option<f64>,
+    pub p95: Option<f64>,
     pub p99: Option<f64>,
     pub max: Option<f64>,
 }
 
 impl Stats {
     /// `scale` converts the recorded unit to the reported one (e.g. 1e-3 for µs → ms).
-    fn of(d: &Dist, scale: f64) -> Stats {
+    pub(crate) fn of(d: &Dist, scale: f64) -> Stats {
         let q = |p: f64| d.quantile(p).map(|v| v as f64 * scale);
         Stats {
             count: d.count(),
             mean: d.mean().map(|m| m * scale),
+            std: d.std().map(|v| v * scale),
+            min: d.min().map(|v| v as f64 * scale),
             p50: q(0.50),
             p90: q(0.90),
+            p95: q(0.95),
             p99: q(0.99),
             max: d.max().map(|v| v as f64 * scale),
         }
@@ -174,7 +183,17 @@ pub struct Summary {
     /// `"server"` when every request carried `usage`, else `"estimated"` (output tokens counted
     /// as output-bearing chunks).
     pub token_source: &'static str,
+    /// Per completed conversation (`trace_summary.json` too).
+    pub traces: TraceSummary,
+    /// Tokens/s over the whole run, its last 30 s and its steady part
+    /// (`workload_throughput.json` too).
+    pub workload_throughput: WorkloadThroughput,
+    /// By turn index, turn 1 first.
+    pub by_turn: Vec<TurnSummary>,
     pub client: ClientCost,
+    /// Written as `workload_timeline.json`, not into `summary.json`.
+    #[serde(skip)]
+    pub timeline: TimelineFile,
 }
 
 impl Summary {
@@ -222,6 +241,13 @@ impl Summary {
                 latency_ms: Stats::of(&u.latency_us, 1e-3),
             })
             .collect();
+        let points = rec.timeline.points(rec.last_end_ns);
+        let timeline = TimelineFile {
+            wall_start: unix_s_at(rec.timeline.origin_ns),
+            start_monotonic_ns: rec.timeline.origin_ns,
+            bucket_s: rec.timeline.width_ns as f64 / 1e9,
+            points,
+        };
         let schedule = Schedule {
             offered_rate_per_s: config.point.rate_per_s,
             achieved_rate_per_s: rec.conversation_start_rate_per_s(),
@@ -284,6 +310,10 @@ impl Summary {
             } else {
                 "estimated"
             },
+            traces: TraceSummary::of(&rec.traces),
+            workload_throughput: WorkloadThroughput::of(&timeline.points),
+            by_turn: rec.by_turn.summary(),
+            timeline,
             client: ClientCost {
                 cpu_s: cpu_ns as f64 / 1e9,
                 cpu_us_per_request: per(requests),
@@ -307,11 +337,18 @@ impl Summary {
 
     /// Writes `summary.json` into `dir` (created if needed).
     pub fn write(&self, dir: &Path) -> std::io::Result<std::path::PathBuf> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("summary.json");
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&path, json)?;
-        Ok(path)
+        write_json(dir, "summary.json", self)
+    }
+
+    /// Writes every file of the run into `dir`: `summary.json`, `trace_summary.json`,
+    /// `workload_throughput.json`, `workload_timeline.json`. Returns their paths.
+    pub fn write_all(&self, dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        Ok(vec![
+            self.write(dir)?,
+            self.traces.write(dir)?,
+            self.workload_throughput.write(dir)?,
+            self.timeline.write(dir)?,
+        ])
     }
 
     /// The console tables.
@@ -361,6 +398,8 @@ impl Summary {
             vec![
                 name.to_string(),
                 f(s.mean),
+                f(s.std),
+                f(s.min),
                 f(s.p50),
                 f(s.p90),
                 f(s.p99),
@@ -386,8 +425,11 @@ impl Summary {
                 1,
             ),
         ];
-        let avg_only =
-            |name: String, v: String| vec![name, v, "-".into(), "-".into(), "-".into(), "-".into()];
+        let avg_only = |name: String, v: String| {
+            let mut r = vec![name, v];
+            r.resize(8, "-".into());
+            r
+        };
         rows.push(avg_only(
             "Turns/Req".into(),
             self.turns_per_request_mean
@@ -412,9 +454,16 @@ impl Summary {
         ));
         out.push_str("Per-Request Metrics\n");
         out.push_str(&table(
-            &["Metric", "avg", "p50", "p90", "p99", "max"],
+            &["Metric", "avg", "std", "min", "p50", "p90", "p99", "max"],
             &rows,
         ));
+        if self.traces.n_traces > 0 {
+            out.push_str(&self.traces.render());
+        }
+        if self.workload_throughput.n_samples > 0 {
+            out.push_str(&self.workload_throughput.render());
+        }
+        out.push_str(&crate::turns::render(&self.by_turn));
 
         let sched = &self.schedule;
         if let Some(offered) = sched.offered_rate_per_s {
@@ -658,16 +707,40 @@ pub fn sweep_table(rows: &[SweepRow]) -> String {
 
 /// Writes `sweep_summary.json` (`{"points": [SweepRow…]}`) into `dir`.
 pub fn write_sweep(dir: &Path, rows: &[SweepRow]) -> std::io::Result<std::path::PathBuf> {
+    write_json(
+        dir,
+        "sweep_summary.json",
+        &serde_json::json!({ "points": rows }),
+    )
+}
+
+/// Writes `value` as pretty JSON to `dir/name` (the directory created if needed): to a
+/// temporary name first, then renamed, so a reader never sees half a file.
+pub(crate) fn write_json(
+    dir: &Path,
+    name: &str,
+    value: &impl Serialize,
+) -> std::io::Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join("sweep_summary.json");
-    let json = serde_json::to_vec_pretty(&serde_json::json!({ "points": rows }))
-        .map_err(std::io::Error::other)?;
-    std::fs::write(&path, json)?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
 
+/// Unix time (s) of a point on the run clock.
+fn unix_s_at(run_clock_ns: u64) -> f64 {
+    let now_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let ago_ns = crate::clock::now_ns().saturating_sub(run_clock_ns);
+    now_unix_s - ago_ns as f64 / 1e9
+}
+
 /// A box-drawn table; the first column is left-aligned, the rest right-aligned.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {

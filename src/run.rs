@@ -143,8 +143,11 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summa
         } else {
             res.run_dir.clone()
         };
-        let path = write(&dir, |d| summary.write(d))?;
-        println!("\nsummary: {}", path.display());
+        let paths = write(&dir, |d| summary.write_all(d))?;
+        println!();
+        for path in paths {
+            println!("wrote {}", path.display());
+        }
         summaries.push(summary);
     }
     if sweep {
@@ -156,10 +159,7 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summa
     Ok(summaries)
 }
 
-fn write(
-    dir: &Path,
-    f: impl FnOnce(&Path) -> std::io::Result<PathBuf>,
-) -> Result<PathBuf, RunError> {
+fn write<T>(dir: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> Result<T, RunError> {
     f(dir).map_err(|source| RunError::Write {
         path: dir.to_path_buf(),
         source,

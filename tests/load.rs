@@ -415,7 +415,9 @@ fn a_sweep_writes_one_run_per_point_and_a_table() {
     assert_eq!(u(&points[2]["parallel"]), 3);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Sweep"), "{stdout}");
-    assert_eq!(stdout.matches("\nsummary: ").count(), 3);
+    // Each point names the files it wrote.
+    assert_eq!(stdout.matches("/summary.json\n").count(), 3);
+    assert_eq!(stdout.matches("/trace_summary.json\n").count(), 3);
 }
 
 #[test]

@@ -20,6 +20,7 @@ use crate::client::{self, Connection, FailureKind, Scratch, TurnTiming};
 use crate::clock;
 use crate::metrics::{self, Recorder, Success};
 use crate::signal;
+use crate::trace::{TraceAcc, TurnFacts};
 use crate::workload::sampling::Sampler;
 use crate::workload::Conversation;
 
@@ -142,6 +143,8 @@ pub(crate) async fn run(
     };
     for phase in phases {
         let (start_ns, base) = barrier(&core, phase.id).await;
+        // Every core gets the same phase start, so their time buckets line up when merged.
+        phase.recorder.borrow_mut().timeline.set_origin(start_ns);
         drive(&core, &phase, start_ns, base).await;
         let measured = phase.measured();
         let rec = Rc::try_unwrap(phase.recorder)
@@ -488,6 +491,7 @@ impl Task {
         } = state;
         let mut cursor = Cursor::new(conv, history);
         let mut accounting = Accounting::default();
+        let mut trace = TraceAcc::default();
         // When the turn was meant to be sent: the conversation's intended start for the first;
         // the previous reply's last byte plus the turn's delay after that.
         let mut intended_ns = self.intended_ns;
@@ -575,6 +579,14 @@ impl Task {
                     if self.measured {
                         progress.succeeded.fetch_add(1, Ordering::Relaxed);
                     }
+                    trace.on_turn(TurnFacts {
+                        start_ns: timing.start_ns,
+                        first_output_ns: timing.first_output_ns,
+                        end_ns: timing.end_ns,
+                        prompt_tokens: tokens.prompt,
+                        cached_tokens: tokens.cached,
+                        completion_tokens: tokens.completion,
+                    });
                     cursor.on_reply(turn, tokens.completion, &scratch.reply);
                 }
                 Err(failure) => {
@@ -594,6 +606,9 @@ impl Task {
                 }
             }
         }
+        // Only completed conversations are traces (evalscope also keeps the turns a failed
+        // conversation got before it failed; see docs/metrics.md).
+        self.recorder.borrow_mut().traces.record(&trace);
         Ending::Completed
     }
 }

@@ -108,6 +108,15 @@ pub struct Bench {
     _dir: tempfile::TempDir,
 }
 
+impl Bench {
+    /// The run's JSON file `name` (the only one of that name in its outputs).
+    pub fn json(&self, name: &str) -> Value {
+        let paths = find_all(self._dir.path(), name);
+        assert_eq!(paths.len(), 1, "{name}: {paths:?}");
+        serde_json::from_slice(&std::fs::read(&paths[0]).unwrap()).unwrap()
+    }
+}
+
 /// Runs `parley bench ARGS` with its outputs in a temporary directory; asserts it succeeded.
 pub fn bench(args: &[&str]) -> Bench {
     let (output, dir) = bench_in_dir(args);
