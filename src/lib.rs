@@ -38,6 +38,7 @@ pub mod client;
 pub mod clock;
 pub mod doctor;
 pub mod engine;
+pub mod export;
 pub mod host;
 pub mod metrics;
 pub mod net;

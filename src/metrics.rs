@@ -19,6 +19,8 @@ const SIGFIG: u8 = 3;
 const MAX_US: u64 = 3_600_000_000;
 const MAX_TOKENS: u64 = 100_000_000;
 const MAX_NS: u64 = MAX_US * 1_000;
+/// Rates in milli-tokens/s, up to 10⁹ tokens/s.
+const MAX_MILLI_TPS: u64 = 1_000_000_000_000;
 
 /// A histogram with an exact sum and sum of squares beside it (HDR means are bucket-rounded).
 #[derive(Clone, Debug)]
@@ -206,6 +208,11 @@ pub struct Recorder {
     pub latency_from_schedule_us: Dist,
     /// Per conversation of an open loop with a cap: time its arrival waited for a free slot, µs.
     pub cap_wait_us: Dist,
+    /// Per successful request, in milli-tokens/s: output / latency, (input + output) / latency,
+    /// and 1 / TPOT (the exports' per-request rates).
+    pub output_milli_tps: Dist,
+    pub total_milli_tps: Dist,
+    pub decode_milli_tps: Dist,
     pub requests_succeeded: u64,
     /// In flight at the hard end of the run (`--duration-grace`): cancelled, not failed.
     pub requests_cancelled: u64,
@@ -268,6 +275,9 @@ impl Recorder {
             ttft_from_schedule_us: Dist::new(MAX_US),
             latency_from_schedule_us: Dist::new(MAX_US),
             cap_wait_us: Dist::new(MAX_US),
+            output_milli_tps: Dist::new(MAX_MILLI_TPS),
+            total_milli_tps: Dist::new(MAX_MILLI_TPS),
+            decode_milli_tps: Dist::new(MAX_MILLI_TPS),
             requests_succeeded: 0,
             requests_cancelled: 0,
             requests_failed: 0,
@@ -360,6 +370,10 @@ impl Recorder {
                 let decode_ns = t.end_ns.saturating_sub(first);
                 self.tpot_us
                     .record(decode_ns / (s.completion_tokens - 1) / 1_000);
+                if decode_ns > 0 {
+                    self.decode_milli_tps
+                        .record(milli_per_s(s.completion_tokens - 1, decode_ns));
+                }
             }
         }
         for &gap_ns in s.itl_ns {
@@ -367,6 +381,14 @@ impl Recorder {
         }
         self.input_tokens.record(s.prompt_tokens);
         self.output_tokens.record(s.completion_tokens);
+        if latency_ns > 0 {
+            self.output_milli_tps
+                .record_zero_ok(milli_per_s(s.completion_tokens, latency_ns));
+            self.total_milli_tps.record_zero_ok(milli_per_s(
+                s.prompt_tokens + s.completion_tokens,
+                latency_ns,
+            ));
+        }
         self.timeline.record_success(
             t.end_ns,
             s.prompt_tokens,
@@ -431,6 +453,9 @@ impl Recorder {
         self.latency_from_schedule_us
             .merge(&other.latency_from_schedule_us);
         self.cap_wait_us.merge(&other.cap_wait_us);
+        self.output_milli_tps.merge(&other.output_milli_tps);
+        self.total_milli_tps.merge(&other.total_milli_tps);
+        self.decode_milli_tps.merge(&other.decode_milli_tps);
         self.requests_succeeded += other.requests_succeeded;
         self.requests_cancelled += other.requests_cancelled;
         self.requests_failed += other.requests_failed;
@@ -488,6 +513,12 @@ impl Recorder {
             0.0
         }
     }
+}
+
+/// `tokens / ns` in milli-tokens per second.
+#[inline]
+fn milli_per_s(tokens: u64, ns: u64) -> u64 {
+    (tokens as u128 * 1_000_000_000_000 / ns as u128) as u64
 }
 
 /// CPU time this process has used so far (user + system), in nanoseconds.

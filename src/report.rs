@@ -194,6 +194,9 @@ pub struct Summary {
     /// Written as `workload_timeline.json`, not into `summary.json`.
     #[serde(skip)]
     pub timeline: TimelineFile,
+    /// AIPerf's and evalscope's files (`export.rs`), not in `summary.json`.
+    #[serde(skip)]
+    pub exports: crate::export::Exports,
 }
 
 impl Summary {
@@ -241,6 +244,19 @@ impl Summary {
                 latency_ms: Stats::of(&u.latency_us, 1e-3),
             })
             .collect();
+        let start_unix_s = unix_s_at(rec.first_start_ns.min(rec.last_end_ns));
+        let exports = crate::export::Exports::of(
+            rec,
+            crate::export::RunFacts {
+                config: &config,
+                run_id: format!("parley-{:.0}", start_unix_s * 1e6),
+                duration_s,
+                interrupted,
+                start_unix_s,
+                end_unix_s: unix_s_at(rec.last_end_ns),
+                cli_command: Some(cli_command()),
+            },
+        );
         let points = rec.timeline.points(rec.last_end_ns);
         let timeline = TimelineFile {
             wall_start: unix_s_at(rec.timeline.origin_ns),
@@ -314,6 +330,7 @@ impl Summary {
             workload_throughput: WorkloadThroughput::of(&timeline.points),
             by_turn: rec.by_turn.summary(),
             timeline,
+            exports,
             client: ClientCost {
                 cpu_s: cpu_ns as f64 / 1e9,
                 cpu_us_per_request: per(requests),
@@ -343,12 +360,15 @@ impl Summary {
     /// Writes every file of the run into `dir`: `summary.json`, `trace_summary.json`,
     /// `workload_throughput.json`, `workload_timeline.json`. Returns their paths.
     pub fn write_all(&self, dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-        Ok(vec![
+        Ok([
             self.write(dir)?,
             self.traces.write(dir)?,
             self.workload_throughput.write(dir)?,
             self.timeline.write(dir)?,
-        ])
+        ]
+        .into_iter()
+        .chain(self.exports.write(dir)?)
+        .collect())
     }
 
     /// The console tables.
@@ -728,6 +748,44 @@ pub(crate) fn write_json(
     std::fs::write(&tmp, json)?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
+}
+
+/// This process's command line, with the values of secret-bearing flags (`--api-key`, a
+/// `--header`/`-H` with `Authorization`) and URL credentials replaced by `***`.
+pub(crate) fn cli_command() -> String {
+    let args: Vec<String> = std::env::args().collect();
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    let mut mask_next = false;
+    for a in args {
+        if mask_next {
+            mask_next = false;
+            out.push("***".into());
+            continue;
+        }
+        let lower = a.to_ascii_lowercase();
+        if lower == "--api-key" || lower == "--api_key" {
+            mask_next = true;
+            out.push(a);
+        } else if lower.starts_with("--api-key=") || lower.starts_with("--api_key=") {
+            out.push(format!("{}=***", &a[..a.find('=').unwrap_or(a.len())]));
+        } else if lower.starts_with("authorization:") {
+            out.push("Authorization: ***".into());
+        } else if let Some(masked) = mask_url_credentials(&a) {
+            out.push(masked);
+        } else {
+            out.push(a);
+        }
+    }
+    out.join(" ")
+}
+
+/// `scheme://user:pass@host…` → `scheme://***@host…`; `None` when there are none.
+fn mask_url_credentials(s: &str) -> Option<String> {
+    let start = s.find("://")? + 3;
+    let rest = &s[start..];
+    let at = rest.find('@')?;
+    let end = rest.find('/').unwrap_or(rest.len());
+    (at < end).then(|| format!("{}***{}", &s[..start], &rest[at..]))
 }
 
 /// Unix time (s) of a point on the run clock.

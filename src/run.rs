@@ -3,7 +3,7 @@
 //! the sweep table ([`bench()`]). Tests call these in-process; `main.rs` only chains
 //! [`Plan::from_args`], [`Resources::build`] and [`bench()`].
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,10 +133,9 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Vec<Summa
         if !console.quiet {
             eprintln!("parley: {}", describe(plan, res, point));
         }
-        let summary = run_point(plan, res, point, progress_printer(console, point))?;
-        if !console.quiet && std::io::stderr().is_terminal() {
-            eprintln!();
-        }
+        let mut view = ProgressView::new(console, point, plan.load.duration_s);
+        let summary = run_point(plan, res, point, |p| view.tick(p))?;
+        view.finish();
         print!("{}", summary.render());
         let dir = if sweep {
             res.run_dir.join(&point.label)
@@ -189,30 +188,115 @@ fn describe(plan: &Plan, res: &Resources, point: &Point) -> String {
     )
 }
 
-/// The progress callback: a live line on a terminal, a plain line every 10 s otherwise.
-fn progress_printer(console: Console, point: &Point) -> impl FnMut(Progress) {
-    let live = !console.quiet && std::io::stderr().is_terminal();
-    let periodic = !console.quiet && !live;
-    let started = Instant::now();
-    let mut next_line_s = 10.0;
-    let limit = point.number;
-    move |p: Progress| {
-        let elapsed_s = started.elapsed().as_secs_f64();
-        let of = limit.map_or(String::new(), |n| format!("/{n}"));
-        let line = if p.warming_up {
-            format!("{elapsed_s:>7.1}s  warming up")
-        } else {
-            format!(
-                "{elapsed_s:>7.1}s  conversations {}{of} started, {} done, {} in flight  requests ok {}  failed {}",
-                p.started, p.completed, p.in_flight, p.succeeded, p.failed
-            )
+/// The progress display: a bar (indicatif) on a terminal, a plain line every 10 s otherwise,
+/// nothing with `--quiet`. It reads the engine's per-core counters only.
+struct ProgressView {
+    bar: Option<indicatif::ProgressBar>,
+    periodic: bool,
+    started: Instant,
+    next_line_s: f64,
+    limit: Option<u64>,
+    duration_s: Option<f64>,
+    /// Recent snapshots, for rates and the TTFT median over the last few seconds.
+    window: std::collections::VecDeque<(Instant, Progress)>,
+}
+
+/// Seconds over which the live rates and TTFT median are taken.
+const PROGRESS_WINDOW_S: f64 = 5.0;
+
+impl ProgressView {
+    fn new(console: Console, point: &Point, duration_s: Option<f64>) -> ProgressView {
+        let live = !console.quiet && std::io::stderr().is_terminal();
+        let bar = live.then(|| {
+            let (len, unit) = match (point.number, duration_s) {
+                (Some(n), _) => (n, "conversations"),
+                (None, Some(d)) => (d.ceil() as u64, "s"),
+                (None, None) => (0, "conversations"),
+            };
+            let bar = indicatif::ProgressBar::new(len);
+            let template = format!(
+                "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit}, ETA {{eta}}  {{msg}}"
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        ProgressView {
+            bar,
+            periodic: !console.quiet && !live,
+            started: Instant::now(),
+            next_line_s: 10.0,
+            limit: point.number,
+            duration_s,
+            window: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The details after the bar: outcomes, in flight, recent rates and TTFT.
+    fn details(&mut self, p: &Progress) -> String {
+        let now = Instant::now();
+        self.window.push_back((now, *p));
+        while self
+            .window
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t).as_secs_f64() > PROGRESS_WINDOW_S)
+        {
+            self.window.pop_front();
+        }
+        let (t0, p0) = self.window.front().copied().expect("just pushed");
+        let dt = now.duration_since(t0).as_secs_f64();
+        let rate = |a: u64, b: u64| {
+            if dt > 0.0 {
+                format!("{:.1}", (a - b) as f64 / dt)
+            } else {
+                "-".into()
+            }
         };
-        if live {
-            eprint!("\r{line}   ");
-            let _ = std::io::stderr().flush();
-        } else if periodic && elapsed_s >= next_line_s {
-            eprintln!("{line}");
-            next_line_s += 10.0;
+        let failed = match engine::progress::leading_failure(&p.failures) {
+            Some((class, n)) if p.failed > 0 => format!("{} ({class} {n})", p.failed),
+            _ => p.failed.to_string(),
+        };
+        let ttft = engine::progress::ttft_p50_between_us(&p0.ttft, &p.ttft)
+            .map_or("-".into(), |us| format!("{:.0} ms", us / 1e3));
+        format!(
+            "ok {} failed {failed} | in flight {} | {} req/s, {} tok/s | TTFT p50 {ttft}",
+            p.succeeded,
+            p.in_flight,
+            rate(p.succeeded, p0.succeeded),
+            rate(p.output_tokens, p0.output_tokens),
+        )
+    }
+
+    fn tick(&mut self, p: Progress) {
+        let elapsed_s = self.started.elapsed().as_secs_f64();
+        if p.warming_up {
+            if let Some(bar) = &self.bar {
+                bar.set_message("warming up");
+            }
+            return;
+        }
+        let details = self.details(&p);
+        if let Some(bar) = &self.bar {
+            let pos = match (self.limit, self.duration_s) {
+                (Some(_), _) | (None, None) => p.completed,
+                (None, Some(d)) => elapsed_s.min(d) as u64,
+            };
+            bar.set_position(pos);
+            bar.set_message(details);
+        } else if self.periodic && elapsed_s >= self.next_line_s {
+            let of = self.limit.map_or(String::new(), |n| format!("/{n}"));
+            eprintln!(
+                "{elapsed_s:>7.1}s  conversations {}{of} done, {} started | {details}",
+                p.completed, p.started
+            );
+            self.next_line_s += 10.0;
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }

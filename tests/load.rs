@@ -76,25 +76,30 @@ fn poisson_arrivals_pass_ks_and_keep_the_mean_rate() {
         ONE_TURN,
         &[
             "--request-rate",
-            "200",
+            "100",
             "--request-rate-mode",
             "poisson",
             "--number",
-            "2000",
+            "1000",
         ],
     ));
     let records = sim.stop();
-    assert_eq!(records.len(), 2000);
-    assert_eq!(u(&run.summary["conversations"]["completed"]), 2000);
+    assert_eq!(records.len(), 1000);
+    assert_eq!(u(&run.summary["conversations"]["completed"]), 1000);
     let t = arrivals_s(&records);
     let rate = (t.len() - 1) as f64 / (t[t.len() - 1] - t[0]);
-    assert!((rate / 200.0 - 1.0).abs() < 0.03, "mean rate {rate}/s");
+    // 1,000 exponential gaps put the sample mean within 3 % of the rate's inverse about two
+    // times in three; 10 % is a 3.2σ bound.
+    assert!((rate / 100.0 - 1.0).abs() < 0.1, "mean rate {rate}/s");
     let mut gaps: Vec<f64> = t.windows(2).map(|w| w[1] - w[0]).collect();
-    let d = ks_exponential(&mut gaps, 200.0);
-    // Critical value at α = 0.001 for n ≈ 2000: 1.95/√n ≈ 0.044.
+    let d = ks_exponential(&mut gaps, 100.0);
+    // Critical value at α = 0.001 for n ≈ 1000: 1.95/√n ≈ 0.062. The gaps are the sim's
+    // arrivals, so the client's wake-up jitter is in them: at 100/s (10 ms mean gaps) a busy
+    // host's few-ms jitter stays well inside the bound; at 200/s it read D = 0.047 > 0.044
+    // with both cores loaded.
     assert!(d < 1.95 / (gaps.len() as f64).sqrt(), "KS D = {d}");
     let offered = &run.summary["schedule"]["offered_rate_per_s"];
-    assert_eq!(f(offered), 200.0);
+    assert_eq!(f(offered), 100.0);
 }
 
 #[test]
@@ -550,7 +555,7 @@ fn fixed_schedule_sends_at_the_recorded_times() {
             "conversation {c}: turn 2 before the reply ended"
         );
         assert!(
-            at(1) - end(0) < 20.0,
+            at(1) - end(0) < 50.0,
             "conversation {c}: turn 2 waited too long"
         );
         errors_ms.push(at(2) - due(c, 2));
@@ -562,8 +567,10 @@ fn fixed_schedule_sends_at_the_recorded_times() {
         errors_ms.iter().all(|e| *e > -1.0),
         "sent early: {errors_ms:?}"
     );
+    // Timestamps are 40 ms apart, so a wrong origin or offset is tens of ms off; 10 ms holds
+    // with both cores loaded by other work (strict timing: scripts/bench-client.sh).
     assert!(
-        p90 < 2.0,
+        p90 < 10.0,
         "p90 |send − timestamp| = {p90:.3} ms: {errors_ms:?}"
     );
     // A single late send on a busy machine (one was 29 ms late in a CI run) is the host's, not

@@ -307,3 +307,209 @@ fn traces_turns_and_timeline_match_the_record() {
     assert!(f(&s["ttft_ms"]["min"]) <= f(&s["ttft_ms"]["p50"]));
     assert!(run.stdout.contains("std"), "{}", run.stdout);
 }
+
+/// AIPerf's and evalscope's files: the names, keys and units their readers use, holding the
+/// same figures as summary.json and the record.
+#[test]
+fn peer_exports_carry_the_keys_their_readers_use() {
+    let (run, records) = run();
+    let s = &run.summary;
+    let sum = |k: &str| records.iter().map(|r| u(&r[k])).sum::<u64>();
+
+    // evalscope benchmark_summary.json.
+    let es = run.json("benchmark_summary.json");
+    assert_eq!(u(&es["Total Requests"]), 36);
+    assert_eq!(u(&es["Success Requests"]), 36);
+    assert_eq!(u(&es["Failed Requests"]), 0);
+    assert_eq!(u(&es["Concurrency"]), 4);
+    assert_eq!(f(&es["Request Rate (req/s)"]), -1.0);
+    let cache_pct = 100.0 * sum("cached_tokens") as f64 / sum("prompt_tokens") as f64;
+    assert!((f(&es["KV Cache Hit Rate (%)"]) - cache_pct).abs() < 1e-4);
+    assert!((f(&es["TTFT (ms)"]) - f(&s["ttft_ms"]["mean"])).abs() <= 0.005);
+    assert!((f(&es["Avg Latency (s)"]) - f(&s["latency_ms"]["mean"]) / 1e3).abs() <= 5e-5);
+    assert!((f(&es["Avg Output Tokens"]) - sum("completion_tokens") as f64 / 36.0).abs() <= 5e-5);
+    assert!(
+        (f(&es["Output Throughput (tok/s)"]) - f(&s["throughput"]["output_tokens_per_s"])).abs()
+            <= 5e-4
+    );
+    assert!((f(&es["Avg Turns/Request"]) - 2.0).abs() < 1e-9);
+    for k in [
+        "Test Duration (s)",
+        "Req Throughput (req/s)",
+        "Total Throughput (tok/s)",
+        "TPOT (ms)",
+        "ITL (ms)",
+        "Avg Input Tokens",
+        "First-Turn TTFT (ms)",
+        "Subsequent-Turn TTFT (ms)",
+    ] {
+        assert!(es[k].is_number(), "{k}");
+    }
+
+    // evalscope benchmark_percentile.json: 11 rows, min … max, nearest rank.
+    let ep = run.json("benchmark_percentile.json");
+    let rows = ep.as_array().unwrap();
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|r| r["Percentiles"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["min", "1%", "5%", "10%", "25%", "50%", "75%", "90%", "95%", "99%", "max"]
+    );
+    let p50 = &rows[5];
+    assert!((f(&p50["TTFT (ms)"]) - f(&s["ttft_ms"]["p50"])).abs() <= 0.005);
+    assert_eq!(f(&rows[10]["Output tokens"]), 8.0);
+    for k in [
+        "ITL (ms)",
+        "TPOT (ms)",
+        "Latency (s)",
+        "Input tokens",
+        "Output (tok/s)",
+        "Total (tok/s)",
+        "Decode (tok/s)",
+    ] {
+        assert!(p50[k].is_number(), "{k}");
+    }
+    // Decode (tok/s) = 1 / TPOT, per request: about 100 tok/s at 10 ms per token.
+    let decode = f(&p50["Decode (tok/s)"]);
+    assert!((70.0..=110.0).contains(&decode), "{decode}");
+
+    // AIPerf profile_export_aiperf.json.
+    let ai = run.json("profile_export_aiperf.json");
+    assert_eq!(ai["schema_version"], "1.5");
+    let ttft = &ai["time_to_first_token"];
+    assert_eq!(ttft["unit"], "ms");
+    assert_eq!(u(&ttft["count"]), 36);
+    assert!((f(&ttft["avg"]) - f(&s["ttft_ms"]["mean"])).abs() < 1e-9);
+    for k in [
+        "avg", "min", "max", "p1", "p5", "p10", "p25", "p50", "p75", "p90", "p95", "p99", "std",
+        "count", "sum",
+    ] {
+        assert!(ttft[k].is_number(), "time_to_first_token.{k}");
+    }
+    let osl = &ai["output_sequence_length"];
+    assert_eq!(osl["unit"], "tokens");
+    assert_eq!(f(&osl["sum"]), sum("completion_tokens") as f64);
+    assert_eq!(f(&ai["request_count"]["avg"]), 36.0);
+    assert!(
+        ai["request_count"].get("count").is_none(),
+        "scalars carry unit and avg only"
+    );
+    assert_eq!(ai["request_throughput"]["unit"], "requests/sec");
+    assert!(
+        (f(&ai["output_token_throughput"]["avg"]) - f(&s["throughput"]["output_tokens_per_s"]))
+            .abs()
+            < 1e-9
+    );
+    // AIPerf's inter_token_latency is the per-request TPOT; its chunk gaps are ICL.
+    assert!((f(&ai["inter_token_latency"]["avg"]) - f(&s["tpot_ms"]["mean"])).abs() < 1e-9);
+    assert_eq!(
+        u(&ai["inter_chunk_latency"]["count"]),
+        u(&s["itl_ms"]["count"])
+    );
+    assert_eq!(ai["was_cancelled"], false);
+    assert!(ai["run_info"]["cli_command"]
+        .as_str()
+        .unwrap()
+        .contains("--number 12"));
+    assert_eq!(ai["input_config"]["model"], "parley-sim");
+
+    // profile_export_aiperf.csv: AIPerf's header, then the scalar block.
+    let csv_path = common::find_all(&run_dir(&run), "profile_export_aiperf.csv");
+    let csv = std::fs::read_to_string(&csv_path[0]).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Metric,avg,min,max,sum,p1,p5,p10,p25,p50,p75,p90,p95,p99,std")
+    );
+    assert!(csv.contains("\n\nMetric,Value\n"), "{csv}");
+    let ttft_row = csv
+        .lines()
+        .find(|l| l.starts_with("Time to First Token (ms),"))
+        .expect("TTFT row");
+    assert_eq!(ttft_row.split(',').count(), 15);
+    assert!(csv.contains("Request Count (requests),36.00"), "{csv}");
+    for name in [
+        "profile_export_aiperf.json",
+        "profile_export_aiperf.csv",
+        "benchmark_summary.json",
+        "benchmark_percentile.json",
+    ] {
+        assert!(run.stdout.contains(name), "the console names {name}");
+    }
+}
+
+fn run_dir(run: &common::Bench) -> std::path::PathBuf {
+    run.dir().to_path_buf()
+}
+
+/// Piped (not a terminal), a run prints one plain progress line every 10 s with the counts,
+/// recent rates and TTFT median; the counts in it never exceed the run's.
+#[test]
+fn piped_progress_prints_a_plain_line_every_10_s() {
+    let sim = Sim::start(&["--ttft-base-ms", "5", "--itl-ms", "2"]);
+    let url = sim.url();
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::parley()
+        .args([
+            "bench",
+            "--url",
+            &url,
+            "--model",
+            "parley-sim",
+            "--cores",
+            "1",
+            "--duration",
+            "11",
+            "--parallel",
+            "2",
+            "--min-turns",
+            "2",
+            "--max-turns",
+            "2",
+            "--max-tokens",
+            "4",
+            "--name",
+            "t",
+            "--outputs-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let records = sim.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("req/s")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = lines[0];
+    for part in [
+        "conversations",
+        "ok ",
+        "failed 0",
+        "in flight",
+        "tok/s",
+        "TTFT p50",
+    ] {
+        assert!(line.contains(part), "{part}: {line}");
+    }
+    let ok: u64 = line
+        .split("ok ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("ok count");
+    assert!(
+        ok > 0 && ok <= records.len() as u64,
+        "{ok} of {}",
+        records.len()
+    );
+    // The TTFT median is of the last seconds' requests: about the sim's 5 ms.
+    let ms: f64 = line
+        .split("TTFT p50 ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("TTFT p50");
+    assert!((4.0..=15.0).contains(&ms), "{line}");
+}

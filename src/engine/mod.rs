@@ -10,6 +10,7 @@
 
 pub mod accounting;
 pub mod cursor;
+pub mod progress;
 pub mod schedule;
 mod shard;
 
@@ -125,7 +126,7 @@ fn active_cores(config: &EngineConfig) -> usize {
 }
 
 /// A progress snapshot for the console (measured phase only).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Progress {
     /// Still in the warmup phase.
     pub warming_up: bool,
@@ -135,6 +136,29 @@ pub struct Progress {
     pub failed: u64,
     pub completed: u64,
     pub in_flight: u64,
+    /// Σ output tokens of successful requests.
+    pub output_tokens: u64,
+    /// Failures by [`progress::FAILURE_SLOTS`].
+    pub failures: [u64; progress::FAILURE_SLOTS.len()],
+    /// Successful requests by TTFT bucket ([`progress::ttft_bucket`]).
+    pub ttft: [u64; progress::TTFT_BUCKETS],
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            warming_up: false,
+            started: 0,
+            limit: None,
+            succeeded: 0,
+            failed: 0,
+            completed: 0,
+            in_flight: 0,
+            output_tokens: 0,
+            failures: [0; progress::FAILURE_SLOTS.len()],
+            ttft: [0; progress::TTFT_BUCKETS],
+        }
+    }
 }
 
 /// Written only by its own core; read by the progress printer and the phase barrier.
@@ -149,6 +173,7 @@ pub(crate) struct CoreProgress {
     /// after the warmup's).
     pub warmup_started: AtomicU64,
     pub done: AtomicBool,
+    pub live: progress::LiveCounters,
 }
 
 /// Everything the executors share: read-only except the claim counters, the progress counters
@@ -218,6 +243,7 @@ impl Shared {
             p.failed += c.failed.load(Ordering::Relaxed);
             p.completed += c.completed.load(Ordering::Relaxed);
             p.in_flight += c.in_flight.load(Ordering::Relaxed);
+            c.live.add_to(&mut p);
         }
         p
     }

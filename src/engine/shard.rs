@@ -537,6 +537,7 @@ impl Task {
                         .record_failure(&timing, kind, url);
                     if self.measured {
                         progress.failed.fetch_add(1, Ordering::Relaxed);
+                        progress.live.on_failure(kind);
                     }
                     return Ending::Abandoned;
                 }
@@ -578,6 +579,12 @@ impl Task {
                     });
                     if self.measured {
                         progress.succeeded.fetch_add(1, Ordering::Relaxed);
+                        progress.live.on_success(
+                            timing
+                                .first_output_ns
+                                .map(|f| f.saturating_sub(timing.start_ns) / 1_000),
+                            tokens.completion,
+                        );
                     }
                     trace.on_turn(TurnFacts {
                         start_ns: timing.start_ns,
@@ -595,6 +602,7 @@ impl Task {
                         .record_failure(&failure.timing, failure.kind, url);
                     if self.measured {
                         progress.failed.fetch_add(1, Ordering::Relaxed);
+                        progress.live.on_failure(failure.kind);
                     }
                     // After a clean error status the connection is still in sync; after
                     // anything else its state is unknown, so the next conversation opens a

@@ -109,6 +109,11 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// The run's outputs directory.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// The run's JSON file `name` (the only one of that name in its outputs).
     pub fn json(&self, name: &str) -> Value {
         let paths = find_all(self._dir.path(), name);
