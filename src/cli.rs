@@ -172,6 +172,10 @@ pub struct SweSmithBuildArgs {
     /// Leave out invalid trajectories (and say how many) instead of stopping with a list.
     #[arg(long)]
     pub skip_invalid: bool,
+
+    /// Longest line of the trajectories file read, in bytes; a longer one stops the build.
+    #[arg(long, default_value_t = crate::workload::input::DEFAULT_MAX_LINE_BYTES, value_parser = parse_max_line_bytes)]
+    pub max_line_bytes: usize,
 }
 
 /// Flags of `parley doctor`.
@@ -413,6 +417,12 @@ pub struct BenchArgs {
     /// the run with a list of them.
     #[arg(long, help_heading = "Workload")]
     pub skip_invalid: bool,
+
+    /// Longest dataset line (or item of a JSON array file) read, in bytes (default 64 MiB). A
+    /// longer one stops before the run, naming file and line, so a wrong file (binary,
+    /// /dev/zero) is an error rather than an out-of-memory abort; --skip-invalid does not skip it.
+    #[arg(long, default_value_t = crate::workload::input::DEFAULT_MAX_LINE_BYTES, value_parser = parse_max_line_bytes, help_heading = "Workload")]
+    pub max_line_bytes: usize,
 
     /// How history is built: live = earlier turns plus the model's real replies (default);
     /// canned = the dataset's recorded replies instead; verbatim = the dataset's message arrays
@@ -693,6 +703,34 @@ fn parse_endpoint_type(s: &str) -> Result<EndpointKind, String> {
 }
 
 /// `I/N` with I < N.
+/// `--max-line-bytes`: a byte count, optionally with a binary suffix (`64MiB`, `512KiB`, `1G`).
+fn parse_max_line_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "`{s}`: expected bytes, e.g. 65536, 512KiB, 64MiB or 1GiB"
+            ))
+        }
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("`{s}`: expected bytes, e.g. 65536, 512KiB, 64MiB or 1GiB"))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if bytes == 0 {
+        return Err("must be at least 1 byte".into());
+    }
+    Ok(bytes)
+}
+
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
     let (i, n) = s
         .split_once('/')

@@ -66,6 +66,7 @@ fn dataset(args: &DatasetArgs) -> Result<()> {
         params: &params,
         conversations: a.number as usize,
         skip_invalid: a.skip_invalid,
+        max_line_bytes: a.max_line_bytes,
     })?;
     println!("{}", report.render(&a.output));
     Ok(())

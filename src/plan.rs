@@ -189,6 +189,8 @@ pub struct DatasetPlan {
     /// `--shard` as given.
     pub shard: Option<(u64, u64)>,
     pub skip_invalid: bool,
+    /// `--max-line-bytes`: the longest dataset line (or JSON array item) read.
+    pub max_line_bytes: usize,
     pub context_mode: Option<ContextMode>,
     /// `--num-dataset-entries`, the sampling strategy and the fixed schedule's options.
     pub pool: PoolConfig,
@@ -401,6 +403,7 @@ impl Plan {
                 selection,
                 shard: args.shard,
                 skip_invalid: args.skip_invalid,
+                max_line_bytes: args.max_line_bytes,
                 context_mode: args.context_mode,
                 pool: PoolConfig {
                     num_dataset_entries: args.num_dataset_entries,

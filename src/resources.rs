@@ -235,6 +235,7 @@ fn build_pool(plan: &Plan, tokenizer: &Tokenizer) -> Result<Pool, ResourceError>
         &d.params,
         d.selection,
         d.skip_invalid,
+        d.max_line_bytes,
     )?;
     let mut conversations = built.conversations;
     if let Some(mode) = d.context_mode {

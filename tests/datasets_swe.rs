@@ -206,6 +206,7 @@ fn live_construction_turns_and_exact_lengths() {
         &params,
         selection,
         false,
+        parley::workload::input::DEFAULT_MAX_LINE_BYTES,
     )
     .unwrap();
     for (c, turns) in &convs {

@@ -13,15 +13,12 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::input::{as_count, as_object, index, join, req_str, to_u32, type_name};
-use super::input::{FieldError, Loc, Problems};
+use super::input::FieldError;
+use super::input::{self, as_count, as_object, index, join, req_str, to_u32, type_name};
 use super::{
     synth, BuildContext, Built, Conversation, DatasetError, DatasetFlag, PathUse, Source, Turn,
     COMMA,
@@ -65,7 +62,7 @@ impl Source for CustomMultiTurnSource {
             name: ctx.name.to_string(),
         })?;
         let mut conversations = Vec::new();
-        each_jsonl_line(
+        input::each_jsonl(
             path,
             ctx.problems,
             |loc, v, problems| match parse_conversation(v) {
@@ -74,46 +71,6 @@ impl Source for CustomMultiTurnSource {
             },
         )?;
         assemble(ctx, conversations, 0)
-    }
-}
-
-/// Calls `f` with every non-blank line of a JSONL file parsed as JSON, and its 1-based line
-/// number; lines that are not JSON (or not UTF-8) go to `problems`. Reads line by line, so only
-/// one line's JSON tree is alive at once (a 70k-conversation file is hundreds of MB).
-pub(crate) fn each_jsonl_line(
-    path: &Path,
-    problems: &mut Problems,
-    mut f: impl FnMut(Loc, Value, &mut Problems),
-) -> Result<(), DatasetError> {
-    let io = |source| DatasetError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut reader = BufReader::new(File::open(path).map_err(io)?);
-    let mut buf = Vec::new();
-    let mut n = 0;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
-            return Ok(());
-        }
-        n += 1;
-        let loc = Loc::Line(n);
-        let line = match std::str::from_utf8(&buf) {
-            // A byte-order mark (files saved on Windows) is not part of the JSON.
-            Ok(l) => l.trim_start_matches('\u{feff}').trim(),
-            Err(e) => {
-                problems.report(loc, FieldError::new("", format!("not UTF-8 ({e})")));
-                continue;
-            }
-        };
-        if line.is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Value>(line) {
-            Ok(v) => f(loc, v, problems),
-            Err(e) => problems.report(loc, FieldError::new("", format!("invalid JSON ({e})"))),
-        }
     }
 }
 
@@ -435,7 +392,7 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::input::{self, Problems};
+    use crate::workload::input::{self, Loc, Problems};
     use crate::workload::{DatasetParams, Selection};
     use serde_json::json;
 
@@ -547,7 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bom.jsonl");
         std::fs::write(&path, "\u{feff}[{\"role\":\"user\",\"content\":\"x\"}]\r\n").unwrap();
-        each_jsonl_line(&path, &mut bom, |_, v, _| n += parse(v).unwrap().len()).unwrap();
+        input::each_jsonl(&path, &mut bom, |_, v, _| n += parse(v).unwrap().len()).unwrap();
         assert_eq!((n, bom.count()), (1, 0), "BOM and CRLF are not content");
         assert_eq!(ok.len(), 1);
         // Invalid JSON is found while reading, before the lines are parsed: sort by line.

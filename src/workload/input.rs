@@ -111,6 +111,8 @@ pub struct Problems {
     skip_invalid: bool,
     listed: Vec<BadEntry>,
     total: u64,
+    /// `--max-line-bytes`: the readers here take it from the collector every source is given.
+    max_line_bytes: usize,
 }
 
 impl Problems {
@@ -120,7 +122,18 @@ impl Problems {
             skip_invalid,
             listed: Vec::new(),
             total: 0,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         }
+    }
+
+    /// Sets `--max-line-bytes` (default [`DEFAULT_MAX_LINE_BYTES`]).
+    pub fn with_max_line_bytes(mut self, max_line_bytes: usize) -> Problems {
+        self.max_line_bytes = max_line_bytes;
+        self
+    }
+
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes
     }
 
     /// Records a bad entry; the caller leaves the entry out.
@@ -158,12 +171,247 @@ impl Problems {
     }
 }
 
-/// Reads a whole file as UTF-8.
-pub fn read_text(path: &Path) -> Result<String, DatasetError> {
-    std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
+/// Default of `--max-line-bytes`: 64 MiB. The longest real dataset lines we know are SWE-smith
+/// trajectories of a few MB (ShareGPT conversations and trace rows are KB); 64 MiB is ten times
+/// that, yet a run reading `/dev/zero`, a binary file or a whole JSON dump on one line stops after
+/// reading 64 MiB instead of growing one line until memory runs out.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
+
+/// The UTF-8 byte-order mark some editors (Windows) write at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The lines of a file, read with a bounded buffer: one line at a time, never more than
+/// `max_line_bytes` of it in memory. Tracks the line number and strips a byte-order mark at the
+/// start of the file.
+pub struct Lines<R> {
+    reader: R,
+    max_line_bytes: usize,
+    buf: Vec<u8>,
+    /// 1-based number of the line in `buf`.
+    line: usize,
+}
+
+/// Why [`Lines::next_line`] could not give a line.
+#[derive(Debug)]
+pub enum LineError {
+    Io(std::io::Error),
+    /// Line `line` is longer than the limit (it was not read to its end).
+    TooLong {
+        line: usize,
+    },
+}
+
+impl<R: std::io::BufRead> Lines<R> {
+    pub fn new(reader: R, max_line_bytes: usize) -> Lines<R> {
+        Lines {
+            reader,
+            max_line_bytes,
+            buf: Vec::new(),
+            line: 0,
+        }
+    }
+
+    /// The next line (without its `\n`) and its 1-based number, `None` at the end of the file.
+    pub fn next_line(&mut self) -> Result<Option<(usize, &[u8])>, LineError> {
+        self.buf.clear();
+        let mut read_any = false;
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(LineError::Io(e)),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            read_any = true;
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (chunk.len(), false),
+            };
+            if self.buf.len() + take > self.max_line_bytes {
+                return Err(LineError::TooLong {
+                    line: self.line + 1,
+                });
+            }
+            self.buf.extend_from_slice(&chunk[..take]);
+            self.reader.consume(take + usize::from(done));
+            if done {
+                break;
+            }
+        }
+        if !read_any {
+            return Ok(None);
+        }
+        self.line += 1;
+        let mut line = &self.buf[..];
+        if self.line == 1 {
+            line = line.strip_prefix(BOM).unwrap_or(line);
+        }
+        Ok(Some((self.line, line)))
+    }
+}
+
+/// Opens a dataset file for [`Lines`].
+fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>, DatasetError> {
+    let file = std::fs::File::open(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    Ok(std::io::BufReader::with_capacity(1 << 16, file))
+}
+
+/// Calls `f` with every non-blank line of `reader` (trimmed, as text) and its 1-based line
+/// number. A line that is not UTF-8 goes to `problems`; a line longer than the limit, a read
+/// error, or a file with no non-blank line at all stops the read with an error naming `path`.
+pub fn each_line_in(
+    reader: impl std::io::BufRead,
+    path: &Path,
+    problems: &mut Problems,
+    mut f: impl FnMut(Loc, &str, &mut Problems),
+) -> Result<(), DatasetError> {
+    let max = problems.max_line_bytes();
+    let mut lines = Lines::new(reader, max);
+    let mut any = false;
+    loop {
+        let (n, bytes) = match lines.next_line() {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(LineError::Io(source)) => {
+                return Err(DatasetError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+            Err(LineError::TooLong { line }) => {
+                return Err(DatasetError::TooLong {
+                    path: path.to_path_buf(),
+                    loc: Loc::Line(line),
+                    max,
+                })
+            }
+        };
+        let loc = Loc::Line(n);
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                let text = text.trim();
+                if !text.is_empty() {
+                    any = true;
+                    f(loc, text, problems);
+                }
+            }
+            Err(e) => {
+                any = true;
+                problems.report(loc, not_utf8(e));
+            }
+        }
+    }
+    if !any {
+        return Err(DatasetError::EmptyFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The problem of a line that is not UTF-8.
+fn not_utf8(e: std::str::Utf8Error) -> FieldError {
+    FieldError::new("", format!("not UTF-8 ({e})"))
+}
+
+/// [`each_line_in`] over the file at `path`.
+pub fn each_line(
+    path: &Path,
+    problems: &mut Problems,
+    f: impl FnMut(Loc, &str, &mut Problems),
+) -> Result<(), DatasetError> {
+    each_line_in(open(path)?, path, problems, f)
+}
+
+/// Calls `f` with every non-blank line of a JSONL file parsed as JSON, and its 1-based line
+/// number; lines that are not JSON (or not UTF-8) go to `problems`. Reads line by line, so only
+/// one line's text and JSON tree are alive at once besides what `f` keeps.
+pub fn each_jsonl(
+    path: &Path,
+    problems: &mut Problems,
+    f: impl FnMut(Loc, Value, &mut Problems),
+) -> Result<(), DatasetError> {
+    each_jsonl_in(open(path)?, path, problems, f)
+}
+
+/// [`each_jsonl`] over any reader (`path` names it in errors).
+pub fn each_jsonl_in(
+    reader: impl std::io::BufRead,
+    path: &Path,
+    problems: &mut Problems,
+    mut f: impl FnMut(Loc, Value, &mut Problems),
+) -> Result<(), DatasetError> {
+    each_line_in(
+        reader,
+        path,
+        problems,
+        |loc, line, problems| match serde_json::from_str::<Value>(line) {
+            Ok(v) => f(loc, v, problems),
+            Err(e) => problems.report(loc, FieldError::new("", format!("invalid JSON ({e})"))),
+        },
+    )
+}
+
+/// The whole text of a file that may be one JSON document spread over lines (SWE-smith's
+/// pre-built file) or JSONL: read through [`Lines`], so no line exceeds the limit. A line that is
+/// not UTF-8 goes to `problems` and reads as blank, so every other line keeps its number; a
+/// byte-order mark at the start is dropped; a file with no non-blank line is an error.
+pub fn read_text(path: &Path, problems: &mut Problems) -> Result<String, DatasetError> {
+    read_text_in(open(path)?, path, problems)
+}
+
+/// [`read_text`] over any reader.
+pub fn read_text_in(
+    reader: impl std::io::BufRead,
+    path: &Path,
+    problems: &mut Problems,
+) -> Result<String, DatasetError> {
+    let max = problems.max_line_bytes();
+    let mut lines = Lines::new(reader, max);
+    let mut text = String::new();
+    let mut any = false;
+    loop {
+        match lines.next_line() {
+            Ok(Some((n, bytes))) => {
+                match std::str::from_utf8(bytes) {
+                    Ok(t) => {
+                        any |= !t.trim().is_empty();
+                        text.push_str(t);
+                    }
+                    Err(e) => {
+                        any = true;
+                        problems.report(Loc::Line(n), not_utf8(e));
+                    }
+                }
+                text.push('\n');
+            }
+            Ok(None) => break,
+            Err(LineError::Io(source)) => {
+                return Err(DatasetError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+            Err(LineError::TooLong { line }) => {
+                return Err(DatasetError::TooLong {
+                    path: path.to_path_buf(),
+                    loc: Loc::Line(line),
+                    max,
+                })
+            }
+        }
+    }
+    if !any {
+        return Err(DatasetError::EmptyFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(text)
 }
 
 /// Every non-blank line of a JSONL file parsed as JSON, with its 1-based line number. Lines that
@@ -172,24 +420,19 @@ pub fn jsonl_values(
     path: &Path,
     problems: &mut Problems,
 ) -> Result<Vec<(Loc, Value)>, DatasetError> {
-    let text = read_text(path)?;
-    Ok(jsonl_values_of(&text, problems))
+    let mut out = Vec::new();
+    each_jsonl(path, problems, |loc, v, _| out.push((loc, v)))?;
+    Ok(out)
 }
 
 /// [`jsonl_values`] over text already read.
+#[cfg(test)]
 pub fn jsonl_values_of(text: &str, problems: &mut Problems) -> Vec<(Loc, Value)> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let loc = Loc::Line(i + 1);
-        match serde_json::from_str::<Value>(line) {
-            Ok(v) => out.push((loc, v)),
-            Err(e) => problems.report(loc, FieldError::new("", format!("invalid JSON ({e})"))),
-        }
-    }
+    // An empty text is an empty list here; only files are named.
+    let _ = each_jsonl_in(text.as_bytes(), Path::new("text"), problems, |loc, v, _| {
+        out.push((loc, v))
+    });
     out
 }
 
@@ -397,6 +640,79 @@ mod tests {
         assert_eq!(v[1].0, Loc::Line(4));
         assert_eq!(p.listed()[0].loc, Loc::Line(3));
         assert!(p.listed()[0].error.reason.starts_with("invalid JSON"));
+    }
+
+    fn lines_of(bytes: &[u8], max: usize) -> (Vec<(usize, Vec<u8>)>, Option<usize>) {
+        let mut lines = Lines::new(bytes, max);
+        let mut out = Vec::new();
+        loop {
+            match lines.next_line() {
+                Ok(Some((n, l))) => out.push((n, l.to_vec())),
+                Ok(None) => return (out, None),
+                Err(LineError::TooLong { line }) => return (out, Some(line)),
+                Err(LineError::Io(e)) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lines_strip_a_bom_at_the_start_only_and_number_every_line() {
+        let (l, err) = lines_of(b"\xEF\xBB\xBFa\r\n\n\xEF\xBB\xBFb\nc", 100);
+        assert_eq!(err, None);
+        let want: Vec<(usize, Vec<u8>)> = vec![
+            (1, b"a\r".to_vec()),
+            (2, b"".to_vec()),
+            (3, b"\xEF\xBB\xBFb".to_vec()),
+            (4, b"c".to_vec()),
+        ];
+        assert_eq!(l, want);
+        assert_eq!(lines_of(b"", 10), (vec![], None));
+    }
+
+    #[test]
+    fn a_line_at_the_limit_is_read_and_one_byte_more_is_not() {
+        assert_eq!(lines_of(b"abcd\nxy", 4).1, None);
+        // The newline does not count; the limit is per line, not per file.
+        let (l, err) = lines_of(b"abcd\nabcde\nz", 4);
+        assert_eq!((l.len(), err), (1, Some(2)));
+        // A tiny buffer: the limit holds across refills.
+        let r = std::io::BufReader::with_capacity(2, &b"abcdefgh"[..]);
+        let mut lines = Lines::new(r, 5);
+        assert!(matches!(
+            lines.next_line(),
+            Err(LineError::TooLong { line: 1 })
+        ));
+    }
+
+    #[test]
+    fn readers_name_empty_files_and_report_non_utf8_lines() {
+        let path = Path::new("d.jsonl");
+        let mut p = Problems::new(Some(path), true);
+        let e = each_jsonl_in(&b" \n\r\n"[..], path, &mut p, |_, _, _| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d.jsonl: the file is empty (no entries to read)"
+        );
+        let mut seen = Vec::new();
+        each_jsonl_in(&b"[1]\n\xFF\n[3]\n"[..], path, &mut p, |loc, _, _| {
+            seen.push(loc)
+        })
+        .unwrap();
+        assert_eq!(seen, [Loc::Line(1), Loc::Line(3)]);
+        assert_eq!(p.listed()[0].loc, Loc::Line(2));
+        assert!(p.listed()[0].error.reason.starts_with("not UTF-8"));
+        // read_text keeps the numbering: the bad line reads as blank.
+        let mut p = Problems::new(Some(path), true);
+        let text = read_text_in(&b"\xEF\xBB\xBFa\n\xC3\nc\n"[..], path, &mut p).unwrap();
+        assert_eq!(text, "a\n\nc\n");
+        assert_eq!(p.count(), 1);
+        let mut p = Problems::new(Some(path), true).with_max_line_bytes(2);
+        let e = read_text_in(&b"ab\nabc\n"[..], path, &mut p).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("d.jsonl: line 2: longer than --max-line-bytes (2 bytes)"),
+            "{e}"
+        );
     }
 
     #[test]

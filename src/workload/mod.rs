@@ -548,6 +548,21 @@ pub enum DatasetError {
     },
     #[error("{0}")]
     Invalid(input::InvalidInput),
+    /// Not skippable: the rest of such a line is not read, and skipping to its end could mean
+    /// reading forever (`/dev/zero`).
+    #[error(
+        "{}: {loc}: longer than --max-line-bytes ({max} bytes); stopped reading it (a binary \
+         file, /dev/zero, or a whole JSON dump on one line?). If the line is real, raise \
+         --max-line-bytes",
+        path.display()
+    )]
+    TooLong {
+        path: PathBuf,
+        loc: input::Loc,
+        max: usize,
+    },
+    #[error("{}: the file is empty (no entries to read)", path.display())]
+    EmptyFile { path: PathBuf },
     #[error("--{flag}: {reason}")]
     Param { flag: String, reason: String },
     #[error("synthesizing prompts: {0}")]
@@ -570,6 +585,7 @@ pub fn build(
     params: &DatasetParams,
     selection: Selection,
     skip_invalid: bool,
+    max_line_bytes: usize,
 ) -> Result<(Built, u64), DatasetError> {
     let source = check_flags(name, params)?;
     match (source.path_use(), path) {
@@ -586,7 +602,7 @@ pub fn build(
         }
         _ => {}
     }
-    let mut problems = input::Problems::new(path, skip_invalid);
+    let mut problems = input::Problems::new(path, skip_invalid).with_max_line_bytes(max_line_bytes);
     let built = {
         let mut ctx = BuildContext {
             name,

@@ -15,12 +15,13 @@ use bytes::Bytes;
 use serde::de::{Deserializer as _, SeqAccess, Visitor};
 use serde_json::Value;
 
+use std::cell::Cell;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use super::custom_multi_turn::{assemble, each_jsonl_line, RawTurn, Splitter, FILE_FLAGS};
+use super::custom_multi_turn::{assemble, RawTurn, Splitter, FILE_FLAGS};
 use super::input::{self, as_array, as_object, index, join, opt_str, req_str};
 use super::input::{FieldError, Loc};
 use super::{message_json, BuildContext, Built, DatasetError, DatasetFlag, PathUse, Source};
@@ -71,24 +72,9 @@ impl Source for ShareGptSource {
             Err(e) => problems.report(loc, e),
         };
         if starts_with_bracket(path)? {
-            // The original dump: one JSON array, read item by item so that only one item's tree
-            // is alive at once (the dump is hundreds of MB).
-            let file = File::open(path).map_err(|source| DatasetError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let mut de = serde_json::Deserializer::from_reader(BufReader::new(file));
-            let read = de
-                .deserialize_seq(EachItem(|i, v: Value| take(Loc::Item(i), &v, ctx.problems)))
-                .and_then(|()| de.end());
-            if let Err(e) = read {
-                ctx.problems.report(
-                    Loc::File,
-                    FieldError::new("", format!("invalid JSON ({e})")),
-                );
-            }
+            each_item(path, ctx.problems, take)?;
         } else {
-            each_jsonl_line(path, ctx.problems, |loc, v, problems| {
+            input::each_jsonl(path, ctx.problems, |loc, v, problems| {
                 take(loc, &v, problems)
             })?;
         }
@@ -116,13 +102,15 @@ impl<'de, F: FnMut(usize, Value)> Visitor<'de> for EachItem<F> {
     }
 }
 
-/// Whether the file's first non-blank byte is `[` (one JSON array rather than JSONL).
+/// Whether the file's first non-blank byte (after a byte-order mark) is `[` (one JSON array
+/// rather than JSONL).
 fn starts_with_bracket(path: &Path) -> Result<bool, DatasetError> {
     let io = |source| DatasetError::Io {
         path: path.to_path_buf(),
         source,
     };
     let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    skip_bom(&mut reader).map_err(io)?;
     loop {
         let buf = reader.fill_buf().map_err(io)?;
         let Some(&first) = buf.iter().find(|b| !b.is_ascii_whitespace()) else {
@@ -134,6 +122,88 @@ fn starts_with_bracket(path: &Path) -> Result<bool, DatasetError> {
             continue;
         };
         return Ok(first == b'[');
+    }
+}
+
+/// Consumes a UTF-8 byte-order mark at the reader's start, if there is one.
+fn skip_bom(reader: &mut impl BufRead) -> std::io::Result<()> {
+    if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        reader.consume(3);
+    }
+    Ok(())
+}
+
+/// The original dump: one JSON array, read item by item so that only one item's tree is alive at
+/// once (the dump is hundreds of MB). An item longer than `--max-line-bytes` stops the read (the
+/// dump may be one line, so the limit bounds items here); invalid JSON is one problem at its
+/// line, and the items before it are kept.
+fn each_item(
+    path: &Path,
+    problems: &mut input::Problems,
+    mut take: impl FnMut(Loc, &Value, &mut input::Problems),
+) -> Result<(), DatasetError> {
+    let io = |source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    skip_bom(&mut reader).map_err(io)?;
+    let max = problems.max_line_bytes();
+    let item_bytes = Cell::new(0usize);
+    let over = Cell::new(false);
+    let items = Cell::new(0usize);
+    let limited = ItemLimit {
+        inner: reader,
+        item_bytes: &item_bytes,
+        over: &over,
+        max,
+    };
+    let mut de = serde_json::Deserializer::from_reader(limited);
+    let read = de
+        .deserialize_seq(EachItem(|i, v: Value| {
+            take(Loc::Item(i), &v, problems);
+            items.set(i + 1);
+            item_bytes.set(0);
+        }))
+        .and_then(|()| de.end());
+    match read {
+        Ok(()) => Ok(()),
+        Err(_) if over.get() => Err(DatasetError::TooLong {
+            path: path.to_path_buf(),
+            loc: Loc::Item(items.get()),
+            max,
+        }),
+        Err(e) if e.is_io() => Err(io(std::io::Error::other(e))),
+        Err(e) => {
+            let loc = if e.line() > 0 {
+                Loc::Line(e.line())
+            } else {
+                Loc::File
+            };
+            problems.report(loc, FieldError::new("", format!("invalid JSON ({e})")));
+            Ok(())
+        }
+    }
+}
+
+/// A reader that fails once the current array item has taken more than `max` bytes.
+struct ItemLimit<'a, R> {
+    inner: R,
+    item_bytes: &'a Cell<usize>,
+    over: &'a Cell<bool>,
+    max: usize,
+}
+
+impl<R: Read> Read for ItemLimit<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self.item_bytes.get() + n;
+        self.item_bytes.set(used);
+        if used > self.max {
+            self.over.set(true);
+            return Err(std::io::Error::other("item longer than --max-line-bytes"));
+        }
+        Ok(n)
     }
 }
 
@@ -404,7 +474,8 @@ mod tests {
             DatasetParams::default(),
         );
         assert!(b.unwrap().conversations.is_empty());
-        assert!(listed[0].starts_with("file: invalid JSON"), "{listed:?}");
+        // The array format names the line the JSON breaks on.
+        assert!(listed[0].starts_with("line 1: invalid JSON"), "{listed:?}");
         let args = DatasetParams {
             dataset_args: Some(json!({"target_input_len": 5}).as_object().unwrap().clone()),
             ..DatasetParams::default()

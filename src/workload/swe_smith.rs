@@ -396,13 +396,30 @@ pub fn trajectory_texts(v: &Value) -> Result<Vec<String>, FieldError> {
 /// some prefix counts `n`. Cuts at the end of token `n` (offsets of the full encoding), then
 /// moves the cut by the difference until the prefix re-counts exactly (a cut can merge or split
 /// the last pre-token differently); a few steps at most in practice.
+///
+/// Only a window of the text's start is encoded, grown until it holds a few tokens more than `n`:
+/// the full encoding with offsets costs about 300 bytes a token, so a 50 MB trajectory text cut
+/// to a few thousand tokens would otherwise take gigabytes.
 pub fn truncate_to_tokens<'t>(tok: &Tokenizer, text: &'t str, n: u32) -> (&'t str, u32) {
     let n = n as usize;
-    let Ok(enc) = tok.hf().encode(text, false) else {
-        return ("", 0);
+    let mut window = n.saturating_add(64).saturating_mul(16);
+    let (enc, end) = loop {
+        let mut end = window.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let Ok(enc) = tok.hf().encode(&text[..end], false) else {
+            return ("", 0);
+        };
+        // Tokens near the window's end may differ from the whole text's; those up to n do not
+        // once a margin follows them (and the loop below re-counts every cut anyway).
+        if end == text.len() || enc.get_offsets().len() > n.saturating_add(8) {
+            break (enc, end);
+        }
+        window = window.saturating_mul(4);
     };
     let offsets = enc.get_offsets();
-    if n >= offsets.len() {
+    if end == text.len() && n >= offsets.len() {
         return (text, offsets.len() as u32);
     }
     let cut_after = |k: usize| -> usize {
@@ -791,7 +808,7 @@ impl Source for SweSmithSource {
         })?;
         // Validated in both modes, so a typo is caught even when a pre-built file ignores them.
         let args = LiveArgs::from_params(ctx.params)?;
-        let text = input::read_text(path)?;
+        let text = input::read_text(path, ctx.problems)?;
         let format = match detect(&text) {
             Ok(f) => f,
             Err(e) => {
@@ -851,6 +868,8 @@ pub struct FileBuild<'a> {
     pub params: &'a DatasetParams,
     pub conversations: usize,
     pub skip_invalid: bool,
+    /// `--max-line-bytes`.
+    pub max_line_bytes: usize,
 }
 
 /// What [`build_file`] wrote.
@@ -901,8 +920,9 @@ pub fn dataset_params(
 /// would (its first `conversations`), and writes them as a pre-built `agentic_dataset.json`.
 pub fn build_file(b: &FileBuild<'_>) -> Result<FileBuildReport, DatasetError> {
     let args = LiveArgs::from_params(b.params)?;
-    let text = input::read_text(b.trajectories)?;
-    let mut problems = Problems::new(Some(b.trajectories), b.skip_invalid);
+    let mut problems =
+        Problems::new(Some(b.trajectories), b.skip_invalid).with_max_line_bytes(b.max_line_bytes);
+    let text = input::read_text(b.trajectories, &mut problems)?;
     let format = match detect(&text) {
         Ok(Format::Prebuilt(_)) => {
             problems.report(
@@ -1451,6 +1471,7 @@ mod tests {
             params: &params,
             conversations: 12,
             skip_invalid: false,
+            max_line_bytes: input::DEFAULT_MAX_LINE_BYTES,
         })
         .unwrap();
         assert_eq!(report.conversations, 12);
@@ -1507,6 +1528,7 @@ mod tests {
             params: &params,
             conversations: 1,
             skip_invalid: false,
+            max_line_bytes: input::DEFAULT_MAX_LINE_BYTES,
         })
         .unwrap_err();
         assert!(e.to_string().contains("already a pre-built"), "{e}");

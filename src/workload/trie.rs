@@ -169,28 +169,31 @@ pub fn resolve(name: &str, path: &Path) -> PathBuf {
 
 /// Every valid trace of `path` in file order; bad lines go to `problems`, in line order.
 pub fn load(path: &Path, problems: &mut input::Problems) -> Result<Vec<Trace>, DatasetError> {
-    let text = input::read_text(path)?;
-    Ok(parse_lines(&text, problems))
+    let mut traces = Vec::new();
+    input::each_jsonl(path, problems, |loc, v, problems| {
+        parse_line(loc, &v, &mut traces, problems)
+    })?;
+    Ok(traces)
 }
 
 /// [`load`] over text already read.
+#[cfg(test)]
 pub fn parse_lines(text: &str, problems: &mut input::Problems) -> Vec<Trace> {
     let mut traces = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let loc = Loc::Line(i + 1);
-        match serde_json::from_str::<Value>(line) {
-            Ok(v) => match Trace::parse(&v) {
-                Ok(t) => traces.push(t),
-                Err(e) => problems.report(loc, e),
-            },
-            Err(e) => problems.report(loc, FieldError::new("", format!("invalid JSON ({e})"))),
-        }
-    }
+    let _ = input::each_jsonl_in(
+        text.as_bytes(),
+        Path::new("text"),
+        problems,
+        |loc, v, problems| parse_line(loc, &v, &mut traces, problems),
+    );
     traces
+}
+
+fn parse_line(loc: Loc, v: &Value, traces: &mut Vec<Trace>, problems: &mut input::Problems) {
+    match Trace::parse(v) {
+        Ok(t) => traces.push(t),
+        Err(e) => problems.report(loc, e),
+    }
 }
 
 fn param(flag: &str, reason: &str) -> DatasetError {
@@ -420,6 +423,7 @@ mod tests {
                 &DatasetParams::default(),
                 Selection::default(),
                 false,
+                input::DEFAULT_MAX_LINE_BYTES,
             )
             .unwrap();
             let el = t0.elapsed();
