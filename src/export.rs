@@ -420,9 +420,7 @@ impl Exports {
     /// Writes the four files into `dir`; returns their paths.
     pub fn write(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let csv = dir.join("profile_export_aiperf.csv");
-        let tmp = dir.join(".profile_export_aiperf.csv.tmp");
-        std::fs::write(&tmp, self.aiperf_csv())?;
-        std::fs::rename(&tmp, &csv)?;
+        crate::report::write_atomically(&csv, self.aiperf_csv().as_bytes())?;
         Ok(vec![
             write_json(dir, "profile_export_aiperf.json", &self.aiperf)?,
             csv,

@@ -922,22 +922,13 @@ pub(crate) fn cli_command() -> String {
             out.push(format!("{}=***", &a[..a.find('=').unwrap_or(a.len())]));
         } else if lower.starts_with("authorization:") {
             out.push("Authorization: ***".into());
-        } else if let Some(masked) = mask_url_credentials(&a) {
-            out.push(masked);
+        } else if a.contains("://") {
+            out.push(crate::plan::redact_url(&a));
         } else {
             out.push(a);
         }
     }
     out.join(" ")
-}
-
-/// `scheme://user:pass@host…` → `scheme://***@host…`; `None` when there are none.
-fn mask_url_credentials(s: &str) -> Option<String> {
-    let start = s.find("://")? + 3;
-    let rest = &s[start..];
-    let at = rest.find('@')?;
-    let end = rest.find('/').unwrap_or(rest.len());
-    (at < end).then(|| format!("{}***{}", &s[..start], &rest[at..]))
 }
 
 /// Unix time (s) of a point on the run clock.

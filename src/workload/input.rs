@@ -201,6 +201,23 @@ pub enum LineError {
     },
 }
 
+impl LineError {
+    /// The dataset error for this line error in `path`, read with limit `max`.
+    fn in_file(self, path: &Path, max: usize) -> DatasetError {
+        match self {
+            LineError::Io(source) => DatasetError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            LineError::TooLong { line } => DatasetError::TooLong {
+                path: path.to_path_buf(),
+                loc: Loc::Line(line),
+                max,
+            },
+        }
+    }
+}
+
 impl<R: std::io::BufRead> Lines<R> {
     pub fn new(reader: R, max_line_bytes: usize) -> Lines<R> {
         Lines {
@@ -277,19 +294,7 @@ pub fn each_line_in(
         let (n, bytes) = match lines.next_line() {
             Ok(Some(l)) => l,
             Ok(None) => break,
-            Err(LineError::Io(source)) => {
-                return Err(DatasetError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Err(LineError::TooLong { line }) => {
-                return Err(DatasetError::TooLong {
-                    path: path.to_path_buf(),
-                    loc: Loc::Line(line),
-                    max,
-                })
-            }
+            Err(e) => return Err(e.in_file(path, max)),
         };
         let loc = Loc::Line(n);
         match std::str::from_utf8(bytes) {
@@ -391,19 +396,7 @@ pub fn read_text_in(
                 text.push('\n');
             }
             Ok(None) => break,
-            Err(LineError::Io(source)) => {
-                return Err(DatasetError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Err(LineError::TooLong { line }) => {
-                return Err(DatasetError::TooLong {
-                    path: path.to_path_buf(),
-                    loc: Loc::Line(line),
-                    max,
-                })
-            }
+            Err(e) => return Err(e.in_file(path, max)),
         }
     }
     if !any {
