@@ -139,15 +139,22 @@ fn commands(text: &str) -> Vec<String> {
             }
         }
     }
-    assert!(current.is_empty(), "a command ends in a continuation: {current}");
+    assert!(
+        current.is_empty(),
+        "a command ends in a continuation: {current}"
+    );
     out
 }
 
 /// Is this a parley command (the only kind the docs' command blocks may hold)?
 fn is_parley(cmd: &str) -> bool {
-    ["parley ", "cargo run --release -- ", "target/release/parley "]
-        .iter()
-        .any(|p| cmd.starts_with(p))
+    [
+        "parley ",
+        "cargo run --release -- ",
+        "target/release/parley ",
+    ]
+    .iter()
+    .any(|p| cmd.starts_with(p))
 }
 
 /// The example rewritten to run here (see the module docs).
@@ -302,7 +309,11 @@ fn write_example(block: &Block, name: &str, dir: &Path) {
         for (k, line) in block.text.lines().enumerate() {
             if !line.trim().is_empty() {
                 serde_json::from_str::<Value>(line).unwrap_or_else(|e| {
-                    panic!("{}: {name} line {} is not one JSON value: {e}", block.at, k + 1)
+                    panic!(
+                        "{}: {name} line {} is not one JSON value: {e}",
+                        block.at,
+                        k + 1
+                    )
                 });
             }
         }
@@ -315,7 +326,15 @@ fn write_example(block: &Block, name: &str, dir: &Path) {
 /// Words for generated text (a mix the tokenizer splits in different ways).
 fn words(n: usize, seed: u64) -> String {
     const W: [&str; 10] = [
-        "parser", "return", "Traceback", "über", "→", "404", "src/lib.rs:12", "assert", "value",
+        "parser",
+        "return",
+        "Traceback",
+        "über",
+        "→",
+        "404",
+        "src/lib.rs:12",
+        "assert",
+        "value",
         "x_y",
     ];
     let mut state = seed | 1;
@@ -358,8 +377,8 @@ fn fixtures(dir: &Path) {
     w("chats.jsonl", jsonl(&chats));
     // The bad-input example of docs/datasets.md: a wrong role on line 3, JSON cut off on line 7.
     let mut data: Vec<String> = chats[..6].iter().map(|v| v.to_string()).collect();
-    data[2] = json!([{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}])
-        .to_string();
+    data[2] =
+        json!([{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]).to_string();
     data.push(r#"[{"role":"user","content":"Hello there"}"#.to_string());
     w("data.jsonl", data.join("\n") + "\n");
     let sharegpt: Vec<Value> = (0..8)
@@ -374,8 +393,10 @@ fn fixtures(dir: &Path) {
     w("sharegpt.json", Value::Array(sharegpt.clone()).to_string());
     w("common_en_70k.jsonl", jsonl(&sharegpt));
     let trace: Vec<Value> = (0..8)
-        .map(|i| json!({"timestamp": i * 10, "input_length": 600, "output_length": 8,
-                        "hash_ids": [0, i + 1]}))
+        .map(|i| {
+            json!({"timestamp": i * 10, "input_length": 600, "output_length": 8,
+                        "hash_ids": [0, i + 1]})
+        })
         .collect();
     w("trace.jsonl", jsonl(&trace));
     // SWE-smith trajectories long enough for the examples' 8,192-token first turns.
@@ -404,7 +425,7 @@ fn fixtures(dir: &Path) {
         })
         .collect();
     for name in ["agentic_coding", "code_qa", "office_work"] {
-        w(&format!("trie-workloads/{name}.jsonl"), jsonl(&trie));
+        w(&format!("trie-workloads/{name}_8k.jsonl"), jsonl(&trie));
     }
 }
 
@@ -529,7 +550,11 @@ fn readme_rust_version_is_the_real_minimum() {
         .current_dir(root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
     let version = |v: &str| -> Vec<u64> {
         let mut parts: Vec<u64> = v.split('.').map(|p| p.parse().unwrap()).collect();
