@@ -163,7 +163,9 @@ impl RunFiles {
 
 /// Reads `summary.json` from `path`: a run directory, or the file itself.
 pub fn load_summary(path: &Path) -> Result<RunSummary, HtmlError> {
-    if path.is_dir() {
+    // Anything but an existing file is taken as a directory, so a wrong path's error names the
+    // summary.json that was looked for.
+    if !path.is_file() {
         let file = path.join("summary.json");
         if !file.exists() {
             let points = sweep_points(path);
