@@ -197,7 +197,11 @@ fn report_draws_every_chart_in_headless_chromium() {
     for id in CHARTS {
         let (tag, svg) = chart(&dom, id);
         assert_eq!(attr(tag, "data-empty"), None, "{id} has no data");
-        assert_eq!(attr(tag, "data-bad"), None, "{id}: marks without a finite box");
+        assert_eq!(
+            attr(tag, "data-bad"),
+            None,
+            "{id}: marks without a finite box"
+        );
         let drawn: usize = attr(tag, "data-drawn")
             .unwrap_or_else(|| panic!("{id} not checked by the page: {tag}"))
             .parse()
@@ -209,7 +213,8 @@ fn report_draws_every_chart_in_headless_chromium() {
             let c = coordinates(m);
             assert!(!c.is_empty(), "{id}: mark without coordinates: {m}");
             assert!(
-                c.iter().all(|v| v.is_finite() && (-1.0..=641.0).contains(v)),
+                c.iter()
+                    .all(|v| v.is_finite() && (-1.0..=641.0).contains(v)),
                 "{id}: {m}"
             );
         }
@@ -332,8 +337,14 @@ fn report_rebuilds_the_same_file_and_compare_shows_deltas() {
     );
     let html = std::fs::read_to_string(&out).unwrap();
     assert!(html.contains("data-chart=\"ttft_cdf\""));
-    assert!(stdout.contains(&format!("A: {}", dir_a.display())), "{stdout}");
-    assert!(stdout.contains(&format!("B: {}", dir_b.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("A: {}", dir_a.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("B: {}", dir_b.display())),
+        "{stdout}"
+    );
     let (sa, sb) = (&a.summary, &b.summary);
     let row = |metric: &str| -> Vec<String> {
         stdout
@@ -353,7 +364,10 @@ fn report_rebuilds_the_same_file_and_compare_shows_deltas() {
         assert_eq!(r[4], format!("{:+.1}%", 100.0 * (vb - va) / va), "{metric}");
         // The page carries the same cells.
         for cell in &r[1..] {
-            assert!(html.contains(&format!("<td>{cell}</td>")), "{metric} {cell}");
+            assert!(
+                html.contains(&format!("<td>{cell}</td>")),
+                "{metric} {cell}"
+            );
         }
     };
     check(
@@ -423,7 +437,10 @@ fn missing_and_malformed_files_are_named() {
     };
     // No such directory.
     let e = err(&["report", "nope"]);
-    assert!(e.contains("nope/summary.json") && e.contains("No such file"), "{e}");
+    assert!(
+        e.contains("nope/summary.json") && e.contains("No such file"),
+        "{e}"
+    );
     // Not JSON.
     std::fs::create_dir(d.join("bad")).unwrap();
     std::fs::write(d.join("bad/summary.json"), "{\"parley_version\": ").unwrap();
@@ -435,7 +452,10 @@ fn missing_and_malformed_files_are_named() {
     // JSON without the fields a report needs: the field is named.
     std::fs::write(d.join("bad/summary.json"), "{\"parley_version\": \"0\"}").unwrap();
     let e = err(&["compare", "bad", "bad"]);
-    assert!(e.contains("bad/summary.json") && e.contains("missing field"), "{e}");
+    assert!(
+        e.contains("bad/summary.json") && e.contains("missing field"),
+        "{e}"
+    );
     assert!(!d.join("compare.html").exists());
     // A sweep's root: the points are named.
     std::fs::create_dir_all(d.join("sweep/parallel_1")).unwrap();

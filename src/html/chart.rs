@@ -214,10 +214,8 @@ impl Chart {
                                 sy(*y)
                             );
                         }
-                        let _ = write!(
-                            out,
-                            r#"<path class="mark line" d="{d}" stroke="{color}"/>"#
-                        );
+                        let _ =
+                            write!(out, r#"<path class="mark line" d="{d}" stroke="{color}"/>"#);
                     }
                     let every = pts.len().div_ceil(MAX_DOTS).max(1);
                     for (j, (x, y)) in pts.iter().enumerate() {
@@ -374,7 +372,9 @@ mod tests {
     /// Every number in the SVG's coordinate attributes and path data.
     fn coordinates(svg: &str) -> Vec<String> {
         let mut out = Vec::new();
-        for attr in ["x", "y", "cx", "cy", "width", "height", "d", "x1", "x2", "y1", "y2"] {
+        for attr in [
+            "x", "y", "cx", "cy", "width", "height", "d", "x1", "x2", "y1", "y2",
+        ] {
             let pat = format!(" {attr}=\"");
             for (i, _) in svg.match_indices(&pat) {
                 let rest = &svg[i + pat.len()..];
@@ -430,12 +430,17 @@ mod tests {
         for chart in [
             Chart::new("c", "Empty", "x", "y"),
             Chart::new("c", "Empty series", "x", "y").with(Series::line("s", vec![])),
-            Chart::new("c", "Bad values", "x", "y")
-                .with(Series::line("s", vec![(f64::NAN, 1.0), (1.0, f64::INFINITY)])),
+            Chart::new("c", "Bad values", "x", "y").with(Series::line(
+                "s",
+                vec![(f64::NAN, 1.0), (1.0, f64::INFINITY)],
+            )),
         ] {
             let svg = chart.svg();
             assert!(chart.axes().is_none());
-            assert!(svg.contains("no data") && svg.contains("data-empty=\"1\""), "{svg}");
+            assert!(
+                svg.contains("no data") && svg.contains("data-empty=\"1\""),
+                "{svg}"
+            );
             assert!(!svg.contains("class=\"mark"), "{svg}");
             assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
         }

@@ -309,11 +309,7 @@ fn config_text(config: &serde_json::Value, pointer: &str) -> String {
 
 /// The value at each quantile level as CDF points (value, %).
 fn cdf(q: &[f64], values: &[f64]) -> Vec<(f64, f64)> {
-    values
-        .iter()
-        .zip(q)
-        .map(|(v, q)| (*v, q * 100.0))
-        .collect()
+    values.iter().zip(q).map(|(v, q)| (*v, q * 100.0)).collect()
 }
 
 fn cdf_chart(id: &str, title: &str, x_label: &str, series: Vec<Series>) -> Chart {
@@ -454,24 +450,19 @@ pub(crate) fn report_charts(run: &RunFiles) -> Vec<Chart> {
         .with(Series::line("p50", by_turn(|r| r.ttft_ms.p50)))
         .with(Series::line("p90", by_turn(|r| r.ttft_ms.p90)))
         .with(Series::line("p99", by_turn(|r| r.ttft_ms.p99)));
-    let mut latency_turn = Chart::new(
-        "latency_by_turn",
-        "Latency by turn",
-        "turn",
-        "latency (s)",
-    )
-    .with(Series::line(
-        "p50",
-        by_turn(|r| r.latency_ms.p50.map(|v| v / 1e3)),
-    ))
-    .with(Series::line(
-        "p90",
-        by_turn(|r| r.latency_ms.p90.map(|v| v / 1e3)),
-    ))
-    .with(Series::line(
-        "p99",
-        by_turn(|r| r.latency_ms.p99.map(|v| v / 1e3)),
-    ));
+    let mut latency_turn = Chart::new("latency_by_turn", "Latency by turn", "turn", "latency (s)")
+        .with(Series::line(
+            "p50",
+            by_turn(|r| r.latency_ms.p50.map(|v| v / 1e3)),
+        ))
+        .with(Series::line(
+            "p90",
+            by_turn(|r| r.latency_ms.p90.map(|v| v / 1e3)),
+        ))
+        .with(Series::line(
+            "p99",
+            by_turn(|r| r.latency_ms.p99.map(|v| v / 1e3)),
+        ));
     for c in [&mut ttft_turn, &mut latency_turn] {
         c.x_integer = true;
         c.x_from_zero = false;
@@ -492,7 +483,10 @@ pub(crate) fn report_charts(run: &RunFiles) -> Vec<Chart> {
         )
         .with(Series::line("completion", rate(|b| b.completion_tokens)))
         .with(Series::line("new prompt", rate(|b| b.new_prompt_tokens)))
-        .with(Series::line("cached prompt", rate(|b| b.cached_prompt_tokens))),
+        .with(Series::line(
+            "cached prompt",
+            rate(|b| b.cached_prompt_tokens),
+        )),
     );
     charts.push(
         Chart::new(
@@ -697,7 +691,15 @@ fn report_tables(s: &RunSummary) -> String {
     let r = &s.requests;
     out.push_str("<h2>Requests and conversations</h2>\n");
     out.push_str(&table(
-        &["Requests", "total", "succeeded", "failed", "cancelled", "retried", "error rate"],
+        &[
+            "Requests",
+            "total",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "retried",
+            "error rate",
+        ],
         &[vec![
             String::new(),
             r.total.to_string(),
@@ -743,7 +745,10 @@ fn report_tables(s: &RunSummary) -> String {
             })
             .collect();
         out.push_str("<h2>Failures</h2>\n");
-        out.push_str(&table(&["Class", "Requests", "Messages (first few)"], &rows));
+        out.push_str(&table(
+            &["Class", "Requests", "Messages (first few)"],
+            &rows,
+        ));
     }
     let client = &s.client;
     if let Some(cpu_s) = client.get("cpu_s").and_then(|v| v.as_f64()) {
@@ -998,7 +1003,14 @@ pub fn compare_html(runs: &[(String, RunSummary)]) -> String {
         .collect();
     body.push_str(&table(
         &[
-            "Run", "Path", "Model", "URL", "Point", "Duration (s)", "Requests", "parley",
+            "Run",
+            "Path",
+            "Model",
+            "URL",
+            "Point",
+            "Duration (s)",
+            "Requests",
+            "parley",
         ],
         &rows,
     ));
