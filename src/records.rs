@@ -50,7 +50,7 @@ pub struct RecordsChannel {
 
 impl RecordsChannel {
     /// The sink a core formats its records into.
-    pub(crate) fn sink(&self, core: usize) -> CoreRecords {
+    pub fn sink(&self, core: usize) -> CoreRecords {
         CoreRecords {
             buf: Vec::with_capacity(BUFFER_BYTES + LINE_HEADROOM),
             channel: self.clone(),
@@ -138,7 +138,7 @@ impl Drop for RecordsWriter {
 
 /// How a request attempt ended.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Status<'a> {
+pub enum Status<'a> {
     Ok,
     /// Failed, and the conversation was abandoned: counted in `requests.failures`.
     Failed {
@@ -157,7 +157,7 @@ pub(crate) enum Status<'a> {
 
 /// Token counts of a request (`None`: unknown).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Tokens {
+pub struct Tokens {
     pub prompt: Option<u64>,
     pub cached: Option<u64>,
     pub output: Option<u64>,
@@ -167,11 +167,7 @@ pub(crate) struct Tokens {
 impl Tokens {
     /// A failed request's counts: the server's `usage` if it sent one, else the client's
     /// prompt estimate and one output token per output event received; cached only from usage.
-    pub(crate) fn of_failure(
-        usage: Option<Usage>,
-        estimated_prompt: u64,
-        output_events: u32,
-    ) -> Tokens {
+    pub fn of_failure(usage: Option<Usage>, estimated_prompt: u64, output_events: u32) -> Tokens {
         match usage {
             Some(u) => Tokens {
                 prompt: Some(u.prompt_tokens),
@@ -191,7 +187,7 @@ impl Tokens {
 
 /// Which request an attempt is.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Attempt {
+pub struct Attempt {
     pub measured: bool,
     pub conversation: u64,
     pub pool_index: usize,
@@ -204,7 +200,7 @@ pub(crate) struct Attempt {
 
 impl Attempt {
     /// The record of an attempt that ran (to its end or to a failure) with `timing`.
-    pub(crate) fn timed<'a>(
+    pub fn timed<'a>(
         self,
         timing: &TurnTiming,
         itl_ns: &'a mut [u64],
@@ -225,7 +221,7 @@ impl Attempt {
 }
 
 /// One request attempt, as its core knows it at its end.
-pub(crate) struct Request<'a> {
+pub struct Request<'a> {
     pub at: Attempt,
     pub start_ns: Option<u64>,
     pub send_ns: Option<u64>,
@@ -238,7 +234,7 @@ pub(crate) struct Request<'a> {
 }
 
 /// One core's record buffer. Only its own core touches it.
-pub(crate) struct CoreRecords {
+pub struct CoreRecords {
     buf: Vec<u8>,
     channel: RecordsChannel,
     core: usize,
@@ -249,7 +245,7 @@ pub(crate) struct CoreRecords {
 
 impl CoreRecords {
     /// Appends `r`'s line; hands the buffer to the writer once it is full.
-    pub(crate) fn push(&mut self, r: Request<'_>) {
+    pub fn push(&mut self, r: Request<'_>) {
         write_line(&mut self.buf, self.core, &self.channel.urls, r);
         if self.buf.len() >= BUFFER_BYTES {
             self.hand_off();
@@ -257,7 +253,7 @@ impl CoreRecords {
     }
 
     /// Hands what is buffered to the writer (at the end of the core's run).
-    pub(crate) fn flush(&mut self) {
+    pub fn flush(&mut self) {
         if !self.buf.is_empty() {
             self.hand_off();
         }
