@@ -24,6 +24,8 @@ pub enum RunError {
     /// `--wait-for-model-timeout` ran out.
     #[error("{0}")]
     TargetNotReady(String),
+    #[error(transparent)]
+    Html(#[from] crate::html::HtmlError),
     #[error("writing {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -188,6 +190,9 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Outcome, 
         // Files first: a closed stdout or a signal while printing must not lose them.
         let dir = point_dir(res, point);
         let mut paths = write(&dir, |d| summary.write_all(d))?;
+        // From the files just written, as `parley report` rebuilds it: the page is a function
+        // of them alone.
+        paths.push(crate::html::write_report(&dir)?);
         paths.extend(
             [records::RECORDS_FILE, records::AIPERF_RECORDS_FILE]
                 .map(|name| dir.join(name))
