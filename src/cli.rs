@@ -711,6 +711,31 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
+
+    /// Do not write `records.jsonl` and `profile_export.jsonl` (one line per request, written
+    /// by default; docs/metrics.md, "Per-request records"). Same as `--export-level summary`.
+    #[arg(long, help_heading = "Output")]
+    pub no_records: bool,
+
+    /// AIPerf's export level: `records` (default) writes the per-request files, `summary` only
+    /// the summaries (like --no-records); `raw` (AIPerf's full request/response dump) is not
+    /// implemented.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LEVEL",
+        conflicts_with = "no_records",
+        help_heading = "Output"
+    )]
+    pub export_level: Option<ExportLevel>,
+}
+
+/// `--export-level` (AIPerf's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportLevel {
+    Summary,
+    Records,
+    Raw,
 }
 
 impl BenchArgs {

@@ -23,7 +23,8 @@
 //!   writes `summary.json`; [`html`] builds `report.html` (and `parley compare`'s page) from
 //!   a run directory's files.
 //! - [`run`] runs a plan with its resources: each load point through the engine into a
-//!   summary ([`run::run_point`], callable in-process by tests), files written ([`run::bench`]).
+//!   summary ([`run::run_point`], callable in-process by tests), files written ([`run::bench`]);
+//!   [`records`] writes one line per request from every core, off the hot path.
 //!   `main.rs` only chains `Plan::from_args` → `Resources::build` → `run::bench`, and exits
 //!   with the code [`verdict`] gives the run's outcome (thresholds, nothing measured, signal).
 //! - [`sim`] is the built-in OpenAI-compatible server: the default target and every test's
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod preflight;
+pub mod records;
 pub mod report;
 pub mod resources;
 pub mod run;

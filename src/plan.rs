@@ -242,6 +242,9 @@ pub struct Plan {
     pub wait_for_model: Option<Duration>,
     /// Run directories go in `<outputs_dir>/<timestamp>/<name>`.
     pub outputs_dir: PathBuf,
+    /// Write `records.jsonl` and `profile_export.jsonl` (off: `--no-records`, `--export-level
+    /// summary`).
+    pub records: bool,
     /// The run's name (`--name`, else the model's last path part), safe as a directory name.
     pub name: String,
     /// One-line notes for stderr about flags accepted but without effect (e.g.
@@ -447,6 +450,7 @@ impl Plan {
                 )?)
             },
             outputs_dir: args.outputs_dir.clone(),
+            records: records_enabled(args)?,
             name: sanitize(&name),
             notes,
             goodput,
@@ -1059,6 +1063,22 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
         host_header: header_value("url", &host_header)?,
         path,
     })
+}
+
+/// `--no-records` / `--export-level`: whether the per-request files are written.
+fn records_enabled(args: &BenchArgs) -> Result<bool, PlanError> {
+    use crate::cli::ExportLevel;
+    match args.export_level {
+        Some(ExportLevel::Raw) => Err(PlanError::Flag {
+            flag: "export-level",
+            reason: "`raw` (every request and response in full) is not implemented; `records` \
+                     (the default) writes records.jsonl and profile_export.jsonl"
+                .into(),
+        }),
+        Some(ExportLevel::Summary) => Ok(false),
+        Some(ExportLevel::Records) => Ok(true),
+        None => Ok(!args.no_records),
+    }
 }
 
 /// `url` with any `user:password@` in its authority replaced by `***@`, so credentials given in
@@ -1714,6 +1734,28 @@ mod tests {
         );
         assert_eq!(plan.cores, Some(100_000));
         assert_eq!(plan.outputs_dir, PathBuf::from("/nonexistent/out"));
+    }
+
+    #[test]
+    fn records_are_on_unless_turned_off() {
+        let on = |flags: &[&str]| Plan::from_args(&args(flags)).unwrap().records;
+        assert!(on(&[]));
+        assert!(on(&["--export-level", "records"]));
+        assert!(!on(&["--no-records"]));
+        assert!(!on(&["--export-level", "summary"]));
+        let err = plan_err(&["--export-level", "raw"]);
+        assert!(
+            err.contains("--export-level") && err.contains("not implemented"),
+            "{err}"
+        );
+        let both = [
+            "parley",
+            "bench",
+            "--no-records",
+            "--export-level",
+            "records",
+        ];
+        assert!(crate::cli::try_parse_from(both).is_err());
     }
 
     #[test]
