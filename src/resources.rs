@@ -116,7 +116,12 @@ impl Resources {
         let run_dir = create_run_dir(&plan.outputs_dir.join(local_timestamp()), &plan.name)?;
         let urls: Vec<String> = plan.targets.iter().map(|t| t.label().to_string()).collect();
         let d = &plan.dataset;
+        let started = crate::plan::WallTime::now();
         let config = RunConfig {
+            command_line: crate::report::cli_command(),
+            start_time: started.rfc3339(),
+            start_unix_s: started.unix_s,
+            flags: plan.config_view(),
             url: urls[0].clone(),
             urls,
             endpoint: plan.endpoint,

@@ -104,6 +104,7 @@ pub fn run_point(
         res.sampling.clone(),
         engine_config(plan, res, point),
     );
+    let started = crate::plan::WallTime::now();
     let cpu_before_ns = metrics::process_cpu_ns();
     let measured = engine::run(shared, on_tick)?;
     if let Some(why) = &measured.halted {
@@ -112,6 +113,8 @@ pub fn run_point(
     let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
     let mut config = res.config.clone();
     config.point = point.clone();
+    config.start_time = started.rfc3339();
+    config.start_unix_s = started.unix_s;
     let mut summary = Summary::new(
         config,
         &measured.recorder,
