@@ -286,6 +286,10 @@ pub struct Plan {
     /// `--slo` and `--max-error-rate`: thresholds on each point's summary; a breach makes the
     /// run exit 1.
     pub thresholds: Vec<Threshold>,
+    /// `--server-metrics`: `None` off; an empty list scrapes each target's `/metrics`. URLs
+    /// are checked here and recorded with credentials masked.
+    #[serde(serialize_with = "masked_urls")]
+    pub server_metrics: Option<Vec<String>>,
 }
 
 /// A secret header value, recorded as `"***"` (or `null` when absent).
@@ -309,6 +313,13 @@ fn masked_headers<S: serde::Serializer>(
         };
         format!("{name}: {value}")
     }))
+}
+
+fn masked_urls<S: serde::Serializer>(v: &Option<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(urls) => s.collect_seq(urls.iter().map(|u| redact_url(u))),
+        None => s.serialize_none(),
+    }
 }
 
 fn header_name<S: serde::Serializer>(v: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
@@ -515,6 +526,22 @@ impl Plan {
             load.config.warmup_conversations = Some(((w * number as f64) as u64).max(1));
         }
 
+        let server_metrics = match &args.server_metrics {
+            None => None,
+            Some(urls) => {
+                let urls: Vec<String> = urls
+                    .iter()
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                for u in &urls {
+                    crate::server_metrics::parse_url(u).map_err(|reason| {
+                        flag_err("server-metrics", format!("{}: {reason}", redact_url(u)))
+                    })?;
+                }
+                Some(urls)
+            }
+        };
         let goodput = parse_goodput(&args.goodput)?;
         let thresholds = parse_thresholds(&args.slo, args.max_error_rate, goodput.is_some())?;
         let name = args.name.clone().unwrap_or_else(|| {
@@ -579,6 +606,7 @@ impl Plan {
             notes,
             goodput,
             thresholds,
+            server_metrics,
         })
     }
 

@@ -229,6 +229,8 @@ pub struct Summary {
     /// By turn index, turn 1 first.
     pub by_turn: Vec<TurnSummary>,
     pub client: ClientCost,
+    /// `--server-metrics`: the server's own counters beside the client's (`null` without it).
+    pub server_metrics: Option<crate::server_metrics::ServerMetrics>,
     /// Written as `workload_timeline.json`, not into `summary.json`.
     #[serde(skip)]
     pub timeline: TimelineFile,
@@ -402,6 +404,7 @@ impl Summary {
             by_turn: rec.by_turn.summary(),
             timeline,
             exports,
+            server_metrics: None,
             client: ClientCost {
                 cpu_s: cpu_ns as f64 / 1e9,
                 cpu_us_per_request: per(requests),
@@ -679,6 +682,9 @@ impl Summary {
                 );
             }
             None => {}
+        }
+        if let Some(server) = &self.server_metrics {
+            out.push_str(&server.render());
         }
         if self.config.skipped_invalid > 0 || self.config.filtered > 0 {
             let _ = writeln!(

@@ -13,6 +13,7 @@ use crate::metrics;
 use crate::plan::{Plan, Point, DEFAULT_PARALLEL};
 use crate::report::{Summary, SweepRow};
 use crate::resources::Resources;
+use crate::server_metrics;
 use crate::signal;
 use crate::verdict::{self, Outcome};
 
@@ -105,8 +106,13 @@ pub fn run_point(
         engine_config(plan, res, point),
     );
     let started = crate::plan::WallTime::now();
+    // Its first scrape is taken here, before any request; the engine's cores never see it.
+    let scraper = (!res.metrics_sources.is_empty()).then(|| {
+        server_metrics::Scraper::start(res.metrics_sources.clone(), server_metrics::SCRAPE_INTERVAL)
+    });
     let cpu_before_ns = metrics::process_cpu_ns();
     let measured = engine::run(shared, on_tick)?;
+    let scraped = scraper.map(server_metrics::Scraper::finish);
     if let Some(why) = &measured.halted {
         stderr(&format!("parley: {why}\n"));
     }
@@ -124,6 +130,13 @@ pub fn run_point(
         res.with_sim(),
     );
     summary.interrupted_by = signal::received_name();
+    summary.server_metrics = scraped.map(|series| {
+        server_metrics::ServerMetrics::of(
+            series,
+            server_metrics::ClientTotals::of(&measured.recorder),
+            measured.warmup.is_some(),
+        )
+    });
     summary.thresholds = verdict::evaluate(&plan.thresholds, &summary);
     Ok(summary)
 }
