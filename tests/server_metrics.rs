@@ -55,7 +55,13 @@ fn check_against_record(sm: &Value, records: &[Value], flavor: &str) {
     assert_eq!(u(&sm["client"]["output_tokens"]), generated);
     assert_eq!(sm["difference"]["prompt_tokens"], 0);
     assert_eq!(sm["difference"]["generation_tokens"], 0);
-    assert!(sm["difference"]["prefix_cache_hit_rate"].as_f64().unwrap().abs() < 1e-12);
+    assert!(
+        sm["difference"]["prefix_cache_hit_rate"]
+            .as_f64()
+            .unwrap()
+            .abs()
+            < 1e-12
+    );
     let endpoints = sm["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 1);
     let e = &endpoints[0];
@@ -102,8 +108,15 @@ fn sglang_names_deltas_equal_the_sims_record() {
     let (prompt, cached, _) = record_totals(&records);
     // The sim's gauge is its whole-run rate, so at the end it is the counters' ratio.
     let gauge = sm["endpoints"][0]["cache_hit_rate_gauge"].as_f64().unwrap();
-    assert!((gauge - cached as f64 / prompt as f64).abs() < 1e-9, "{gauge}");
-    assert!(run.stdout.contains("sglang:cache_hit_rate"), "{}", run.stdout);
+    assert!(
+        (gauge - cached as f64 / prompt as f64).abs() < 1e-9,
+        "{gauge}"
+    );
+    assert!(
+        run.stdout.contains("sglang:cache_hit_rate"),
+        "{}",
+        run.stdout
+    );
 }
 
 /// Refused, 404 and a server that never answers: each a note, the run exits 0 with its report.
