@@ -44,6 +44,12 @@ pub enum Command {
     /// somaxconn, CPU governor and idle states, cpu_dma_latency, IRQ affinity, isolcpus) and
     /// print what to change. Exits 0 with warnings: they are advice.
     Doctor(DoctorArgs),
+    /// Rebuild a run directory's report.html from its files (summary.json,
+    /// workload_timeline.json), as the run wrote it.
+    Report(ReportArgs),
+    /// Set runs side by side: headline figures (req/s, output tok/s, TTFT, ITL and latency
+    /// p50/p99, error rate, cache hit) with deltas against the first run, and a comparison page.
+    Compare(CompareArgs),
 }
 
 /// The `parley` command with what derive cannot write: `--dataset`'s long help generated from
@@ -189,6 +195,30 @@ pub struct DoctorArgs {
     /// The --parallel the benchmark will use (sizes the fd, port and backlog checks).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub parallel: u64,
+}
+
+/// Flags of `parley report`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Example:\n  parley report outputs/20250101_120000/parley")]
+pub struct ReportArgs {
+    /// A run directory (the one holding summary.json; for a sweep, one point's directory).
+    pub run_dir: PathBuf,
+}
+
+/// Flags of `parley compare`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Example:\n  parley compare outputs/20250101_120000/parley outputs/20250102_090000/parley \\\n      --output vllm-vs-sglang.html"
+)]
+pub struct CompareArgs {
+    /// Run directories (or their summary.json files); the first is the baseline every delta is
+    /// taken against.
+    #[arg(required = true, num_args = 2..)]
+    pub runs: Vec<PathBuf>,
+
+    /// Where to write the comparison page.
+    #[arg(long, short = 'o', default_value = "compare.html")]
+    pub output: PathBuf,
 }
 
 /// `parley bench`'s exit codes (README "Exit codes").

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Dist, Recorder};
 use crate::plan::RunConfig;
@@ -16,7 +16,7 @@ use crate::turns::TurnSummary;
 
 /// `{count, mean, std, min, p50, p90, p95, p99, max}` of one distribution, in the unit its key
 /// names; `null` when no request contributed.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
     pub count: u64,
     pub mean: Option<f64>,
@@ -43,6 +43,44 @@ impl Stats {
             p95: q(0.95),
             p99: q(0.99),
             max: d.max().map(|v| v as f64 * scale),
+        }
+    }
+}
+
+/// Quantile levels of [`Quantiles`]: 0.5 %, 1 %, … 100 % (200 levels).
+pub const QUANTILE_LEVELS: usize = 200;
+
+/// `summary.json`'s `quantiles`: the value at each level of [`QUANTILE_LEVELS`] for the main
+/// distributions, from the same merged histograms as their [`Stats`] — enough for a CDF (the
+/// HTML report's) while the file stays bounded whatever the run's length. A column is empty
+/// when no request (or trace) contributed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Quantiles {
+    /// The levels, in (0, 1], shared by every column.
+    pub q: Vec<f64>,
+    pub ttft_ms: Vec<f64>,
+    pub itl_ms: Vec<f64>,
+    pub latency_ms: Vec<f64>,
+    /// Per completed conversation (`traces.latency_s`).
+    pub trace_latency_s: Vec<f64>,
+}
+
+impl Quantiles {
+    pub(crate) fn of(rec: &Recorder) -> Quantiles {
+        let q: Vec<f64> = (1..=QUANTILE_LEVELS)
+            .map(|i| i as f64 / QUANTILE_LEVELS as f64)
+            .collect();
+        let column = |d: &Dist, scale: f64| -> Vec<f64> {
+            q.iter()
+                .filter_map(|&level| d.quantile(level).map(|v| v as f64 * scale))
+                .collect()
+        };
+        Quantiles {
+            ttft_ms: column(&rec.ttft_us, 1e-3),
+            itl_ms: column(&rec.itl_us, 1e-3),
+            latency_ms: column(&rec.latency_us, 1e-3),
+            trace_latency_s: column(&rec.traces.latency_us, 1e-6),
+            q,
         }
     }
 }
@@ -228,6 +266,8 @@ pub struct Summary {
     pub workload_throughput: WorkloadThroughput,
     /// By turn index, turn 1 first.
     pub by_turn: Vec<TurnSummary>,
+    /// Value at 0.5 %, 1 %, … 100 % of TTFT, ITL, latency and trace latency (for CDFs).
+    pub quantiles: Quantiles,
     pub client: ClientCost,
     /// `--server-metrics`: the server's own counters beside the client's (`null` without it).
     pub server_metrics: Option<crate::server_metrics::ServerMetrics>,
@@ -402,6 +442,7 @@ impl Summary {
             traces: TraceSummary::of(&rec.traces),
             workload_throughput: WorkloadThroughput::of(&timeline.points),
             by_turn: rec.by_turn.summary(),
+            quantiles: Quantiles::of(rec),
             timeline,
             exports,
             server_metrics: None,
