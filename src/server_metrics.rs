@@ -40,7 +40,7 @@ const MAX_TIMELINE_POINTS: usize = 2_000;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     pub value: f64,
 }
 
@@ -104,8 +104,11 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     })
 }
 
+/// A sample's labels, `(name, value)` in their order.
+type Labels = Vec<(String, String)>;
+
 /// Labels after the `{`, up to and including the `}`; returns them and the text after.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();

@@ -122,6 +122,9 @@ fn an_open_loop_synthetic_run_validates() {
     check_run(&run);
 }
 
+/// A change made to a valid summary.
+type Edit = Box<dyn Fn(&mut Value)>;
+
 /// The schemas are strict: a renamed, a missing and an unknown key each fail, at any depth.
 #[test]
 fn renamed_missing_or_extra_keys_fail() {
@@ -129,7 +132,7 @@ fn renamed_missing_or_extra_keys_fail() {
     let v = schema("summary.schema.json");
     let good = run.summary.clone();
     assert_eq!(errors(&v, &good), "");
-    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let edits: Vec<(&str, Edit)> = vec![
         (
             "renamed top-level key",
             Box::new(|s: &mut Value| {
