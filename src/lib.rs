@@ -40,6 +40,7 @@ pub mod chunk;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cpus;
 pub mod doctor;
 pub mod engine;
 pub mod export;

@@ -76,8 +76,8 @@ fn dataset(args: &DatasetArgs) -> Result<()> {
 }
 
 fn run_doctor(args: &DoctorArgs) -> Result<()> {
-    let cpus = match &args.cores {
-        Some(list) => doctor::parse_cpu_list(list)?,
+    let cpus = match &args.cpus {
+        Some(list) => doctor::resolve_cpu_list(list)?,
         None => doctor::online_cpus(),
     };
     let target = doctor::Target {

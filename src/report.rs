@@ -203,6 +203,8 @@ pub struct ClientCost {
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct CoreCost {
+    /// The CPU the executor was pinned to (`--cpus`, or the first `--cores` allowed CPUs).
+    pub cpu: usize,
     /// User + system CPU of the core's executor thread.
     pub cpu_s: f64,
     /// Wall time from the executor's start to its last slot finishing.
@@ -456,6 +458,7 @@ impl Summary {
                     .core_loads
                     .iter()
                     .map(|c| CoreCost {
+                        cpu: c.cpu,
                         cpu_s: c.cpu_ns as f64 / 1e9,
                         wall_s: c.wall_ns as f64 / 1e9,
                         busy_pct: 100.0 * c.busy_fraction(),
@@ -1145,10 +1148,12 @@ mod tests {
         let mut rec = Recorder::new();
         rec.core_loads = vec![
             CoreLoad {
+                cpu: 0,
                 cpu_ns: 300,
                 wall_ns: 1_000,
             },
             CoreLoad {
+                cpu: 0,
                 cpu_ns: 890,
                 wall_ns: 1_000,
             },
@@ -1182,6 +1187,7 @@ mod tests {
     fn no_bottleneck_warning_on_a_small_run() {
         let mut rec = Recorder::new();
         rec.core_loads = vec![CoreLoad {
+            cpu: 0,
             cpu_ns: 990,
             wall_ns: 1_000,
         }];
@@ -1202,6 +1208,7 @@ mod tests {
     fn saturation_is_flagged_from_send_lag_p99() {
         let mut rec = Recorder::new();
         rec.core_loads = vec![CoreLoad {
+            cpu: 0,
             cpu_ns: 100,
             wall_ns: 1_000,
         }];
