@@ -31,6 +31,8 @@
 //!   ground truth.
 //! - [`tokenizer`] wraps the HF tokenizer (builtin Qwen2 BPE or a user's tokenizer.json) and the
 //!   chat rendering shared by the client's synthesis and the sim's prompt counting.
+//! - [`server_metrics`] scrapes the server's Prometheus `/metrics` around a run
+//!   (`--server-metrics`), on its own thread.
 //! - [`net`] adapts glommio sockets to hyper's I/O traits.
 //! - [`doctor`] checks the host's tuning for benchmarking (`parley doctor`); [`host`] holds the
 //!   process-wide settings that keep parley's own timing true.
@@ -53,6 +55,7 @@ pub mod records;
 pub mod report;
 pub mod resources;
 pub mod run;
+pub mod server_metrics;
 pub mod signal;
 pub mod sim;
 pub mod sse;

@@ -14,6 +14,7 @@ use crate::plan::{Plan, Point, DEFAULT_PARALLEL};
 use crate::records::{self, RecordsWriter};
 use crate::report::{Summary, SweepRow};
 use crate::resources::Resources;
+use crate::server_metrics;
 use crate::signal;
 use crate::verdict::{self, Outcome};
 
@@ -120,8 +121,14 @@ pub fn run_point(
     } else {
         None
     };
+    let started = crate::plan::WallTime::now();
+    // Its first scrape is taken here, before any request; the engine's cores never see it.
+    let scraper = (!res.metrics_sources.is_empty()).then(|| {
+        server_metrics::Scraper::start(res.metrics_sources.clone(), server_metrics::SCRAPE_INTERVAL)
+    });
     let cpu_before_ns = metrics::process_cpu_ns();
     let measured = engine::run(shared, on_tick)?;
+    let scraped = scraper.map(server_metrics::Scraper::finish);
     if let Some(why) = &measured.halted {
         stderr(&format!("parley: {why}\n"));
     }
@@ -143,6 +150,8 @@ pub fn run_point(
     }
     let mut config = res.config.clone();
     config.point = point.clone();
+    config.start_time = started.rfc3339();
+    config.start_unix_s = started.unix_s;
     let mut summary = Summary::new(
         config,
         &measured.recorder,
@@ -152,6 +161,13 @@ pub fn run_point(
         res.with_sim(),
     );
     summary.interrupted_by = signal::received_name();
+    summary.server_metrics = scraped.map(|series| {
+        server_metrics::ServerMetrics::of(
+            series,
+            server_metrics::ClientTotals::of(&measured.recorder),
+            measured.warmup.is_some(),
+        )
+    });
     summary.thresholds = verdict::evaluate(&plan.thresholds, &summary);
     Ok(summary)
 }
