@@ -1667,6 +1667,8 @@ mod tests {
             ("slo", "thresholds"),
             ("max_error_rate", "thresholds"),
             ("tokenize_prompt", "notes"),
+            ("no_records", "records"),
+            ("export_level", "records"),
         ];
         // Flags that change nothing a run records: console and accepted-for-compatibility.
         let not_run_settings = [
