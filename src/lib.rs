@@ -51,6 +51,7 @@ pub mod run;
 pub mod signal;
 pub mod sim;
 pub mod sse;
+pub mod template;
 pub mod timeline;
 pub mod tokenizer;
 pub mod trace;

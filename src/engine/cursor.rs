@@ -348,8 +348,10 @@ pub(crate) struct Cursor<'a> {
     history: &'a mut Vec<Bytes>,
     /// Index of the turn [`Cursor::advance`] returns next.
     next: usize,
-    /// Bare tokens of everything in the history (dataset deltas plus earlier replies' output
-    /// tokens): the prompt estimate for servers that send no usage.
+    /// Tokens of everything in the history (dataset deltas — bare, or with the chat template's
+    /// overhead when the tokenizer directory has one, see `template::template_delta_tokens` —
+    /// plus earlier live replies' output tokens): the prompt estimate for servers that send no
+    /// usage.
     estimated_prompt: u64,
     /// The form of the bodies built from the history (set by [`Cursor::body`], which runs before
     /// every reply): chat separates messages with commas, completions text needs no separator
@@ -408,11 +410,15 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Records the current turn's reply: its output tokens join the estimate, and the reply the
+    /// Records the current turn's reply: in live mode its output tokens join the estimate; the reply the
     /// context mode calls for (live, the dataset's, or none) joins the history when another turn
     /// follows.
     pub(crate) fn on_reply(&mut self, turn: &Turn, completion_tokens: u64, live_reply: &str) {
-        self.estimated_prompt += completion_tokens;
+        // Only a live reply joins the history; canned turns' deltas already count the recorded
+        // reply before them, and verbatim turns count their whole array.
+        if self.conv.context == ContextMode::Live {
+            self.estimated_prompt += completion_tokens;
+        }
         if self.at_last_turn() {
             return;
         }
