@@ -127,11 +127,6 @@ impl Tokenizer {
             reason,
         };
         let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-        let chat_template = if meta.is_dir() {
-            ChatTemplate::from_dir(path)?
-        } else {
-            None
-        };
         let file = if meta.is_dir() {
             let f = path.join("tokenizer.json");
             if !f.is_file() {
@@ -154,6 +149,11 @@ impl Tokenizer {
             .with_truncation(None)
             .map_err(|e| err(format!("cannot disable truncation: {e}")))?;
         inner.with_padding(None);
+        let chat_template = if meta.is_dir() {
+            ChatTemplate::from_dir(path)?
+        } else {
+            None
+        };
         let allowed = compute_allowed(&inner);
         let fast = FastPath::new(&inner, false);
         Ok(Tokenizer {
