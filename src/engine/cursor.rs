@@ -608,6 +608,35 @@ mod tests {
         );
     }
 
+    /// Canned: the estimate counts the recorded replies in the history (their tokens joined the
+    /// next turn's delta when the conversation was converted), never the live reply's output.
+    #[test]
+    fn canned_estimate_counts_the_recorded_replies() {
+        let with_reply = |u: &str, r: &str, n| Turn {
+            reply: Some(Bytes::from(message_json("assistant", r))),
+            ..Turn::user(u, Some(n))
+        };
+        let mut conv = Conversation::live(vec![
+            with_reply("u1", "r1", 3),
+            with_reply("u2", "r2", 4),
+            Turn::user("u3", Some(5)),
+        ]);
+        conv.convert(ContextMode::Canned, |r| Some(r.len() as u32))
+            .unwrap();
+        let reply_len = |k: usize| conv.turns[k].reply.as_ref().unwrap().len() as u64;
+        let (r1, r2) = (reply_len(0), reply_len(1));
+        let mut history = Vec::new();
+        let mut c = Cursor::new(&conv, &mut history);
+        let (_, t) = c.advance().unwrap();
+        assert_eq!(c.estimated_prompt(), 3);
+        c.on_reply(t, 1000, "live");
+        let (_, t) = c.advance().unwrap();
+        assert_eq!(c.estimated_prompt(), 3 + r1 + 4);
+        c.on_reply(t, 1000, "live");
+        c.advance().unwrap();
+        assert_eq!(c.estimated_prompt(), 3 + r1 + 4 + r2 + 5);
+    }
+
     /// The completions prompt of the cursor's current turn, decoded.
     fn prompt(cursor: &mut Cursor<'_>, turn: &Turn) -> String {
         let bytes = bytes_of(cursor.body(&completions_shape(), turn));
