@@ -44,6 +44,12 @@ pub enum Command {
     /// somaxconn, CPU governor and idle states, cpu_dma_latency, IRQ affinity, isolcpus) and
     /// print what to change. Exits 0 with warnings: they are advice.
     Doctor(DoctorArgs),
+    /// Rebuild a run directory's report.html from its files (summary.json,
+    /// workload_timeline.json), as the run wrote it.
+    Report(ReportArgs),
+    /// Set runs side by side: headline figures (req/s, output tok/s, TTFT, ITL and latency
+    /// p50/p99, error rate, cache hit) with deltas against the first run, and a comparison page.
+    Compare(CompareArgs),
 }
 
 /// The `parley` command with what derive cannot write: `--dataset`'s long help generated from
@@ -180,15 +186,41 @@ pub struct SweSmithBuildArgs {
 
 /// Flags of `parley doctor`.
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Examples:\n  parley doctor\n  parley doctor --cores 2-3 --parallel 10000")]
+#[command(after_help = "Examples:\n  parley doctor\n  parley doctor --cpus 2-3 --parallel 10000")]
 pub struct DoctorArgs {
-    /// CPUs the benchmark will pin executors to, as a list (0-3,6). Default: every online CPU.
-    #[arg(long)]
-    pub cores: Option<String>,
+    /// CPUs the benchmark will pin executors to (`parley bench --cpus`), as a kernel-style list
+    /// (2-9,12). A CPU that does not exist or that this process may not use is an error.
+    /// Default: every CPU this process may use. `--cores` is the older spelling.
+    #[arg(long, visible_alias = "cores")]
+    pub cpus: Option<String>,
 
     /// The --parallel the benchmark will use (sizes the fd, port and backlog checks).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub parallel: u64,
+}
+
+/// Flags of `parley report`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Example:\n  parley report outputs/20250101_120000/parley")]
+pub struct ReportArgs {
+    /// A run directory (the one holding summary.json; for a sweep, one point's directory).
+    pub run_dir: PathBuf,
+}
+
+/// Flags of `parley compare`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Example:\n  parley compare outputs/20250101_120000/parley outputs/20250102_090000/parley \\\n      --output vllm-vs-sglang.html"
+)]
+pub struct CompareArgs {
+    /// Run directories (or their summary.json files); the first is the baseline every delta is
+    /// taken against.
+    #[arg(required = true, num_args = 2..)]
+    pub runs: Vec<PathBuf>,
+
+    /// Where to write the comparison page.
+    #[arg(long, short = 'o', default_value = "compare.html")]
+    pub output: PathBuf,
 }
 
 /// `parley bench`'s exit codes (README "Exit codes").
@@ -378,9 +410,16 @@ pub struct BenchArgs {
     #[arg(long, visible_alias = "sleep-interval", default_value_t = 0.0, value_parser = non_negative_f64, help_heading = "Load")]
     pub sweep_pause: f64,
 
-    /// Cores to run executors on: one pinned executor each. Default: every online core.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load")]
+    /// Cores to run executors on: one pinned executor each, on the first N CPUs this process
+    /// may use. Default: all of them.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Load", conflicts_with = "cpus")]
     pub cores: Option<u32>,
+
+    /// Exact CPUs to run executors on, one pinned executor each, as a kernel-style list (2-9,12),
+    /// e.g. the CPUs a host isolates with isolcpus=. Every CPU must be online and in this
+    /// process's affinity mask.
+    #[arg(long, value_name = "LIST", help_heading = "Load")]
+    pub cpus: Option<String>,
 
     /// Keep every executor spinning instead of parking (sleeping in the kernel) when it has
     /// nothing to do; it parks only after 10 ms with no work at all. Wake-ups then cost no

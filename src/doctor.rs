@@ -74,69 +74,19 @@ pub struct Target {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
-    #[error("--cores {0:?}: expected a CPU list such as 0-3,6")]
+    #[error("--cpus: {0}")]
     CpuList(String),
 }
 
-/// The CPUs `parley bench` pins to by default: every online CPU.
+/// The CPUs `parley bench` pins to by default: every CPU this process may run on.
 pub fn online_cpus() -> Vec<usize> {
-    let online: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    if online.is_empty() {
-        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
-    } else {
-        online
-    }
+    crate::cpus::allowed()
 }
 
-/// Parses a kernel-style CPU list (`0-3,6`), as in `isolcpus=` and `--cores` of `doctor`.
-pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>, DoctorError> {
-    let bad = || DoctorError::CpuList(list.to_string());
-    let mut cpus = Vec::new();
-    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) =
-                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                if a > b {
-                    return Err(bad());
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    if cpus.is_empty() {
-        return Err(bad());
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
-}
-
-/// Formats CPUs back as a compact list (`0-3,6`).
-pub fn format_cpu_list(cpus: &[usize]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let mut j = i;
-        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
-            j += 1;
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if j > i {
-            let _ = write!(out, "{}-{}", cpus[i], cpus[j]);
-        } else {
-            let _ = write!(out, "{}", cpus[i]);
-        }
-        i = j + 1;
-    }
-    out
+/// Parses and checks `--cpus` (a kernel-style list such as `0-3,6`) against this host: a CPU
+/// that does not exist or that the process may not use is an error, not a check row.
+pub fn resolve_cpu_list(list: &str) -> Result<Vec<usize>, DoctorError> {
+    crate::cpus::resolve(list).map_err(DoctorError::CpuList)
 }
 
 /// Parses a `/proc/irq/N/smp_affinity` hex mask (comma-separated 32-bit words, most
@@ -395,7 +345,7 @@ pub fn check_irq_affinity(irq_masks: &[(u32, Vec<usize>)], cpus: &[usize]) -> Ch
     } else {
         Status::Warn
     };
-    let list = format_cpu_list(cpus);
+    let list = crate::cpus::format_list(cpus);
     Check {
         name: "irq-affinity",
         status,
@@ -428,7 +378,7 @@ pub fn check_isolcpus(cmdline: Option<&str>, cpus: &[usize]) -> Check {
                 .collect::<Vec<_>>()
                 .join(",")
         })
-        .and_then(|v| parse_cpu_list(&v).ok())
+        .and_then(|v| crate::cpus::parse_list(&v))
         .unwrap_or_default();
     let missing: Vec<usize> = cpus
         .iter()
@@ -440,14 +390,14 @@ pub fn check_isolcpus(cmdline: Option<&str>, cpus: &[usize]) -> Check {
     } else {
         Status::Warn
     };
-    let list = format_cpu_list(cpus);
+    let list = crate::cpus::format_list(cpus);
     Check {
         name: "isolcpus",
         status,
         current: if isolated.is_empty() {
             "none".into()
         } else {
-            format_cpu_list(&isolated)
+            crate::cpus::format_list(&isolated)
         },
         recommended: format!("isolcpus={list} nohz_full={list} (dedicated benchmark hosts)"),
         why: "keeps the scheduler's other work and the tick off the cores parley pins to",
@@ -464,7 +414,11 @@ pub fn check_isolcpus(cmdline: Option<&str>, cpus: &[usize]) -> Check {
 
 impl Check {
     fn with_cpus_note(mut self, cpus: &[usize]) -> Check {
-        let _ = write!(self.recommended, " on CPUs {}", format_cpu_list(cpus));
+        let _ = write!(
+            self.recommended,
+            " on CPUs {}",
+            crate::cpus::format_list(cpus)
+        );
         self
     }
 }
@@ -735,12 +689,9 @@ mod tests {
 
     #[test]
     fn cpu_lists_and_masks_parse() {
-        assert_eq!(parse_cpu_list("0-3,6").unwrap(), vec![0, 1, 2, 3, 6]);
-        assert_eq!(parse_cpu_list("5").unwrap(), vec![5]);
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("x").is_err());
-        assert!(parse_cpu_list("").is_err());
-        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert!(resolve_cpu_list("3-1").is_err());
+        let e = resolve_cpu_list("100000").unwrap_err().to_string();
+        assert!(e.starts_with("--cpus: \"100000\" is not a CPU list"), "{e}");
         assert_eq!(parse_affinity_mask("3").unwrap(), vec![0, 1]);
         assert_eq!(
             parse_affinity_mask("00000001,00000004").unwrap(),

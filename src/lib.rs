@@ -20,7 +20,8 @@
 //! - [`client`] sends one turn over a keep-alive hyper connection and streams the reply through
 //!   [`sse`] framing and [`chunk`] parsing (simd-json), stamping every read with [`clock`].
 //! - [`metrics`] merges per-core histograms once at the end; [`report`] prints the tables and
-//!   writes `summary.json`.
+//!   writes `summary.json`; [`html`] builds `report.html` (and `parley compare`'s page) from
+//!   a run directory's files.
 //! - [`run`] runs a plan with its resources: each load point through the engine into a
 //!   summary ([`run::run_point`], callable in-process by tests), files written ([`run::bench`]).
 //!   `main.rs` only chains `Plan::from_args` → `Resources::build` → `run::bench`, and exits
@@ -37,10 +38,12 @@ pub mod chunk;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cpus;
 pub mod doctor;
 pub mod engine;
 pub mod export;
 pub mod host;
+pub mod html;
 pub mod metrics;
 pub mod net;
 pub mod plan;

@@ -4,7 +4,8 @@ use anyhow::{Context, Result};
 use mimalloc::MiMalloc;
 
 use parley::cli::{
-    BenchArgs, Command, DatasetArgs, DatasetBuildSource, DatasetCommand, DoctorArgs,
+    BenchArgs, Command, CompareArgs, DatasetArgs, DatasetBuildSource, DatasetCommand, DoctorArgs,
+    ReportArgs,
 };
 use parley::plan::Plan;
 use parley::resources::Resources;
@@ -25,6 +26,8 @@ fn main() {
         Command::Sim(args) => sim::run(&args).context("parley sim").map(|()| EXIT_OK),
         Command::Dataset(args) => dataset(&args).map(|()| EXIT_OK),
         Command::Doctor(args) => run_doctor(&args).map(|()| EXIT_OK),
+        Command::Report(args) => report(&args).map(|()| EXIT_OK),
+        Command::Compare(args) => compare(&args).map(|()| EXIT_OK),
     };
     match result {
         Ok(EXIT_OK) => {}
@@ -73,8 +76,8 @@ fn dataset(args: &DatasetArgs) -> Result<()> {
 }
 
 fn run_doctor(args: &DoctorArgs) -> Result<()> {
-    let cpus = match &args.cores {
-        Some(list) => doctor::parse_cpu_list(list)?,
+    let cpus = match &args.cpus {
+        Some(list) => doctor::resolve_cpu_list(list)?,
         None => doctor::online_cpus(),
     };
     let target = doctor::Target {
@@ -83,6 +86,17 @@ fn run_doctor(args: &DoctorArgs) -> Result<()> {
     };
     let facts = doctor::HostFacts::read(&target.cpus);
     print!("{}", doctor::render(&doctor::checks(&facts, &target)));
+    Ok(())
+}
+
+fn report(args: &ReportArgs) -> Result<()> {
+    let path = parley::html::write_report(&args.run_dir)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn compare(args: &CompareArgs) -> Result<()> {
+    print!("{}", parley::html::compare(&args.runs, &args.output)?);
     Ok(())
 }
 

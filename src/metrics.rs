@@ -212,6 +212,8 @@ pub struct Success<'a> {
 /// for its sockets counts) over the wall time it ran.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CoreLoad {
+    /// The CPU the executor was pinned to.
+    pub cpu: usize,
     pub cpu_ns: u64,
     pub wall_ns: u64,
 }

@@ -225,6 +225,8 @@ pub struct Plan {
     pub dataset: DatasetPlan,
     /// `--cores`: how many of the CPUs this process may use (`None`: all).
     pub cores: Option<u32>,
+    /// `--cpus`: exactly these CPUs (parsed here; checked against the host by the resources).
+    pub cpus: Option<Vec<usize>>,
     pub spin: bool,
     pub seed: u64,
     pub connect_timeout: Duration,
@@ -414,6 +416,18 @@ impl Plan {
                 tokenizer_path: args.tokenizer_path.clone(),
             },
             cores: args.cores,
+            cpus: args
+                .cpus
+                .as_deref()
+                .map(|list| {
+                    crate::cpus::parse_list(list).ok_or_else(|| PlanError::Flag {
+                        flag: "cpus",
+                        reason: format!(
+                            "{list:?} is not a CPU list such as 2-9,12 (CPUs and inclusive ranges)"
+                        ),
+                    })
+                })
+                .transpose()?,
             spin: args.spin,
             seed: args.seed,
             connect_timeout: timeout("connect-timeout", args.connect_timeout)?,

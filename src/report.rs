@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Dist, Recorder};
 use crate::plan::RunConfig;
@@ -16,7 +16,7 @@ use crate::turns::TurnSummary;
 
 /// `{count, mean, std, min, p50, p90, p95, p99, max}` of one distribution, in the unit its key
 /// names; `null` when no request contributed.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
     pub count: u64,
     pub mean: Option<f64>,
@@ -43,6 +43,44 @@ impl Stats {
             p95: q(0.95),
             p99: q(0.99),
             max: d.max().map(|v| v as f64 * scale),
+        }
+    }
+}
+
+/// Quantile levels of [`Quantiles`]: 0.5 %, 1 %, … 100 % (200 levels).
+pub const QUANTILE_LEVELS: usize = 200;
+
+/// `summary.json`'s `quantiles`: the value at each level of [`QUANTILE_LEVELS`] for the main
+/// distributions, from the same merged histograms as their [`Stats`] — enough for a CDF (the
+/// HTML report's) while the file stays bounded whatever the run's length. A column is empty
+/// when no request (or trace) contributed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Quantiles {
+    /// The levels, in (0, 1], shared by every column.
+    pub q: Vec<f64>,
+    pub ttft_ms: Vec<f64>,
+    pub itl_ms: Vec<f64>,
+    pub latency_ms: Vec<f64>,
+    /// Per completed conversation (`traces.latency_s`).
+    pub trace_latency_s: Vec<f64>,
+}
+
+impl Quantiles {
+    pub(crate) fn of(rec: &Recorder) -> Quantiles {
+        let q: Vec<f64> = (1..=QUANTILE_LEVELS)
+            .map(|i| i as f64 / QUANTILE_LEVELS as f64)
+            .collect();
+        let column = |d: &Dist, scale: f64| -> Vec<f64> {
+            q.iter()
+                .filter_map(|&level| d.quantile(level).map(|v| v as f64 * scale))
+                .collect()
+        };
+        Quantiles {
+            ttft_ms: column(&rec.ttft_us, 1e-3),
+            itl_ms: column(&rec.itl_us, 1e-3),
+            latency_ms: column(&rec.latency_us, 1e-3),
+            trace_latency_s: column(&rec.traces.latency_us, 1e-6),
+            q,
         }
     }
 }
@@ -165,6 +203,8 @@ pub struct ClientCost {
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct CoreCost {
+    /// The CPU the executor was pinned to (`--cpus`, or the first `--cores` allowed CPUs).
+    pub cpu: usize,
     /// User + system CPU of the core's executor thread.
     pub cpu_s: f64,
     /// Wall time from the executor's start to its last slot finishing.
@@ -228,6 +268,8 @@ pub struct Summary {
     pub workload_throughput: WorkloadThroughput,
     /// By turn index, turn 1 first.
     pub by_turn: Vec<TurnSummary>,
+    /// Value at 0.5 %, 1 %, … 100 % of TTFT, ITL, latency and trace latency (for CDFs).
+    pub quantiles: Quantiles,
     pub client: ClientCost,
     /// Written as `workload_timeline.json`, not into `summary.json`.
     #[serde(skip)]
@@ -400,6 +442,7 @@ impl Summary {
             traces: TraceSummary::of(&rec.traces),
             workload_throughput: WorkloadThroughput::of(&timeline.points),
             by_turn: rec.by_turn.summary(),
+            quantiles: Quantiles::of(rec),
             timeline,
             exports,
             client: ClientCost {
@@ -412,6 +455,7 @@ impl Summary {
                     .core_loads
                     .iter()
                     .map(|c| CoreCost {
+                        cpu: c.cpu,
                         cpu_s: c.cpu_ns as f64 / 1e9,
                         wall_s: c.wall_ns as f64 / 1e9,
                         busy_pct: 100.0 * c.busy_fraction(),
@@ -1043,10 +1087,12 @@ mod tests {
         let mut rec = Recorder::new();
         rec.core_loads = vec![
             CoreLoad {
+                cpu: 0,
                 cpu_ns: 300,
                 wall_ns: 1_000,
             },
             CoreLoad {
+                cpu: 0,
                 cpu_ns: 890,
                 wall_ns: 1_000,
             },
@@ -1080,6 +1126,7 @@ mod tests {
     fn no_bottleneck_warning_on_a_small_run() {
         let mut rec = Recorder::new();
         rec.core_loads = vec![CoreLoad {
+            cpu: 0,
             cpu_ns: 990,
             wall_ns: 1_000,
         }];
@@ -1100,6 +1147,7 @@ mod tests {
     fn saturation_is_flagged_from_send_lag_p99() {
         let mut rec = Recorder::new();
         rec.core_loads = vec![CoreLoad {
+            cpu: 0,
             cpu_ns: 100,
             wall_ns: 1_000,
         }];

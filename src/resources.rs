@@ -105,7 +105,7 @@ impl Resources {
                 Target::BuiltinSim { .. } => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let cpus = pick_cpus(plan.cores)?;
+        let cpus = pick_cpus(plan.cores, plan.cpus.as_deref())?;
         check_fd_limit(plan, cpus.len())?;
         // Before the (possibly long) dataset build: an unusable --outputs-dir is found now.
         check_outputs_dir(&plan.outputs_dir)?;
@@ -423,22 +423,29 @@ fn message_tokens(tokenizer: &Tokenizer, message: &[u8]) -> u32 {
     }
 }
 
-/// The first `cores` CPUs this process may run on (all without `--cores`).
-fn pick_cpus(cores: Option<u32>) -> Result<Vec<usize>, ResourceError> {
-    let mut online: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    if online.is_empty() {
-        online = (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+/// `--cpus` as given, once the host has them; else the first `cores` CPUs this process may run
+/// on (all without `--cores`).
+fn pick_cpus(cores: Option<u32>, cpus: Option<&[usize]>) -> Result<Vec<usize>, ResourceError> {
+    let allowed = crate::cpus::allowed();
+    if let Some(cpus) = cpus {
+        crate::cpus::check(cpus, &crate::cpus::online(), &allowed).map_err(|reason| {
+            ResourceError::Flag {
+                flag: "cpus",
+                reason,
+            }
+        })?;
+        return Ok(cpus.to_vec());
     }
     match cores {
-        None => Ok(online),
-        Some(n) if n as usize <= online.len() => Ok(online[..n as usize].to_vec()),
+        None => Ok(allowed),
+        Some(n) if n as usize <= allowed.len() => Ok(allowed[..n as usize].to_vec()),
         Some(n) => Err(ResourceError::Flag {
             flag: "cores",
-            reason: format!("{n} requested but only {} are available", online.len()),
+            reason: format!(
+                "{n} requested but only {} are available (CPUs {}); --cpus LIST picks exact ones",
+                allowed.len(),
+                crate::cpus::format_list(&allowed)
+            ),
         }),
     }
 }

@@ -23,6 +23,8 @@ pub enum RunError {
     /// `--wait-for-model-timeout` ran out.
     #[error("{0}")]
     TargetNotReady(String),
+    #[error(transparent)]
+    Html(#[from] crate::html::HtmlError),
     #[error("writing {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -162,7 +164,10 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Outcome, 
         } else {
             res.run_dir.clone()
         };
-        let paths = write(&dir, |d| summary.write_all(d))?;
+        let mut paths = write(&dir, |d| summary.write_all(d))?;
+        // From the files just written, as `parley report` rebuilds it: the page is a function
+        // of them alone.
+        paths.push(crate::html::write_report(&dir)?);
         let mut text = summary.render();
         text.push('\n');
         for path in paths {

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The first bucket width: 100 ms, so the 30 s window and the 20 % cut of a run shorter than
 /// ~7 minutes fall within 0.1 s of where they should.
@@ -158,7 +158,7 @@ impl Timeline {
 }
 
 /// One point of `workload_timeline.json`: totals up to `t` seconds after the start.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Point {
     pub t: f64,
     pub cum_completion: u64,

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::Dist;
 use crate::report::Stats;
@@ -142,7 +142,7 @@ impl TraceStats {
 }
 
 /// The per-trace figures of a run, in `summary.json` (`traces`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TraceSummary {
     /// Completed conversations.
     pub n_traces: u64,

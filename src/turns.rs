@@ -6,7 +6,7 @@
 //! [`MAX_TURN_ROWS`] share the last row, so memory is bounded by the dataset's longest
 //! conversation and at most ≈ 13 MiB per core.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::Dist;
 use crate::report::Stats;
@@ -114,7 +114,7 @@ impl ByTurn {
 }
 
 /// One row of `summary.json`'s `by_turn`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TurnSummary {
     /// 1-based turn index.
     pub turn: u32,

@@ -119,7 +119,10 @@ fn synthetic_turns_lengths_max_tokens_and_waits() {
             if k > 0 {
                 let delay_ns = planned[k].delay_ns;
                 // Whole milliseconds ≥ 1, times the ratio.
-                assert!(delay_ns >= 500_000 && delay_ns % 500_000 == 0, "{delay_ns}");
+                assert!(
+                    delay_ns >= 500_000 && delay_ns.is_multiple_of(500_000),
+                    "{delay_ns}"
+                );
                 let gap = u(&r["arrival_ns"]) - u(&turns[k - 1]["end_ns"]);
                 assert!(
                     gap >= delay_ns,

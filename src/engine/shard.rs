@@ -257,6 +257,7 @@ pub(crate) async fn run(
         clock::thread_cpu_ns() - cpu_start_ns
     };
     out.recorder.core_loads.push(metrics::CoreLoad {
+        cpu: core.shared.config.cpus[index],
         cpu_ns,
         wall_ns: clock::now_ns() - wall_start_ns,
     });

@@ -95,9 +95,16 @@ impl Config {
                 after_ms: 0,
             });
         }
+        let (cores, pin_cpus) = match &a.cpus {
+            Some(list) => {
+                let cpus = crate::cpus::resolve(list).map_err(|e| invalid("--cpus", e))?;
+                (cpus.len(), cpus)
+            }
+            None => (a.cores, a.advanced.pin_cpus.clone()),
+        };
         Ok(Config {
-            cores: a.cores,
-            pin_cpus: a.advanced.pin_cpus.clone(),
+            cores,
+            pin_cpus,
             model: a.model.clone(),
             strict_model: a.advanced.strict_model,
             block_size: a.block_size,

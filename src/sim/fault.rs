@@ -168,7 +168,7 @@ pub(crate) fn parse(text: &str) -> Result<FaultSpec, String> {
 pub(crate) fn pick(faults: &[FaultSpec], request_id: u64) -> Option<FaultSpec> {
     faults
         .iter()
-        .find(|f| f.kind != FaultKind::CloseIdle && request_id % f.every == 0)
+        .find(|f| f.kind != FaultKind::CloseIdle && request_id.is_multiple_of(f.every))
         .copied()
 }
 

@@ -66,6 +66,10 @@ pub struct SimArgs {
     /// the kernel spreads connections over them).
     #[arg(long, default_value_t = 1)]
     pub cores: usize,
+    /// Exact CPUs to run on, one pinned executor each (so as many executors as CPUs listed), as a
+    /// kernel-style list (2-9,12). Every CPU must be online and in this process's affinity mask.
+    #[arg(long, value_name = "LIST", conflicts_with_all = ["cores", "pin_cpus"])]
+    pub cpus: Option<String>,
     /// Tokenizer used to count prompt tokens: a tokenizer.json, an HF model directory, or
     /// "builtin". A directory's chat template (chat_template.jinja, or tokenizer_config.json's
     /// chat_template), if it has one, renders chat requests instead of ChatML.
@@ -214,6 +218,7 @@ impl Default for SimArgs {
             host: "127.0.0.1".into(),
             port: 8000,
             cores: 1,
+            cpus: None,
             tokenizer_path: None,
             model: "parley-sim".into(),
             block_size: 16,
