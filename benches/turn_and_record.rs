@@ -4,7 +4,10 @@
 //!   the client's CPU for a request above the socket write itself — next to a plain memcpy of
 //!   the same bytes into one buffer, the cost a serialise-per-turn client would pay at least;
 //! - per-core recording: `Recorder::record_success` for a 256-event streamed request (per
-//!   request and per event), and `record_send_lag`.
+//!   request and per event), and `record_send_lag`;
+//! - a per-request record (`records.jsonl`): formatting the line of a 256-event request into the
+//!   core's buffer, and the same with the writer thread writing it to a file, as process CPU per
+//!   record (both threads).
 //!
 //! Run: `cargo bench --bench turn_and_record --profile bench-fast`
 
@@ -19,6 +22,7 @@ use hyper::body::Body;
 use parley::client::TurnTiming;
 use parley::engine::{assemble_body, BodyShape, EndpointKind};
 use parley::metrics::{CacheSource, Recorder, Success};
+use parley::records::{Attempt, RecordsWriter, Status, Tokens};
 use parley::workload::{message_json, COMMA};
 
 const ROUNDS: usize = 7;
@@ -187,6 +191,51 @@ fn main() {
         }
         rec.send_lag_ns.count()
     });
+    println!("-- per-request records");
+    let attempt = Attempt {
+        measured: true,
+        conversation: 123_456,
+        pool_index: 789,
+        turn: 3,
+        attempt: 0,
+        url: 0,
+        intended_ns: timing.start_ns - 5_000,
+    };
+    let tokens = Tokens {
+        prompt: Some(32_000),
+        cached: Some(31_000),
+        output: Some(256),
+        from_usage: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let writer = RecordsWriter::start(dir.path(), &["http://127.0.0.1:8000".into()]).unwrap();
+    let mut sink = writer.channel().sink(0);
+    let mut gaps = itl_ns.clone();
+    let mut pushed = 0u64;
+    let cpu_ns = parley::metrics::process_cpu_ns;
+    let cpu_before_ns = cpu_ns();
+    let wall = Instant::now();
+    measure(
+        "record line + writer, 256-event request (wall, per request)",
+        20_000,
+        |n| {
+            for _ in 0..n {
+                sink.push(attempt.timed(black_box(&timing), &mut gaps, tokens, Status::Ok));
+            }
+            pushed += n as u64;
+            pushed
+        },
+    );
+    drop(sink);
+    let path = writer.finish().unwrap();
+    let (cpu, wall_ns) = (cpu_ns() - cpu_before_ns, wall.elapsed().as_nanos());
+    println!(
+        "{:<60} {:>10.1} ns/op (process CPU, both threads; {:.0} % of wall; {} MiB written)",
+        "  the same, CPU per record",
+        cpu as f64 / pushed as f64,
+        100.0 * cpu as f64 / wall_ns as f64,
+        std::fs::metadata(path).unwrap().len() >> 20
+    );
     let other = rec.clone();
     measure("Recorder::merge (once per core at the end)", 200, |n| {
         for _ in 0..n {

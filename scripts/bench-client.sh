@@ -23,11 +23,20 @@
 # Needs: a release build (built here if missing), python3, taskset, /usr/bin/time. Loopback only.
 # REPEAT=3 runs each case three times (median of 3 is what docs/performance.md reports).
 # CLIENT_FLAGS adds flags to every client run, e.g. CLIENT_FLAGS=--spin.
+# RECORDS=off runs the client with --no-records (per-request records are on by default), to
+# measure what records.jsonl costs. BIN=PATH benchmarks another build (e.g. an older commit's
+# target/release/parley) with the same sim and cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case_name="${1:-all}"
-bin=target/release/parley
+bin="${BIN:-target/release/parley}"
 [ -x "$bin" ] || cargo build --release --locked
+records_flag=
+case "${RECORDS:-on}" in
+  on) ;;
+  off) records_flag=--no-records ;;
+  *) echo "RECORDS must be on or off, not ${RECORDS}" >&2; exit 2 ;;
+esac
 repeat="${REPEAT:-1}"
 # One socket per stream: the 10k case needs the soft fd limit raised (within the hard limit).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -57,7 +66,7 @@ run_once() {
   rm -rf "$work/out"
   /usr/bin/time -f "%M" -o "$work/rss" taskset -c "$client_cpu" "$bin" bench \
     --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
-    --outputs-dir "$work/out" --name c "$@" ${CLIENT_FLAGS:-} >/dev/null
+    --outputs-dir "$work/out" --name c "$@" ${CLIENT_FLAGS:-} $records_flag >/dev/null
   echo 0 >"$work/base_rss"
   if [ -n "${BASELINE_RSS:-}" ]; then
     # The same flags at one stream: what the process costs before per-stream memory.

@@ -702,6 +702,14 @@ pub struct BenchArgs {
     pub max_error_rate: Option<f64>,
 
     // ----- output -----
+    /// Scrape the server's Prometheus metrics before, every 2 s during, and after each run, and
+    /// report its own prompt/generation token counts and prefix-cache hit rate beside the
+    /// client's (vLLM and SGLang names; `server_metrics` in summary.json). Without a URL: each
+    /// target's `/metrics`. Repeatable or comma-separated. An endpoint that cannot be scraped
+    /// is a note in the report, never a failure.
+    #[arg(long, value_name = "URL", num_args = 0..=1, value_delimiter = ',', help_heading = "Output")]
+    pub server_metrics: Option<Vec<String>>,
+
     /// Directory under which each run writes `<timestamp>/<name>/summary.json`.
     #[arg(long, default_value = "outputs", help_heading = "Output")]
     pub outputs_dir: PathBuf,
@@ -713,6 +721,31 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
+
+    /// Do not write `records.jsonl` and `profile_export.jsonl` (one line per request, written
+    /// by default; docs/metrics.md, "Per-request records"). Same as `--export-level summary`.
+    #[arg(long, help_heading = "Output")]
+    pub no_records: bool,
+
+    /// AIPerf's export level: `records` (default) writes the per-request files, `summary` only
+    /// the summaries (like --no-records); `raw` (AIPerf's full request/response dump) is not
+    /// implemented.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LEVEL",
+        conflicts_with = "no_records",
+        help_heading = "Output"
+    )]
+    pub export_level: Option<ExportLevel>,
+}
+
+/// `--export-level` (AIPerf's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportLevel {
+    Summary,
+    Records,
+    Raw,
 }
 
 impl BenchArgs {
@@ -819,6 +852,24 @@ mod tests {
             Command::Bench(b) => *b,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn server_metrics_takes_no_url_one_or_several() {
+        assert_eq!(bench(&[]).server_metrics, None);
+        assert_eq!(bench(&["--server-metrics"]).server_metrics, Some(vec![]));
+        assert_eq!(
+            bench(&["--server-metrics", "--parallel", "2"]).server_metrics,
+            Some(vec![])
+        );
+        assert_eq!(
+            bench(&["--server-metrics", "h:1/metrics,h:2"]).server_metrics,
+            Some(vec!["h:1/metrics".to_string(), "h:2".to_string()])
+        );
+        assert_eq!(
+            bench(&["--server-metrics", "h:1", "--server-metrics", "h:2"]).server_metrics,
+            Some(vec!["h:1".to_string(), "h:2".to_string()])
+        );
     }
 
     #[test]

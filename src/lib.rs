@@ -23,13 +23,16 @@
 //!   writes `summary.json`; [`html`] builds `report.html` (and `parley compare`'s page) from
 //!   a run directory's files.
 //! - [`run`] runs a plan with its resources: each load point through the engine into a
-//!   summary ([`run::run_point`], callable in-process by tests), files written ([`run::bench`]).
+//!   summary ([`run::run_point`], callable in-process by tests), files written ([`run::bench`]);
+//!   [`records`] writes one line per request from every core, off the hot path.
 //!   `main.rs` only chains `Plan::from_args` → `Resources::build` → `run::bench`, and exits
 //!   with the code [`verdict`] gives the run's outcome (thresholds, nothing measured, signal).
 //! - [`sim`] is the built-in OpenAI-compatible server: the default target and every test's
 //!   ground truth.
 //! - [`tokenizer`] wraps the HF tokenizer (builtin Qwen2 BPE or a user's tokenizer.json) and the
 //!   chat rendering shared by the client's synthesis and the sim's prompt counting.
+//! - [`server_metrics`] scrapes the server's Prometheus `/metrics` around a run
+//!   (`--server-metrics`), on its own thread.
 //! - [`net`] adapts glommio sockets to hyper's I/O traits.
 //! - [`doctor`] checks the host's tuning for benchmarking (`parley doctor`); [`host`] holds the
 //!   process-wide settings that keep parley's own timing true.
@@ -48,9 +51,11 @@ pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod preflight;
+pub mod records;
 pub mod report;
 pub mod resources;
 pub mod run;
+pub mod server_metrics;
 pub mod signal;
 pub mod sim;
 pub mod sse;

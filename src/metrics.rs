@@ -141,7 +141,7 @@ fn keep_message(kept: &mut Vec<String>, message: String) {
 
 /// `--goodput`: the limits a successful request must all meet to count as good, in ns (`None`:
 /// no limit on that figure). Decided on the request's own core when it ends.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct GoodputLimits {
     /// Time to first token.
     pub ttft_ns: Option<u64>,

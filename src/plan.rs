@@ -42,7 +42,7 @@ pub enum PlanError {
 }
 
 /// Where requests go, as the flags say it (a host name is resolved by
-/// [`crate::resources::Resources::build`]).
+/// [`crate::resources::Resources::build`]). The run config records its label and path.
 #[derive(Clone, Debug)]
 pub enum Target {
     /// A server given by `--url`.
@@ -79,10 +79,31 @@ impl Target {
     }
 }
 
+impl serde::Serialize for Target {
+    /// `{"url": label, "path": request path}`: the URL as given (credentials already masked by
+    /// [`parse_url`]); the parts derived from it (host, port, `Host` header) add nothing.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Target", 2)?;
+        st.serialize_field("url", self.label())?;
+        st.serialize_field("path", self.path().path())?;
+        st.end()
+    }
+}
+
 /// Settings echoed into the report so a summary says what produced it: the plan's, and the
 /// facts the resources add (pool size, skipped, tokenizer, cores).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunConfig {
+    /// This process's command line, secrets masked ([`crate::report::cli_command`]).
+    pub command_line: String,
+    /// When this point's run started (wall clock), RFC 3339 in UTC and as unix seconds; set
+    /// by [`crate::run::run_point`] (the build time of the resources until then).
+    pub start_time: String,
+    pub start_unix_s: f64,
+    /// Every resolved flag: the [`Plan`] after validation, secrets masked
+    /// ([`Plan::config_view`]).
+    pub flags: Value,
     /// The first target (`builtin-sim` without --url); `urls` lists them all.
     pub url: String,
     pub urls: Vec<String>,
@@ -147,7 +168,7 @@ pub struct Point {
 
 /// A point as the flags give it. Its conversation count is final only with the conversations:
 /// `--request-count` and `--fixed-schedule` set it then ([`crate::resources::Resources`]).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct PointSpec {
     pub parallel: Option<u32>,
     pub rate_per_s: Option<f64>,
@@ -178,10 +199,11 @@ pub struct LoadConfig {
 }
 
 /// The conversations to build and how (built by [`crate::resources::Resources::build`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct DatasetPlan {
     /// `--dataset`, or the one the flags imply.
     pub name: String,
+    #[serde(rename = "dataset_path")]
     pub path: Option<PathBuf>,
     pub params: DatasetParams,
     /// Offset, shard and how many to build.
@@ -201,19 +223,29 @@ pub struct DatasetPlan {
 }
 
 /// A validated benchmark: everything the flags decide, and nothing read from the outside.
-#[derive(Clone, Debug)]
+///
+/// Its `Serialize` is the run config's record of every resolved flag (`summary.json`
+/// `config.flags`, see [`Plan::config_view`]): derived, so a new field is recorded without
+/// further work (or fails to compile until its type says how), and secrets are masked by the
+/// `serialize_with` functions below.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Plan {
     /// One per `--url` (the built-in sim when none).
     pub targets: Vec<Target>,
     pub model: String,
-    /// `Authorization` header value (`Bearer <--api-key>`).
+    /// `Authorization` header value (`Bearer <--api-key>`); recorded as `"***"` when set.
+    #[serde(rename = "api_key", serialize_with = "masked_secret")]
     pub authorization: Option<HeaderValue>,
-    /// `--header` lines.
+    /// `--header` lines; values of secret-bearing headers recorded as `***`.
+    #[serde(serialize_with = "masked_headers")]
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "header_name")]
     pub session_header: HeaderName,
     pub stream: bool,
     /// Chat or completions (every target gets the same body form).
     pub endpoint: EndpointKind,
+    /// Built from `model`, `stream`, `max_tokens`, `min_tokens` and `extra_args`, all recorded.
+    #[serde(skip)]
     pub body: BodyShape,
     /// The body fields a turn's own fields are merged over (its own opening).
     pub max_tokens: u32,
@@ -229,9 +261,12 @@ pub struct Plan {
     pub cpus: Option<Vec<usize>>,
     pub spin: bool,
     pub seed: u64,
+    #[serde(rename = "connect_timeout_s", serialize_with = "seconds")]
     pub connect_timeout: Duration,
+    #[serde(rename = "read_timeout_s", serialize_with = "seconds")]
     pub read_timeout: Duration,
     /// `--request-timeout` (`None`: no limit).
+    #[serde(rename = "request_timeout_s", serialize_with = "opt_seconds")]
     pub request_timeout: Option<Duration>,
     /// `--retry-429`.
     pub retry_429: bool,
@@ -239,9 +274,13 @@ pub struct Plan {
     /// [`crate::engine::EngineConfig::max_consecutive_connect_failures`]).
     pub max_consecutive_connect_failures: Option<u64>,
     /// `--wait-for-model-timeout` (`None`: no pre-flight wait).
+    #[serde(rename = "wait_for_model_timeout_s", serialize_with = "opt_seconds")]
     pub wait_for_model: Option<Duration>,
     /// Run directories go in `<outputs_dir>/<timestamp>/<name>`.
     pub outputs_dir: PathBuf,
+    /// Write `records.jsonl` and `profile_export.jsonl` (off: `--no-records`, `--export-level
+    /// summary`).
+    pub records: bool,
     /// The run's name (`--name`, else the model's last path part), safe as a directory name.
     pub name: String,
     /// One-line notes for stderr about flags accepted but without effect (e.g.
@@ -252,9 +291,126 @@ pub struct Plan {
     /// `--slo` and `--max-error-rate`: thresholds on each point's summary; a breach makes the
     /// run exit 1.
     pub thresholds: Vec<Threshold>,
+    /// `--server-metrics`: `None` off; an empty list scrapes each target's `/metrics`. URLs
+    /// are checked here and recorded with credentials masked.
+    #[serde(serialize_with = "masked_urls")]
+    pub server_metrics: Option<Vec<String>>,
+}
+
+/// A secret header value, recorded as `"***"` (or `null` when absent).
+fn masked_secret<S: serde::Serializer>(v: &Option<HeaderValue>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str(MASK),
+        None => s.serialize_none(),
+    }
+}
+
+/// `--header` lines as `NAME: VALUE`, the value masked when the name bears a secret.
+fn masked_headers<S: serde::Serializer>(
+    v: &[(HeaderName, HeaderValue)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(name, value)| {
+        let value = if is_secret_header(name.as_str()) {
+            MASK
+        } else {
+            value.to_str().unwrap_or("<not UTF-8>")
+        };
+        format!("{name}: {value}")
+    }))
+}
+
+fn masked_urls<S: serde::Serializer>(v: &Option<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(urls) => s.collect_seq(urls.iter().map(|u| redact_url(u))),
+        None => s.serialize_none(),
+    }
+}
+
+fn header_name<S: serde::Serializer>(v: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_str())
+}
+
+fn seconds<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.as_secs_f64())
+}
+
+fn opt_seconds<S: serde::Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+/// What a masked secret is written as.
+pub(crate) const MASK: &str = "***";
+
+/// Whether a header's value is a secret that reports must not show: credentials
+/// (`Authorization`, `Proxy-Authorization`, `Cookie`) and any name that says key, token,
+/// secret or password (`X-API-Key`, `api-key`, `X-Auth-Token`, …).
+pub(crate) fn is_secret_header(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase();
+    n.contains("auth")
+        || n.contains("cookie")
+        || n.contains("key")
+        || n.contains("token")
+        || n.contains("secret")
+        || n.contains("password")
+}
+
+/// A wall-clock instant as the run config records it.
+#[derive(Clone, Copy, Debug)]
+pub struct WallTime {
+    pub unix_s: f64,
+}
+
+impl WallTime {
+    pub fn now() -> WallTime {
+        let unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        WallTime { unix_s }
+    }
+
+    /// RFC 3339 in UTC with milliseconds: `2025-01-31T12:34:56.789Z`.
+    pub fn rfc3339(&self) -> String {
+        let ms_total = (self.unix_s * 1e3).floor() as i64;
+        let (secs, ms) = (ms_total.div_euclid(1000), ms_total.rem_euclid(1000));
+        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            sod / 3600,
+            sod % 3600 / 60,
+            sod % 60
+        )
+    }
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian; Howard
+/// Hinnant's `civil_from_days`), so no date crate is needed for one timestamp.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 impl Plan {
+    /// The run config's record of every resolved flag: the plan serialized, secrets masked.
+    pub fn config_view(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_else(|e| {
+            // Every field serializes to JSON (strings, numbers, maps); keep the report anyway.
+            Value::String(format!("unserializable plan: {e}"))
+        })
+    }
+
     /// Validates the flags into a plan. Pure: reads nothing but `args`.
     pub fn from_args(args: &BenchArgs) -> Result<Plan, PlanError> {
         let (targets, endpoint) =
@@ -375,6 +531,22 @@ impl Plan {
             load.config.warmup_conversations = Some(((w * number as f64) as u64).max(1));
         }
 
+        let server_metrics = match &args.server_metrics {
+            None => None,
+            Some(urls) => {
+                let urls: Vec<String> = urls
+                    .iter()
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                for u in &urls {
+                    crate::server_metrics::parse_url(u).map_err(|reason| {
+                        flag_err("server-metrics", format!("{}: {reason}", redact_url(u)))
+                    })?;
+                }
+                Some(urls)
+            }
+        };
         let goodput = parse_goodput(&args.goodput)?;
         let thresholds = parse_thresholds(&args.slo, args.max_error_rate, goodput.is_some())?;
         let name = args.name.clone().unwrap_or_else(|| {
@@ -447,10 +619,12 @@ impl Plan {
                 )?)
             },
             outputs_dir: args.outputs_dir.clone(),
+            records: records_enabled(args)?,
             name: sanitize(&name),
             notes,
             goodput,
             thresholds,
+            server_metrics,
         })
     }
 
@@ -1061,6 +1235,22 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
     })
 }
 
+/// `--no-records` / `--export-level`: whether the per-request files are written.
+fn records_enabled(args: &BenchArgs) -> Result<bool, PlanError> {
+    use crate::cli::ExportLevel;
+    match args.export_level {
+        Some(ExportLevel::Raw) => Err(PlanError::Flag {
+            flag: "export-level",
+            reason: "`raw` (every request and response in full) is not implemented; `records` \
+                     (the default) writes records.jsonl and profile_export.jsonl"
+                .into(),
+        }),
+        Some(ExportLevel::Summary) => Ok(false),
+        Some(ExportLevel::Records) => Ok(true),
+        None => Ok(!args.no_records),
+    }
+}
+
 /// `url` with any `user:password@` in its authority replaced by `***@`, so credentials given in
 /// a `--url` are never printed or written.
 pub(crate) fn redact_url(url: &str) -> String {
@@ -1435,6 +1625,164 @@ mod tests {
         }
     }
 
+    /// Every object key anywhere in `v`.
+    fn keys(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    out.insert(k.clone());
+                    keys(v, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+
+    /// The run config records every `parley bench` flag: a flag added to the CLI but not to
+    /// the plan (or skipped in its `Serialize`) fails here.
+    #[test]
+    fn config_view_records_every_flag() {
+        let plan = Plan::from_args(&args(&[
+            "--fixed-schedule",
+            "--dataset",
+            "multi_turn",
+            "--dataset-path",
+            "conversations.jsonl",
+        ]))
+        .unwrap();
+        let mut present = std::collections::BTreeSet::new();
+        keys(&plan.config_view(), &mut present);
+        // Flags recorded under another key: their effect's name.
+        let renamed: &[(&str, &str)] = &[
+            ("endpoint_type", "endpoint"),
+            ("header", "headers"),
+            ("request_rate", "rate_per_s"),
+            ("no_preconnect", "preconnect"),
+            ("no_stream", "stream"),
+            ("dataset_offset", "offset"),
+            ("fixed_schedule_auto_offset", "auto_offset"),
+            ("fixed_schedule_start_offset", "start_offset_ms"),
+            ("fixed_schedule_end_offset", "end_offset_ms"),
+            ("slo", "thresholds"),
+            ("max_error_rate", "thresholds"),
+            ("tokenize_prompt", "notes"),
+        ];
+        // Flags that change nothing a run records: console and accepted-for-compatibility.
+        let not_run_settings = [
+            "help",       // prints help
+            "quiet",      // console only
+            "api",        // only `openai` is accepted, which the endpoint records
+            "multi_turn", // accepted for evalscope; every run is multi-turn
+        ];
+        let cmd = crate::cli::command();
+        let bench = cmd.find_subcommand("bench").unwrap();
+        let mut missing = Vec::new();
+        for arg in bench.get_arguments() {
+            let id = arg.get_id().as_str();
+            if not_run_settings.contains(&id) {
+                continue;
+            }
+            let want = renamed
+                .iter()
+                .find(|(f, _)| *f == id)
+                .map_or(id, |(_, k)| *k);
+            // A unit suffix is allowed: `--duration` is `duration_s`.
+            let found = present.contains(want)
+                || present.iter().any(|k| {
+                    k.strip_prefix(want)
+                        .is_some_and(|rest| rest.starts_with('_') && ["_s", "_ms"].contains(&rest))
+                });
+            if !found {
+                missing.push(id.to_string());
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "flags not in the run config: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn config_view_has_workload_values_and_masks_secrets() {
+        let plan = Plan::from_args(&args(&[
+            "--isl",
+            "300",
+            "--isl-stddev",
+            "30",
+            "--osl",
+            "40",
+            "--osl-stddev",
+            "4",
+            "--conversation-turn-mean",
+            "3",
+            "--conversation-turn-stddev",
+            "1",
+            "--conversation-turn-delay-mean",
+            "250",
+            "--prefix-length",
+            "64",
+            "--prefix-count",
+            "2",
+            "--api-key",
+            "sk-secret-one",
+            "-H",
+            "X-Api-Key: sk-secret-two",
+            "-H",
+            "X-Trace: visible",
+            "--url",
+            "http://user:sk-secret-three@127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "--request-timeout",
+            "30",
+        ]))
+        .unwrap();
+        let v = plan.config_view();
+        let p = &v["dataset"]["params"];
+        assert_eq!(v["dataset"]["name"], "synthetic");
+        assert_eq!(p["synthetic_input_tokens_mean"], 300.0);
+        assert_eq!(p["synthetic_input_tokens_stddev"], 30.0);
+        assert_eq!(p["output_tokens_mean"], 40.0);
+        assert_eq!(p["output_tokens_stddev"], 4.0);
+        assert_eq!(p["conversation_turn_mean"], 3.0);
+        assert_eq!(p["conversation_turn_stddev"], 1.0);
+        assert_eq!(p["conversation_turn_delay_mean_ms"], 250.0);
+        assert_eq!(p["prefix_length"], 64);
+        assert_eq!(p["prefix_count"], 2);
+        assert_eq!(v["request_timeout_s"], 30.0);
+        assert_eq!(v["api_key"], MASK);
+        assert_eq!(v["targets"][0]["url"], "http://***@127.0.0.1:9/v1");
+        assert_eq!(v["targets"][0]["path"], "/v1/chat/completions");
+        let text = v.to_string();
+        assert!(!text.contains("sk-secret"), "{text}");
+        assert!(text.contains("x-trace: visible"), "{text}");
+        assert!(text.contains("x-api-key: ***"), "{text}");
+    }
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(
+            WallTime { unix_s: 0.0 }.rfc3339(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        // 2000-02-29 (a leap day in a century leap year) 12:34:56.789 UTC.
+        assert_eq!(
+            WallTime {
+                unix_s: 951_827_696.789_5
+            }
+            .rfc3339(),
+            "2000-02-29T12:34:56.789Z"
+        );
+        assert_eq!(
+            WallTime {
+                unix_s: 1_735_689_599.0
+            }
+            .rfc3339(),
+            "2024-12-31T23:59:59.000Z"
+        );
+    }
+
     fn plan_err(flags: &[&str]) -> String {
         match Plan::from_args(&args(flags)) {
             Ok(_) => panic!("expected an error for {flags:?}"),
@@ -1714,6 +2062,28 @@ mod tests {
         );
         assert_eq!(plan.cores, Some(100_000));
         assert_eq!(plan.outputs_dir, PathBuf::from("/nonexistent/out"));
+    }
+
+    #[test]
+    fn records_are_on_unless_turned_off() {
+        let on = |flags: &[&str]| Plan::from_args(&args(flags)).unwrap().records;
+        assert!(on(&[]));
+        assert!(on(&["--export-level", "records"]));
+        assert!(!on(&["--no-records"]));
+        assert!(!on(&["--export-level", "summary"]));
+        let err = plan_err(&["--export-level", "raw"]);
+        assert!(
+            err.contains("--export-level") && err.contains("not implemented"),
+            "{err}"
+        );
+        let both = [
+            "parley",
+            "bench",
+            "--no-records",
+            "--export-level",
+            "records",
+        ];
+        assert!(crate::cli::try_parse_from(both).is_err());
     }
 
     #[test]

@@ -271,6 +271,8 @@ pub struct Summary {
     /// Value at 0.5 %, 1 %, … 100 % of TTFT, ITL, latency and trace latency (for CDFs).
     pub quantiles: Quantiles,
     pub client: ClientCost,
+    /// `--server-metrics`: the server's own counters beside the client's (`null` without it).
+    pub server_metrics: Option<crate::server_metrics::ServerMetrics>,
     /// Written as `workload_timeline.json`, not into `summary.json`.
     #[serde(skip)]
     pub timeline: TimelineFile,
@@ -445,6 +447,7 @@ impl Summary {
             quantiles: Quantiles::of(rec),
             timeline,
             exports,
+            server_metrics: None,
             client: ClientCost {
                 cpu_s: cpu_ns as f64 / 1e9,
                 cpu_us_per_request: per(requests),
@@ -724,6 +727,9 @@ impl Summary {
             }
             None => {}
         }
+        if let Some(server) = &self.server_metrics {
+            out.push_str(&server.render());
+        }
         if self.config.skipped_invalid > 0 || self.config.filtered > 0 {
             let _ = writeln!(
                 out,
@@ -947,10 +953,15 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
 }
 
 /// This process's command line, with the values of secret-bearing flags (`--api-key`, a
-/// `--header`/`-H` with `Authorization`) and URL credentials replaced by `***`.
+/// `--header`/`-H` whose name bears a secret, such as `Authorization` or `X-API-Key`) and URL
+/// credentials replaced by `***`.
 pub(crate) fn cli_command() -> String {
-    let args: Vec<String> = std::env::args().collect();
-    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    mask_command(std::env::args())
+}
+
+/// [`cli_command`] of given arguments.
+fn mask_command(args: impl IntoIterator<Item = String>) -> String {
+    let mut out: Vec<String> = Vec::new();
     let mut mask_next = false;
     for a in args {
         if mask_next {
@@ -964,8 +975,8 @@ pub(crate) fn cli_command() -> String {
             out.push(a);
         } else if lower.starts_with("--api-key=") || lower.starts_with("--api_key=") {
             out.push(format!("{}=***", &a[..a.find('=').unwrap_or(a.len())]));
-        } else if lower.starts_with("authorization:") {
-            out.push("Authorization: ***".into());
+        } else if let Some(masked) = mask_header_arg(&a) {
+            out.push(masked);
         } else if a.contains("://") {
             out.push(crate::plan::redact_url(&a));
         } else {
@@ -973,6 +984,24 @@ pub(crate) fn cli_command() -> String {
         }
     }
     out.join(" ")
+}
+
+/// A `NAME: VALUE` header argument (alone, after `-H`, or as `--header=…`/`-H…`) whose name
+/// bears a secret ([`crate::plan::is_secret_header`]), with its value masked; `None` for any
+/// other argument.
+fn mask_header_arg(arg: &str) -> Option<String> {
+    let (prefix, line) = ["--header=", "-H"]
+        .iter()
+        .find_map(|p| arg.strip_prefix(p).map(|rest| (*p, rest)))
+        .unwrap_or(("", arg));
+    let (name, _) = line.split_once(':')?;
+    let token = !name.is_empty()
+        && name
+            .trim()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (token && crate::plan::is_secret_header(name))
+        .then(|| format!("{prefix}{}: {}", name.trim(), crate::plan::MASK))
 }
 
 /// Unix time (s) of a point on the run clock.
@@ -1032,8 +1061,40 @@ mod tests {
     use super::*;
     use crate::metrics::CoreLoad;
 
+    #[test]
+    fn command_line_masks_every_secret() {
+        let args = [
+            "parley",
+            "bench",
+            "--api-key",
+            "sk-one",
+            "--api-key=sk-two",
+            "-H",
+            "Authorization: Bearer sk-three",
+            "--header=X-API-Key:sk-four",
+            "-Hx-auth-token: sk-five",
+            "--header",
+            "X-Trace: visible",
+            "--url",
+            "http://user:sk-six@host:8000/v1",
+        ];
+        let line = mask_command(args.iter().map(|s| s.to_string()));
+        for secret in [
+            "sk-one", "sk-two", "sk-three", "sk-four", "sk-five", "sk-six",
+        ] {
+            assert!(!line.contains(secret), "{secret} shown in {line}");
+        }
+        assert!(line.contains("X-Trace: visible"), "{line}");
+        assert!(line.contains("--header=X-API-Key: ***"), "{line}");
+        assert!(line.contains("http://***@host:8000/v1"), "{line}");
+    }
+
     fn config() -> RunConfig {
         RunConfig {
+            command_line: "parley bench".into(),
+            start_time: "1970-01-01T00:00:00.000Z".into(),
+            start_unix_s: 0.0,
+            flags: serde_json::Value::Null,
             url: "u".into(),
             urls: vec!["u".into()],
             endpoint: Default::default(),

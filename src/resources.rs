@@ -80,6 +80,8 @@ pub struct Resources {
     pub run_dir: PathBuf,
     /// The summary's config echo (its `point` is the first point's).
     pub config: RunConfig,
+    /// `--server-metrics`: the `/metrics` endpoints to scrape around each point (empty: off).
+    pub metrics_sources: Vec<crate::server_metrics::Source>,
     sim: Option<sim::SimHandle>,
 }
 
@@ -116,7 +118,12 @@ impl Resources {
         let run_dir = create_run_dir(&plan.outputs_dir.join(local_timestamp()), &plan.name)?;
         let urls: Vec<String> = plan.targets.iter().map(|t| t.label().to_string()).collect();
         let d = &plan.dataset;
+        let started = crate::plan::WallTime::now();
         let config = RunConfig {
+            command_line: crate::report::cli_command(),
+            start_time: started.rfc3339(),
+            start_unix_s: started.unix_s,
+            flags: plan.config_view(),
             url: urls[0].clone(),
             urls,
             endpoint: plan.endpoint,
@@ -183,7 +190,29 @@ impl Resources {
                 request_timeout: plan.request_timeout,
             });
         }
+        let metrics_sources = match &plan.server_metrics {
+            None => Vec::new(),
+            Some(urls) if urls.is_empty() => {
+                // Each target's own /metrics, once per server.
+                let mut sources: Vec<crate::server_metrics::Source> = Vec::new();
+                for e in &endpoints {
+                    if sources
+                        .iter()
+                        .all(|s| s.addr.as_ref().ok() != Some(&e.addr))
+                    {
+                        let host = e.host.to_str().unwrap_or_default().to_string();
+                        sources.push(crate::server_metrics::Source::default_for(e.addr, &host));
+                    }
+                }
+                sources
+            }
+            Some(urls) => urls
+                .iter()
+                .map(|u| crate::server_metrics::Source::from_url(u))
+                .collect(),
+        };
         Ok(Resources {
+            metrics_sources,
             tokenizer,
             conversations: Arc::new(pool.conversations),
             sampling,

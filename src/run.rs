@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use crate::engine::{self, EngineConfig, Load, Progress, RateRamp, RateSpec, Shape, Shared};
 use crate::metrics;
 use crate::plan::{Plan, Point, DEFAULT_PARALLEL};
+use crate::records::{self, RecordsWriter};
 use crate::report::{Summary, SweepRow};
 use crate::resources::Resources;
+use crate::server_metrics;
 use crate::signal;
 use crate::verdict::{self, Outcome};
 
@@ -99,21 +101,57 @@ pub fn run_point(
     point: &Point,
     on_tick: impl FnMut(Progress),
 ) -> Result<Summary, RunError> {
-    let shared = Shared::new(
+    let mut shared = Shared::new(
         res.endpoints.clone(),
         plan.body.clone(),
         res.conversations.clone(),
         res.sampling.clone(),
         engine_config(plan, res, point),
     );
+    let records = if plan.records {
+        let dir = point_dir(res, point);
+        let writer = std::fs::create_dir_all(&dir)
+            .and_then(|()| RecordsWriter::start(&dir, &res.config.urls))
+            .map_err(|source| RunError::Write {
+                path: dir.join(records::RECORDS_FILE),
+                source,
+            })?;
+        shared = shared.with_records(writer.channel());
+        Some(writer)
+    } else {
+        None
+    };
+    let started = crate::plan::WallTime::now();
+    // Its first scrape is taken here, before any request; the engine's cores never see it.
+    let scraper = (!res.metrics_sources.is_empty()).then(|| {
+        server_metrics::Scraper::start(res.metrics_sources.clone(), server_metrics::SCRAPE_INTERVAL)
+    });
     let cpu_before_ns = metrics::process_cpu_ns();
     let measured = engine::run(shared, on_tick)?;
+    let scraped = scraper.map(server_metrics::Scraper::finish);
     if let Some(why) = &measured.halted {
         stderr(&format!("parley: {why}\n"));
     }
+    // The records' last writes count in the client's CPU; AIPerf's copy, made after, does not.
+    let records = records.map(RecordsWriter::finish);
     let cpu_ns = metrics::process_cpu_ns() - cpu_before_ns;
+    match records {
+        Some(Ok(path)) => {
+            if let Err(e) = records::write_aiperf_jsonl(&path) {
+                stderr(&format!("parley: {}: {e}\n", records::AIPERF_RECORDS_FILE));
+            }
+        }
+        // The summary is still worth writing.
+        Some(Err(e)) => stderr(&format!(
+            "parley: writing {}: {e}; the summary is unaffected\n",
+            records::RECORDS_FILE
+        )),
+        None => {}
+    }
     let mut config = res.config.clone();
     config.point = point.clone();
+    config.start_time = started.rfc3339();
+    config.start_unix_s = started.unix_s;
     let mut summary = Summary::new(
         config,
         &measured.recorder,
@@ -123,6 +161,13 @@ pub fn run_point(
         res.with_sim(),
     );
     summary.interrupted_by = signal::received_name();
+    summary.server_metrics = scraped.map(|series| {
+        server_metrics::ServerMetrics::of(
+            series,
+            server_metrics::ClientTotals::of(&measured.recorder),
+            measured.warmup.is_some(),
+        )
+    });
     summary.thresholds = verdict::evaluate(&plan.thresholds, &summary);
     Ok(summary)
 }
@@ -159,15 +204,17 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Outcome, 
         let summary = run_point(plan, res, point, |p| view.tick(p))?;
         view.finish();
         // Files first: a closed stdout or a signal while printing must not lose them.
-        let dir = if sweep {
-            res.run_dir.join(&point.label)
-        } else {
-            res.run_dir.clone()
-        };
+        let dir = point_dir(res, point);
         let mut paths = write(&dir, |d| summary.write_all(d))?;
         // From the files just written, as `parley report` rebuilds it: the page is a function
         // of them alone.
         paths.push(crate::html::write_report(&dir)?);
+        paths.extend(
+            [records::RECORDS_FILE, records::AIPERF_RECORDS_FILE]
+                .map(|name| dir.join(name))
+                .into_iter()
+                .filter(|p| plan.records && p.is_file()),
+        );
         let mut text = summary.render();
         text.push('\n');
         for path in paths {
@@ -188,6 +235,15 @@ pub fn bench(plan: &Plan, res: &Resources, console: Console) -> Result<Outcome, 
     // The first signal received decides the exit code (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
     let signal = signal::received();
     Ok(Outcome { summaries, signal })
+}
+
+/// Where a point's files go: the run directory, or its own subdirectory in a sweep.
+fn point_dir(res: &Resources, point: &Point) -> PathBuf {
+    if res.points.len() > 1 {
+        res.run_dir.join(&point.label)
+    } else {
+        res.run_dir.clone()
+    }
 }
 
 /// Writes `text` to stdout, ignoring errors: a reader that went away (`parley bench … | head

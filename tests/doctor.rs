@@ -36,9 +36,13 @@ fn doctor_runs_and_prints_every_check() {
 #[test]
 fn doctor_rejects_a_bad_cpu_list() {
     let out = common::parley()
-        .args(["doctor", "--cores", "3-1"])
+        .args(["doctor", "--cpus", "3-1"])
         .output()
         .expect("run parley doctor");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected a CPU list"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--cpus: \"3-1\" is not a CPU list such as 2-9,12"),
+        "{stderr}"
+    );
 }

@@ -213,6 +213,8 @@ pub struct Shared {
     /// Set by the first core that sees `max_consecutive_connect_failures` connects fail in a
     /// row; every core stops starting conversations when it sees it.
     halted: AtomicBool,
+    /// Where each core hands its per-request records (`None`: `--no-records`).
+    records: Option<crate::records::RecordsChannel>,
 }
 
 impl Shared {
@@ -245,7 +247,14 @@ impl Shared {
                 .map(|_| CachePadded::new(CoreProgress::default()))
                 .collect(),
             halted: AtomicBool::new(false),
+            records: None,
         }
+    }
+
+    /// Every request attempt is written to `channel`'s `records.jsonl`.
+    pub fn with_records(mut self, channel: crate::records::RecordsChannel) -> Shared {
+        self.records = Some(channel);
+        self
     }
 
     /// The run was stopped because the target could not be reached.

@@ -19,6 +19,7 @@ use crate::chunk::ChunkParser;
 use crate::client::{self, Connection, FailureKind, Scratch, TurnTiming};
 use crate::clock;
 use crate::metrics::{self, Recorder, Success};
+use crate::records::{Attempt, CoreRecords, Request, Status, Tokens};
 use crate::signal;
 use crate::trace::{TraceAcc, TurnFacts};
 use crate::workload::sampling::Sampler;
@@ -37,6 +38,8 @@ struct SlotState {
     history: Vec<Bytes>,
     /// A request is on the wire (so a cancellation cancels a request, not only a wait).
     in_flight: bool,
+    /// Which request that is, for its record if it is cancelled.
+    sending: Option<Attempt>,
 }
 
 /// The core's state, shared by its tasks.
@@ -56,6 +59,9 @@ struct Core {
     connect_failures: std::cell::Cell<u64>,
     connect_limit: u64,
     stop: Stop,
+    /// This core's per-request records (`None`: `--no-records`); taken, flushed and dropped
+    /// when the core's run ends, so the writer sees every record and its channel close.
+    records: RefCell<Option<CoreRecords>>,
 }
 
 /// How this core's tasks learn of a signal. The signal handler may only set an atomic, so a
@@ -126,6 +132,7 @@ impl Core {
             scratch: Scratch::new(self.parser.clone()),
             history: Vec::new(),
             in_flight: false,
+            sending: None,
         })
     }
 
@@ -152,13 +159,20 @@ impl Core {
         self.idle.borrow_mut()[url].pop()
     }
 
-    /// The conversation with sequence number `seq` in a phase of `shape`.
-    fn conversation(&self, shape: &Shape, seq: u64) -> &Conversation {
+    /// The conversation with sequence number `seq` in a phase of `shape`, and its pool index.
+    fn conversation(&self, shape: &Shape, seq: u64) -> (usize, &Conversation) {
         let i = match shape {
             Shape::Fixed { schedule, .. } => schedule.entries[seq as usize].conversation,
             _ => self.sampler.borrow_mut().pool_index(seq),
         };
-        &self.shared.conversations[i]
+        (i, &self.shared.conversations[i])
+    }
+
+    /// Writes one request attempt's record, when records are on.
+    fn record(&self, request: Request<'_>) {
+        if let Some(sink) = self.records.borrow_mut().as_mut() {
+            sink.push(request);
+        }
     }
 }
 
@@ -204,6 +218,7 @@ pub(crate) async fn run(
             .max_consecutive_connect_failures
             .unwrap_or_else(|| super::DEFAULT_MAX_CONNECT_FAILURES.max(slots.unwrap_or(0) as u64)),
         stop: Stop::new(),
+        records: RefCell::new(shared.records.as_ref().map(|ch| ch.sink(index))),
         shared,
     });
     // Dropped (and so stopped) when this function returns.
@@ -261,6 +276,8 @@ pub(crate) async fn run(
         cpu_ns,
         wall_ns: clock::now_ns() - wall_start_ns,
     });
+    // Flushed and closed before the core reports done: everything measured reaches the file.
+    drop(core.records.borrow_mut().take());
     core.progress().done.store(true, Ordering::Release);
     out
 }
@@ -528,13 +545,13 @@ impl Task {
         let core = &self.core;
         let shared = &core.shared;
         let url = (self.seq % shared.endpoints.len() as u64) as usize;
-        let conv = core.conversation(&self.shape, self.seq);
+        let (pool_index, conv) = core.conversation(&self.shape, self.seq);
         let mut state = core.take_state();
         let mut conn = core.take_conn(url);
         self.recorder
             .borrow_mut()
             .record_conversation_start(clock::now_ns());
-        let walk = self.walk(conv, url, &mut conn, &mut state);
+        let walk = self.walk(conv, pool_index, url, &mut conn, &mut state);
         // Cut off at the hard end of the phase, or when a signal's grace has run out.
         let hard_end_ns = self.hard_end_ns;
         let cancel = &core.stop.cancel;
@@ -568,10 +585,23 @@ impl Task {
             }
         }
         if ending == Ending::Cancelled {
+            if let (true, Some(at)) = (state.in_flight, state.sending) {
+                core.record(Request {
+                    at,
+                    start_ns: None,
+                    send_ns: None,
+                    first_token_ns: None,
+                    end_ns: clock::now_ns(),
+                    itl_ns: &mut [],
+                    tokens: Tokens::default(),
+                    status: Status::Cancelled,
+                });
+            }
             // A request was dropped mid-response: the connection is out of step.
             conn = None;
             state.in_flight = false;
         }
+        state.sending = None;
         if let Some(c) = conn {
             core.idle.borrow_mut()[url].push(c);
         }
@@ -582,6 +612,7 @@ impl Task {
     async fn walk(
         &self,
         conv: &Conversation,
+        pool_index: usize,
         url: usize,
         conn: &mut Option<Connection>,
         state: &mut SlotState,
@@ -593,6 +624,7 @@ impl Task {
             scratch,
             history,
             in_flight,
+            sending,
         } = state;
         let mut cursor = Cursor::new(conv, history);
         let mut accounting = Accounting::default();
@@ -624,10 +656,19 @@ impl Task {
                     return Ending::Interrupted;
                 }
             }
+            let mut at = Attempt {
+                measured: self.measured,
+                conversation: self.seq,
+                pool_index,
+                turn: k as u32,
+                attempt: 0,
+                url,
+                intended_ns,
+            };
             // Send lag is measured from when the client could send: connection setup is the
             // network's time, and waiting for the end of the previous response after its last
             // event is the server's.
-            let (c, opened) = match self.connect(conn, url).await {
+            let (c, opened) = match self.connect(conn, at).await {
                 Ok(pair) => pair,
                 Err(()) => return Ending::Abandoned,
             };
@@ -642,6 +683,7 @@ impl Task {
                 return Ending::Interrupted;
             }
             *in_flight = true;
+            *sending = Some(at);
             let mut sent = client::send_turn(
                 c,
                 endpoint,
@@ -674,6 +716,23 @@ impl Task {
                     _ => None,
                 };
                 let Some(wait) = retry else { break };
+                if let Err(f) = &sent {
+                    core.record(at.timed(
+                        &f.timing,
+                        &mut scratch.itl_ns,
+                        Tokens::of_failure(
+                            f.timing.usage,
+                            cursor.estimated_prompt(),
+                            f.timing.output_chunks,
+                        ),
+                        Status::Retried {
+                            kind: f.kind,
+                            message: f.message.as_deref(),
+                        },
+                    ));
+                }
+                at.attempt += 1;
+                *sending = Some(at);
                 if matches!(&sent, Err(f) if f.kind == FailureKind::Io) {
                     *conn = None;
                 }
@@ -681,7 +740,7 @@ impl Task {
                 if !wait.is_zero() {
                     glommio::timer::sleep(wait).await;
                 }
-                let c = match self.connect(conn, url).await {
+                let c = match self.connect(conn, at).await {
                     Ok((c, _)) => c,
                     Err(()) => {
                         *in_flight = false;
@@ -751,9 +810,33 @@ impl Task {
                         cached_tokens: tokens.cached,
                         completion_tokens: tokens.completion,
                     });
+                    core.record(at.timed(
+                        &timing,
+                        &mut scratch.itl_ns,
+                        Tokens {
+                            prompt: Some(tokens.prompt),
+                            cached: Some(tokens.cached),
+                            output: Some(tokens.completion),
+                            from_usage: tokens.from_usage,
+                        },
+                        Status::Ok,
+                    ));
                     cursor.on_reply(turn, tokens.completion, &scratch.reply);
                 }
                 Err(failure) => {
+                    core.record(at.timed(
+                        &failure.timing,
+                        &mut scratch.itl_ns,
+                        Tokens::of_failure(
+                            failure.timing.usage,
+                            cursor.estimated_prompt(),
+                            failure.timing.output_chunks,
+                        ),
+                        Status::Failed {
+                            kind: failure.kind,
+                            message: failure.message.as_deref(),
+                        },
+                    ));
                     {
                         let mut rec = self.recorder.borrow_mut();
                         rec.record_failure(&failure.timing, failure.kind, url);
@@ -793,9 +876,10 @@ impl Task {
     async fn connect<'a>(
         &self,
         conn: &'a mut Option<Connection>,
-        url: usize,
+        at: Attempt,
     ) -> Result<(&'a mut Connection, bool), ()> {
         let core = &self.core;
+        let url = at.url;
         let endpoint = &core.shared.endpoints[url];
         match ensure_connection(conn, endpoint, core.read_buf).await {
             Ok((c, opened)) => {
@@ -815,6 +899,15 @@ impl Task {
                 self.recorder
                     .borrow_mut()
                     .record_failure(&timing, kind, url);
+                core.record(at.timed(
+                    &timing,
+                    &mut [],
+                    Tokens::default(),
+                    Status::Failed {
+                        kind,
+                        message: None,
+                    },
+                ));
                 if self.measured {
                     let progress = core.progress();
                     progress.failed.fetch_add(1, Ordering::Relaxed);

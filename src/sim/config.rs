@@ -31,6 +31,7 @@ pub(crate) struct Config {
     /// Lower-case name of the header carrying the conversation id.
     pub(crate) session_header: String,
     pub(crate) record_prompts: bool,
+    pub(crate) metrics_style: super::MetricsStyle,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> SimError {
@@ -128,6 +129,7 @@ impl Config {
             usage: a.advanced.usage,
             session_header: a.advanced.session_header.to_ascii_lowercase(),
             record_prompts: a.advanced.record_prompts,
+            metrics_style: a.advanced.metrics_style,
         })
     }
 }

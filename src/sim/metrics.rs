@@ -135,9 +135,88 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// SGLang's names (`sglang:…`, counters as floats as its Python client prints them): prompt,
+    /// generation and cached tokens (`cache_source="device"`), the `cache_hit_rate` gauge
+    /// (here over the whole run; SGLang's covers its recent batches) and running requests.
+    pub(crate) fn render_sglang(&self, model: &str) -> String {
+        let mut out = String::with_capacity(2048);
+        let m = format!("model_name=\"{}\"", model.replace(['"', '\\', '\n'], "_"));
+        let running = self
+            .running
+            .load(Relaxed)
+            .saturating_sub(self.running_done.load(Relaxed));
+        let prompt = self.prompt_tokens.load(Relaxed);
+        let hits = self.cache_hits.load(Relaxed);
+        let queries = self.cache_queries.load(Relaxed);
+        let float_counter = |out: &mut String, name: &str, help: &str, labels: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name}{{{labels}}} {v}.0");
+        };
+        float_counter(
+            &mut out,
+            "sglang:prompt_tokens_total",
+            "Number of prefill tokens processed.",
+            &m,
+            prompt,
+        );
+        float_counter(
+            &mut out,
+            "sglang:generation_tokens_total",
+            "Number of generation tokens processed.",
+            &m,
+            self.generation_tokens.load(Relaxed),
+        );
+        float_counter(
+            &mut out,
+            "sglang:cached_tokens_total",
+            "Number of cached prompt tokens.",
+            &format!("cache_source=\"device\",{m}"),
+            hits,
+        );
+        let rate = if queries > 0 {
+            hits as f64 / queries as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "# HELP sglang:cache_hit_rate The cache hit rate\n\
+             # TYPE sglang:cache_hit_rate gauge\n\
+             sglang:cache_hit_rate{{{m}}} {rate}\n\
+             # HELP sglang:num_running_reqs The number of running requests.\n\
+             # TYPE sglang:num_running_reqs gauge\n\
+             sglang:num_running_reqs{{{m}}} {running}.0"
+        );
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_styles_scrape_to_the_same_counters() {
+        use crate::server_metrics::{parse, Counters, Flavor};
+        let m = Metrics::default();
+        m.prompt_tokens.store(1000, Relaxed);
+        m.cache_queries.store(1000, Relaxed);
+        m.cache_hits.store(640, Relaxed);
+        m.generation_tokens.store(50, Relaxed);
+        for (text, flavor) in [
+            (m.render("parley-sim", 16, 0), Flavor::Vllm),
+            (m.render_sglang("parley-sim"), Flavor::Sglang),
+        ] {
+            let c = Counters::of(&parse(&text).unwrap());
+            assert_eq!(c.flavor, Some(flavor), "{text}");
+            assert_eq!(c.prompt_tokens, Some(1000.0));
+            assert_eq!(c.generation_tokens, Some(50.0));
+            assert_eq!(c.cache_queries, Some(1000.0));
+            assert_eq!(c.cache_hits, Some(640.0));
+        }
+    }
 
     #[test]
     fn renders_vllm_names() {

@@ -184,6 +184,19 @@ pub struct SimAdvancedArgs {
     /// check what a client sent. Makes the record as large as the prompts.
     #[arg(long)]
     pub record_prompts: bool,
+    /// Metric names `GET /metrics` uses: `vllm` (`vllm:prompt_tokens_total`,
+    /// `vllm:prefix_cache_hits_total`, …) or `sglang` (`sglang:prompt_tokens_total`,
+    /// `sglang:cached_tokens_total`, the `sglang:cache_hit_rate` gauge, …), so a client's
+    /// scraping of either server can be tested.
+    #[arg(long, value_enum, default_value_t = MetricsStyle::Vllm)]
+    pub metrics_style: MetricsStyle,
+}
+
+/// See `--metrics-style`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsStyle {
+    Vllm,
+    Sglang,
 }
 
 /// See `--usage`.
@@ -207,6 +220,7 @@ impl Default for SimAdvancedArgs {
             usage: UsageMode::Full,
             session_header: crate::client::SESSION_HEADER.into(),
             record_prompts: false,
+            metrics_style: MetricsStyle::Vllm,
         }
     }
 }

@@ -87,8 +87,13 @@ impl Shared {
 
     pub(crate) fn metrics_text(&self) -> String {
         let cache_tokens = self.lock_cache().tokens();
-        self.metrics
-            .render(&self.cfg.model, self.cfg.block_size, cache_tokens)
+        match self.cfg.metrics_style {
+            super::MetricsStyle::Vllm => {
+                self.metrics
+                    .render(&self.cfg.model, self.cfg.block_size, cache_tokens)
+            }
+            super::MetricsStyle::Sglang => self.metrics.render_sglang(&self.cfg.model),
+        }
     }
 }
 

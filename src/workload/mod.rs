@@ -230,12 +230,21 @@ pub const CONTENT_CLOSE: Bytes = Bytes::from_static(b"\"}");
 
 /// Which conversations of a source's full list a run keeps: skip `offset`, then every
 /// `shard_count`-th starting at `shard_index`, then at most `limit`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Selection {
     pub offset: u64,
     pub shard_index: u64,
     pub shard_count: u64,
+    /// `null` in the run config when unlimited (`usize::MAX`).
+    #[serde(serialize_with = "limit_or_null")]
     pub limit: usize,
+}
+
+fn limit_or_null<S: serde::Serializer>(limit: &usize, s: S) -> Result<S::Ok, S::Error> {
+    match *limit {
+        usize::MAX => s.serialize_none(),
+        n => s.serialize_u64(n as u64),
+    }
 }
 
 impl Default for Selection {
@@ -267,7 +276,10 @@ impl Selection {
 
 /// Every dataset-shaping flag, as plain values (sources do not see clap). `None` means the flag
 /// was not given, so each source can apply its own default.
-#[derive(Clone, Debug, Default)]
+///
+/// Serialized into the run config (`summary.json` `config.flags.dataset.params`) under the
+/// flags' own names, units appended.
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct DatasetParams {
     pub min_turns: Option<u32>,
     pub max_turns: Option<u32>,
@@ -275,17 +287,26 @@ pub struct DatasetParams {
     pub max_prompt_length: Option<u32>,
     pub seed: u64,
     /// AIPerf synthetic: turns per conversation ~ max(1, ceil(N(mean, stddev))).
+    #[serde(rename = "conversation_turn_mean")]
     pub turn_mean: Option<f64>,
+    #[serde(rename = "conversation_turn_stddev")]
     pub turn_stddev: Option<f64>,
     /// AIPerf synthetic: user tokens per turn ~ N(mean, stddev).
+    #[serde(rename = "synthetic_input_tokens_mean")]
     pub isl_mean: Option<f64>,
+    #[serde(rename = "synthetic_input_tokens_stddev")]
     pub isl_stddev: Option<f64>,
     /// AIPerf synthetic: per-turn max_tokens ~ N(mean, stddev).
+    #[serde(rename = "output_tokens_mean")]
     pub osl_mean: Option<f64>,
+    #[serde(rename = "output_tokens_stddev")]
     pub osl_stddev: Option<f64>,
     /// AIPerf synthetic: think time before turns >= 2, milliseconds ~ N(mean, stddev) x ratio.
+    #[serde(rename = "conversation_turn_delay_mean_ms")]
     pub turn_delay_mean_ms: Option<f64>,
+    #[serde(rename = "conversation_turn_delay_stddev_ms")]
     pub turn_delay_stddev_ms: Option<f64>,
+    #[serde(rename = "conversation_turn_delay_ratio")]
     pub turn_delay_ratio: Option<f64>,
     /// Shared prefixes: `prefix_count` distinct prefixes of `prefix_length` tokens; conversation
     /// i's first user turn starts with prefix i mod count.
