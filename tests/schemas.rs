@@ -46,6 +46,23 @@ fn check_run(run: &common::Bench) {
         let errs = errors(&v, &instance);
         assert!(errs.is_empty(), "{file} against {schema_file}:\n{errs}");
     }
+    let v = schema("records.line.schema.json");
+    let paths = common::find_all(run.dir(), "records.jsonl");
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    let text = std::fs::read_to_string(&paths[0]).unwrap();
+    assert!(!text.is_empty());
+    for (k, line) in text.lines().enumerate() {
+        let instance: Value = serde_json::from_str(line).unwrap();
+        let errs = errors(&v, &instance);
+        assert!(errs.is_empty(), "records.jsonl line {}:\n{errs}", k + 1);
+        if k == 0 {
+            // The line schema is strict too: a renamed field fails.
+            let mut renamed = instance.clone();
+            let ttft = renamed.as_object_mut().unwrap().remove("ttft_ns").unwrap();
+            renamed["ttft"] = ttft;
+            assert!(!errors(&v, &renamed).is_empty());
+        }
+    }
 }
 
 /// An external sim with failures, two URLs, warmup, goodput, thresholds and server metrics.
