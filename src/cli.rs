@@ -475,7 +475,9 @@ pub struct BenchArgs {
     pub dataset_args: Option<String>,
 
     /// Tokenizer for synthesis: a tokenizer.json, a local HF model directory, or `builtin`
-    /// (Qwen2's BPE, shipped in the binary).
+    /// (Qwen2's BPE, shipped in the binary). A directory's chat template (chat_template.jinja,
+    /// or tokenizer_config.json's chat_template) renders the prompts the client counts when the
+    /// server sends no usage (docs/metrics.md).
     #[arg(long, visible_alias = "tokenizer", help_heading = "Workload")]
     pub tokenizer_path: Option<PathBuf>,
 

@@ -59,6 +59,7 @@ pub mod server_metrics;
 pub mod signal;
 pub mod sim;
 pub mod sse;
+pub mod template;
 pub mod timeline;
 pub mod tokenizer;
 pub mod trace;

@@ -310,6 +310,23 @@ fn build_pool(plan: &Plan, tokenizer: &Tokenizer) -> Result<Pool, ResourceError>
         skipped_invalid += skipped;
         fixed = Some(schedule);
     }
+    if let (EndpointKind::Chat, Some(template)) = (plan.endpoint, tokenizer.chat_template()) {
+        // The client's prompt estimate (servers without usage) counts what the server will
+        // tokenize: the messages rendered with the model's chat template.
+        for (i, c) in conversations.iter_mut().enumerate() {
+            crate::template::template_delta_tokens(c, tokenizer, template).map_err(|reason| {
+                ResourceError::Flag {
+                    flag: "tokenizer-path",
+                    reason: format!(
+                        "{}: conversation {i} of --dataset {dataset}, {reason} (point \
+                         --tokenizer-path at the tokenizer.json file to count prompts without \
+                         the template)",
+                        template.path().display()
+                    ),
+                }
+            })?;
+        }
+    }
     if plan.endpoint == EndpointKind::Completions {
         // Sources build chat messages; /v1/completions gets them rendered as text, once.
         for (i, c) in conversations.iter_mut().enumerate() {

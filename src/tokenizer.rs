@@ -30,12 +30,16 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::utils::SysRegex;
 use tokenizers::{AddedToken, Model, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use crate::template::ChatTemplate;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error("cannot load tokenizer from {path}: {reason}")]
     Load { path: PathBuf, reason: String },
     #[error("the builtin tokenizer is corrupt: {0}")]
     Builtin(String),
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
 }
 
 /// The compact builtin asset (see the module docs).
@@ -77,6 +81,8 @@ pub struct Tokenizer {
     /// Precomputed for the builtin; computed on first use for others.
     words: OnceLock<Vec<String>>,
     fast: Option<FastPath>,
+    /// The directory's chat template (`crate::template`), when loaded from a directory with one.
+    chat_template: Option<ChatTemplate>,
 }
 
 impl Tokenizer {
@@ -98,6 +104,7 @@ impl Tokenizer {
             allowed,
             words: OnceLock::from(words),
             fast,
+            chat_template: None,
         })
     }
 
@@ -111,7 +118,9 @@ impl Tokenizer {
         Ok(SHARED.get_or_init(|| t).clone())
     }
 
-    /// A `tokenizer.json` file, or a directory that holds one (a local HF model directory).
+    /// A `tokenizer.json` file, or a directory that holds one (a local HF model directory) and
+    /// maybe a chat template (`chat_template.jinja`, `tokenizer_config.json`; see
+    /// `crate::template`). A file alone has no template.
     pub fn from_path(path: &Path) -> Result<Tokenizer, TokenizerError> {
         let err = |reason: String| TokenizerError::Load {
             path: path.to_path_buf(),
@@ -140,6 +149,11 @@ impl Tokenizer {
             .with_truncation(None)
             .map_err(|e| err(format!("cannot disable truncation: {e}")))?;
         inner.with_padding(None);
+        let chat_template = if meta.is_dir() {
+            ChatTemplate::from_dir(path)?
+        } else {
+            None
+        };
         let allowed = compute_allowed(&inner);
         let fast = FastPath::new(&inner, false);
         Ok(Tokenizer {
@@ -148,6 +162,7 @@ impl Tokenizer {
             allowed,
             words: OnceLock::new(),
             fast,
+            chat_template,
         })
     }
 
@@ -163,6 +178,54 @@ impl Tokenizer {
     /// A short name for reports ("builtin:qwen2" or the path).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The model's chat template, when the tokenizer directory has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// [`Tokenizer::count`] of `text`, reusing what `state` remembers of the previous text
+    /// counted with it: the tokens up to an added token that both texts share (and far enough
+    /// from where they differ that no longer added token could start there) are not counted
+    /// again. Exact: the fast path splits added tokens first, left to right, and counts each
+    /// stretch between them on its own, so its count after an added token depends only on the
+    /// text up to it. Without the fast path, a plain count.
+    pub fn count_incremental(&self, state: &mut IncrementalCount, text: String) -> u64 {
+        let Some(fast) = &self.fast else {
+            return self.count(&text) as u64;
+        };
+        let shared = state
+            .text
+            .bytes()
+            .zip(text.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let longest = fast.added.first().map_or(0, |(t, _)| t.len());
+        let keep = state
+            .marks
+            .partition_point(|&(pos, _)| pos + longest <= shared);
+        state.marks.truncate(keep);
+        let (start, before) = state.marks.last().copied().unwrap_or((0, 0));
+        let n = std::cell::Cell::new(before);
+        let marks = std::cell::RefCell::new(std::mem::take(&mut state.marks));
+        let counted = fast.encode_from(
+            &self.inner,
+            &text,
+            start,
+            &mut |_| n.set(n.get() + 1),
+            &mut |end| marks.borrow_mut().push((end, n.get())),
+        );
+        state.marks = marks.into_inner();
+        let total = match counted {
+            Ok(()) => n.get(),
+            Err(_) => {
+                state.marks.clear();
+                self.count(&text) as u64
+            }
+        };
+        state.text = text;
+        total
     }
 
     /// The underlying HF tokenizer (e.g. to serialise it as `tokenizer.json`).
@@ -277,6 +340,14 @@ impl Tokenizer {
     pub fn single_token_words(&self) -> &[String] {
         self.words.get_or_init(|| compute_words(self))
     }
+}
+
+/// What [`Tokenizer::count_incremental`] remembers of the last text it counted.
+#[derive(Default)]
+pub struct IncrementalCount {
+    text: String,
+    /// (byte offset just after an added token, tokens up to there), in order.
+    marks: Vec<(usize, u64)>,
 }
 
 /// The checked-at-load facts that make the fast path equal to the full pipeline.
@@ -432,13 +503,26 @@ impl FastPath {
         text: &str,
         out: &mut impl FnMut(u32),
     ) -> Result<(), String> {
+        self.encode_from(inner, text, 0, out, &mut |_| {})
+    }
+
+    /// [`FastPath::encode`] of `text[start..]`, where `start` is 0 or just after an added token;
+    /// `mark(end)` is called after each added token's id, with the offset just after it.
+    fn encode_from(
+        &self,
+        inner: &tokenizers::Tokenizer,
+        text: &str,
+        start: usize,
+        out: &mut impl FnMut(u32),
+        mark: &mut impl FnMut(usize),
+    ) -> Result<(), String> {
         let (Some((_, regex)), ModelWrapper::BPE(bpe)) = (split_regex(inner), inner.get_model())
         else {
             return Err("fast path unavailable".to_string());
         };
         let mut buf = String::new();
         let bytes = text.as_bytes();
-        let (mut seg, mut i) = (0, 0);
+        let (mut seg, mut i) = (start, start);
         // Added tokens first (leftmost-longest, as tokenizers' AddedVocabulary), then each segment
         // in between through the split regex and the model.
         while i < bytes.len() {
@@ -452,6 +536,7 @@ impl FastPath {
                     self.segment(regex, bpe, &text[seg..i], &mut buf, out)?;
                     out(*id);
                     i += tok.len();
+                    mark(i);
                     seg = i;
                     continue;
                 }

@@ -348,8 +348,10 @@ pub(crate) struct Cursor<'a> {
     history: &'a mut Vec<Bytes>,
     /// Index of the turn [`Cursor::advance`] returns next.
     next: usize,
-    /// Bare tokens of everything in the history (dataset deltas plus earlier replies' output
-    /// tokens): the prompt estimate for servers that send no usage.
+    /// Tokens of everything in the history (dataset deltas — bare, or with the chat template's
+    /// overhead when the tokenizer directory has one, see `template::template_delta_tokens` —
+    /// plus earlier live replies' output tokens): the prompt estimate for servers that send no
+    /// usage.
     estimated_prompt: u64,
     /// The form of the bodies built from the history (set by [`Cursor::body`], which runs before
     /// every reply): chat separates messages with commas, completions text needs no separator
@@ -408,11 +410,15 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Records the current turn's reply: its output tokens join the estimate, and the reply the
+    /// Records the current turn's reply: in live mode its output tokens join the estimate; the reply the
     /// context mode calls for (live, the dataset's, or none) joins the history when another turn
     /// follows.
     pub(crate) fn on_reply(&mut self, turn: &Turn, completion_tokens: u64, live_reply: &str) {
-        self.estimated_prompt += completion_tokens;
+        // Only a live reply joins the history; canned turns' deltas already count the recorded
+        // reply before them, and verbatim turns count their whole array.
+        if self.conv.context == ContextMode::Live {
+            self.estimated_prompt += completion_tokens;
+        }
         if self.at_last_turn() {
             return;
         }
@@ -600,6 +606,35 @@ mod tests {
             3,
             "the whole array's tokens, not accumulated"
         );
+    }
+
+    /// Canned: the estimate counts the recorded replies in the history (their tokens joined the
+    /// next turn's delta when the conversation was converted), never the live reply's output.
+    #[test]
+    fn canned_estimate_counts_the_recorded_replies() {
+        let with_reply = |u: &str, r: &str, n| Turn {
+            reply: Some(Bytes::from(message_json("assistant", r))),
+            ..Turn::user(u, Some(n))
+        };
+        let mut conv = Conversation::live(vec![
+            with_reply("u1", "r1", 3),
+            with_reply("u2", "r2", 4),
+            Turn::user("u3", Some(5)),
+        ]);
+        conv.convert(ContextMode::Canned, |r| Some(r.len() as u32))
+            .unwrap();
+        let reply_len = |k: usize| conv.turns[k].reply.as_ref().unwrap().len() as u64;
+        let (r1, r2) = (reply_len(0), reply_len(1));
+        let mut history = Vec::new();
+        let mut c = Cursor::new(&conv, &mut history);
+        let (_, t) = c.advance().unwrap();
+        assert_eq!(c.estimated_prompt(), 3);
+        c.on_reply(t, 1000, "live");
+        let (_, t) = c.advance().unwrap();
+        assert_eq!(c.estimated_prompt(), 3 + r1 + 4);
+        c.on_reply(t, 1000, "live");
+        c.advance().unwrap();
+        assert_eq!(c.estimated_prompt(), 3 + r1 + 4 + r2 + 5);
     }
 
     /// The completions prompt of the cursor's current turn, decoded.

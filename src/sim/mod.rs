@@ -5,7 +5,8 @@
 //! - [`request`]: the request bodies it accepts (chat and completions, streaming or not) and the
 //!   output-length rules (`ignore_eos`, `max_tokens`, `min_tokens`).
 //! - [`prompt`]: prompt tokens as a chat server counts them (the rendering of
-//!   [`crate::tokenizer::render_chat`], tokenized), with per-message encodings cached.
+//!   [`crate::tokenizer::render_chat`], or of the model's chat template from `--tokenizer-path
+//!   DIR`, tokenized), with per-message encodings cached for the former.
 //! - [`cache`]: vLLM's automatic prefix cache (chained block hashes, LRU, one per server).
 //! - [`stream`]: the timing model on absolute deadlines — first token at
 //!   `t0 + ttft_base + ttft_per_uncached_token × (prompt − cached)`, token `i` at
@@ -69,7 +70,9 @@ pub struct SimArgs {
     /// kernel-style list (2-9,12). Every CPU must be online and in this process's affinity mask.
     #[arg(long, value_name = "LIST", conflicts_with_all = ["cores", "pin_cpus"])]
     pub cpus: Option<String>,
-    /// Tokenizer used to count prompt tokens: a tokenizer.json, an HF model directory, or "builtin".
+    /// Tokenizer used to count prompt tokens: a tokenizer.json, an HF model directory, or
+    /// "builtin". A directory's chat template (chat_template.jinja, or tokenizer_config.json's
+    /// chat_template), if it has one, renders chat requests instead of ChatML.
     #[arg(long)]
     pub tokenizer_path: Option<PathBuf>,
     /// Model name served (in /v1/models and every response's "model").
@@ -177,7 +180,7 @@ pub struct SimAdvancedArgs {
     #[arg(long, default_value = crate::client::SESSION_HEADER)]
     pub session_header: String,
     /// With --record: also write each request's prompt as the sim tokenized it (`prompt_text`:
-    /// a completions prompt as sent, a chat request's messages in the ChatML rendering), to
+    /// a completions prompt as sent, a chat request's messages rendered as it tokenized them: ChatML, or the chat template), to
     /// check what a client sent. Makes the record as large as the prompts.
     #[arg(long)]
     pub record_prompts: bool,

@@ -7,6 +7,11 @@
 //! only tokenizes its new messages. At start-up it checks on a sample that per-message encoding
 //! equals encoding the whole rendering with this tokenizer; if not (a tokenizer without those
 //! special tokens), it encodes whole renderings instead.
+//!
+//! With a chat template (`--tokenizer-path DIR` whose directory has one, see
+//! [`crate::template`]) the request's messages are rendered with it instead, and the whole
+//! rendering is encoded per request (no per-message cache: a template may render a message
+//! differently by its position), like a chat server does.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -127,8 +132,18 @@ impl PromptEncoder {
         ids
     }
 
-    /// Appends the prompt ids of a chat request to `out`.
-    pub(crate) fn chat_ids(&mut self, messages: &[Msg<'_>], out: &mut Vec<u32>) {
+    /// Appends the prompt ids of a chat request to `out`; an error when the model's chat
+    /// template refuses the messages (`raise_exception`), as a server answers 400 then.
+    pub(crate) fn chat_ids(
+        &mut self,
+        messages: &[Msg<'_>],
+        out: &mut Vec<u32>,
+    ) -> Result<(), String> {
+        if let Some(template) = self.tokenizer.chat_template() {
+            let text = template.render_pairs(messages.iter().map(|m| (m.role, m.content)), true)?;
+            out.extend(self.tokenizer.encode(&text));
+            return Ok(());
+        }
         if !self.independent {
             self.scratch.clear();
             render_chat(
@@ -136,13 +151,27 @@ impl PromptEncoder {
                 &mut self.scratch,
             );
             out.extend(self.tokenizer.encode(&self.scratch));
-            return;
+            return Ok(());
         }
         for m in messages {
             let ids = self.encode_message(m);
             out.extend_from_slice(&ids);
         }
         out.extend_from_slice(&self.generation_ids);
+        Ok(())
+    }
+
+    /// The text a chat request's prompt is tokenized from (`--record-prompts`).
+    pub(crate) fn chat_text(&self, messages: &[Msg<'_>]) -> String {
+        let pairs = messages.iter().map(|m| (m.role, m.content));
+        match self.tokenizer.chat_template() {
+            Some(template) => template.render_pairs(pairs, true).unwrap_or_default(),
+            None => {
+                let mut text = String::new();
+                render_chat(pairs, &mut text);
+                text
+            }
+        }
     }
 
     /// Ids of a plain text prompt (`/v1/completions`).

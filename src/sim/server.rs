@@ -38,7 +38,7 @@ use super::stream::{full_reply, Run, RunSpec, SimBody, SseBody, StreamFault};
 use super::SimError;
 use crate::clock::{instant_at, now_ns};
 use crate::net::{HyperIo, ReadStamp};
-use crate::tokenizer::{render_chat, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 /// State shared by every executor.
 pub(crate) struct Shared {
@@ -656,6 +656,7 @@ async fn generate(
     // Prompt token ids, and a key of the request's content for the reply generator.
     let mut ids = Vec::new();
     let request_key;
+    let mut template_error = None;
     {
         let mut enc = exec.encoder.borrow_mut();
         match &parsed.input {
@@ -664,7 +665,9 @@ async fn generate(
                     .iter()
                     .map(|m| Msg::new(&m.role, &m.content.0))
                     .collect();
-                enc.chat_ids(&msgs, &mut ids);
+                if let Err(e) = enc.chat_ids(&msgs, &mut ids) {
+                    template_error = Some(format!("the chat template refused the messages: {e}"));
+                }
                 let mut key = 0x6368_6174u64; // "chat"
                 for m in &msgs {
                     key = fmix64(key ^ m.content_hash).wrapping_add(content_hash(m.role));
@@ -676,9 +679,7 @@ async fn generate(
                     r.message_hashes = msgs.iter().map(|m| hash_hex(m.content_hash)).collect();
                     r.message_tokens = msgs.iter().map(|m| enc.bare_tokens(m)).collect();
                     if cfg.record_prompts {
-                        let mut text = String::new();
-                        render_chat(msgs.iter().map(|m| (m.role, m.content)), &mut text);
-                        r.prompt_text = Some(text);
+                        r.prompt_text = Some(enc.chat_text(&msgs));
                     }
                 }
             }
@@ -708,6 +709,9 @@ async fn generate(
                 }
             }
         }
+    }
+    if let Some(msg) = template_error {
+        return reject(&shared, record, StatusCode::BAD_REQUEST, &msg, None);
     }
     let prompt_tokens = ids.len() as u64;
     if prompt_tokens == 0 {

@@ -60,7 +60,7 @@ fn per_message_encoding_equals_whole_prompt_encoding() {
         // Twice: the second time every message comes from the cache.
         for _ in 0..2 {
             let mut ids = Vec::new();
-            enc.chat_ids(&msgs, &mut ids);
+            enc.chat_ids(&msgs, &mut ids).unwrap();
             assert_eq!(ids, whole_ids(&t, conv), "{conv:?}");
         }
     }
@@ -77,7 +77,7 @@ fn per_message_encoding_equals_whole_prompt_encoding() {
             .collect();
         let msgs: Vec<Msg<'_>> = conv.iter().map(|(r, c)| Msg::new(r, c)).collect();
         let mut ids = Vec::new();
-        enc.chat_ids(&msgs, &mut ids);
+        enc.chat_ids(&msgs, &mut ids).unwrap();
         assert_eq!(ids, whole_ids(&t, &conv));
         history.push(("assistant".into(), reply.clone()));
     }
@@ -98,7 +98,7 @@ fn encode_cache_is_bounded() {
     for _ in 0..2 {
         for text in &texts {
             let mut ids = Vec::new();
-            enc.chat_ids(&[Msg::new("user", text)], &mut ids);
+            enc.chat_ids(&[Msg::new("user", text)], &mut ids).unwrap();
             assert_eq!(ids, whole_ids(&t, &[("user", text)]));
         }
     }

@@ -128,8 +128,9 @@ impl Conversation {
     /// - from verbatim to anything else: impossible (the arrays hold no separable deltas).
     ///
     /// In verbatim, a turn's `delta_tokens` becomes the whole array's: earlier deltas plus
-    /// `reply_tokens` of each recorded reply (None when any part is unknown), so the client's
-    /// prompt estimate for servers that send no usage stays right.
+    /// `reply_tokens` of each recorded reply (None when any part is unknown); in canned, a
+    /// turn's gains the recorded reply before it. So the client's prompt estimate for servers
+    /// that send no usage stays right.
     pub fn convert(
         &mut self,
         mode: ContextMode,
@@ -154,6 +155,15 @@ impl Conversation {
                     "turn {} has no recorded assistant reply to send as history",
                     k + 1
                 ));
+            }
+        }
+        if mode == ContextMode::Canned {
+            // The history holds each recorded reply before the next turn's delta: its tokens
+            // join that delta's (the cursor adds no live output in canned mode).
+            for k in 1..n {
+                let reply = self.turns[k - 1].reply.as_ref().and_then(&reply_tokens);
+                let t = &mut self.turns[k];
+                t.delta_tokens = t.delta_tokens.zip(reply).map(|(d, r)| d.saturating_add(r));
             }
         }
         if mode == ContextMode::Verbatim {
