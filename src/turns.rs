@@ -132,25 +132,28 @@ pub struct TurnSummary {
 /// marker, and the last five (`summary.json` keeps them all).
 const MAX_CONSOLE_ROWS: usize = 20;
 
+/// One turn's table row, as the console and report.html show it.
+pub(crate) fn row(r: &TurnSummary) -> Vec<String> {
+    let f = |v: Option<f64>, scale: f64, prec: usize| {
+        v.map_or("-".to_string(), |v| format!("{:.*}", prec, v * scale))
+    };
+    vec![
+        format!("{}{}", r.turn, if r.and_later { "+" } else { "" }),
+        r.requests.to_string(),
+        f(r.ttft_ms.mean, 1.0, 2),
+        f(r.ttft_ms.p50, 1.0, 2),
+        f(r.ttft_ms.p99, 1.0, 2),
+        f(r.latency_ms.p50, 1e-3, 3),
+        format!("{:.1}", r.input_tokens_mean),
+        f(r.cache_hit_rate, 100.0, 1),
+    ]
+}
+
 pub fn render(rows: &[TurnSummary]) -> String {
     if rows.len() < 2 {
         return String::new();
     }
-    let f = |v: Option<f64>, scale: f64, prec: usize| {
-        v.map_or("-".to_string(), |v| format!("{:.*}", prec, v * scale))
-    };
-    let line = |r: &TurnSummary| {
-        vec![
-            format!("{}{}", r.turn, if r.and_later { "+" } else { "" }),
-            r.requests.to_string(),
-            f(r.ttft_ms.mean, 1.0, 2),
-            f(r.ttft_ms.p50, 1.0, 2),
-            f(r.ttft_ms.p99, 1.0, 2),
-            f(r.latency_ms.p50, 1e-3, 3),
-            format!("{:.1}", r.input_tokens_mean),
-            f(r.cache_hit_rate, 100.0, 1),
-        ]
-    };
+    let line = row;
     let mut table_rows: Vec<Vec<String>> = Vec::new();
     if rows.len() <= MAX_CONSOLE_ROWS {
         table_rows.extend(rows.iter().map(line));

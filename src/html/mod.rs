@@ -657,22 +657,7 @@ fn report_tables(s: &RunSummary) -> String {
         ));
     }
     if !s.by_turn.is_empty() {
-        let rows: Vec<Vec<String>> = s
-            .by_turn
-            .iter()
-            .map(|r| {
-                vec![
-                    format!("{}{}", r.turn, if r.and_later { "+" } else { "" }),
-                    r.requests.to_string(),
-                    opt(r.ttft_ms.mean, 1.0, 2),
-                    opt(r.ttft_ms.p50, 1.0, 2),
-                    opt(r.ttft_ms.p99, 1.0, 2),
-                    opt(r.latency_ms.p50, 1e-3, 3),
-                    format!("{:.1}", r.input_tokens_mean),
-                    opt(r.cache_hit_rate, 100.0, 1),
-                ]
-            })
-            .collect();
+        let rows: Vec<Vec<String>> = s.by_turn.iter().map(crate::turns::row).collect();
         out.push_str("<h2>Per Turn</h2>\n");
         out.push_str(&table(
             &[
