@@ -29,19 +29,22 @@ pub type ReadStamp = Rc<Cell<u64>>;
 /// 0 while nothing has been written.
 pub type WriteStamp = Rc<Cell<u64>>;
 
-/// A glommio TCP stream implementing `hyper::rt::{Read, Write}`.
-pub struct HyperIo {
+/// A glommio TCP stream that stamps its reads and its first write (see the module docs).
+///
+/// It is the transport under every connection: plain HTTP wraps it in [`HyperIo`] directly, TLS
+/// puts the TLS session between the two, so the stamps are the socket's in both cases.
+pub struct StampedTcp {
     stream: TcpStream,
     stamp: ReadStamp,
     write_stamp: WriteStamp,
 }
 
-impl HyperIo {
+impl StampedTcp {
     pub fn new(stream: TcpStream) -> (Self, ReadStamp, WriteStamp) {
         let stamp: ReadStamp = Rc::new(Cell::new(0));
         let write_stamp: WriteStamp = Rc::new(Cell::new(0));
         (
-            HyperIo {
+            StampedTcp {
                 stream,
                 stamp: stamp.clone(),
                 write_stamp: write_stamp.clone(),
@@ -52,36 +55,23 @@ impl HyperIo {
     }
 }
 
-impl hyper::rt::Read for HyperIo {
+impl AsyncRead for StampedTcp {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        // SAFETY: glommio only writes into the slice (it copies from its own receive buffer), and
-        // we advance the cursor by exactly the number of bytes it reports written, so no
-        // uninitialised byte is ever exposed as initialised. Zeroing the (up to hundreds of KiB)
-        // buffer on every read would cost more than the read itself.
-        let slice = unsafe {
-            let uninit = buf.as_mut();
-            std::slice::from_raw_parts_mut(uninit.as_mut_ptr() as *mut u8, uninit.len())
-        };
-        match Pin::new(&mut self.stream).poll_read(cx, slice) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.stamp.set(clock::now_ns());
-                }
-                // SAFETY: `n` bytes were just written by the read above.
-                unsafe { buf.advance(n) };
-                Poll::Ready(Ok(()))
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                self.stamp.set(clock::now_ns());
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
         }
+        polled
     }
 }
 
-impl hyper::rt::Write for HyperIo {
+impl AsyncWrite for StampedTcp {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -100,8 +90,72 @@ impl hyper::rt::Write for HyperIo {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
+
+/// Any futures-io stream (a [`StampedTcp`], or a TLS session over one) as `hyper::rt::{Read,
+/// Write}`.
+pub struct HyperIo<S = StampedTcp> {
+    inner: S,
+}
+
+impl HyperIo<StampedTcp> {
+    /// Plain TCP: the stream stamped, and its stamps.
+    pub fn new(stream: TcpStream) -> (Self, ReadStamp, WriteStamp) {
+        let (tcp, stamp, write_stamp) = StampedTcp::new(stream);
+        (HyperIo { inner: tcp }, stamp, write_stamp)
+    }
+}
+
+impl<S> HyperIo<S> {
+    pub fn wrap(inner: S) -> Self {
+        HyperIo { inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // SAFETY: our streams only write into the slice (glommio and rustls copy from their own
+        // buffers), and we advance the cursor by exactly the number of bytes reported written,
+        // so no uninitialised byte is ever exposed as initialised. Zeroing the (up to hundreds
+        // of KiB) buffer on every read would cost more than the read itself.
+        let slice = unsafe {
+            let uninit = buf.as_mut();
+            std::slice::from_raw_parts_mut(uninit.as_mut_ptr() as *mut u8, uninit.len())
+        };
+        match Pin::new(&mut self.inner).poll_read(cx, slice) {
+            Poll::Ready(Ok(n)) => {
+                // SAFETY: `n` bytes were just written by the read above.
+                unsafe { buf.advance(n) };
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
