@@ -4,12 +4,15 @@
 # (the bench process's own getrusage, from summary.json), peak RSS, and the client's TTFT/ITL
 # p50/p99 next to the sim's recorded truth.
 #
-#   scripts/bench-client.sh [bulk|paced|streams10k|multiturn|openloop|all]   (default: all)
+#   scripts/bench-client.sh [bulk|paced|busy|streams10k|multiturn|openloop|all]   (default: all)
 #
 # Cases (issue 4's targets in brackets):
 #   bulk        64 streams, TTFT = ITL = 0                     [≤ 0.5 µs CPU/event]
 #   paced       512 streams × 10 ms ITL                        [100 % of offered rate, ≤ 5 µs/event,
 #                                                               ITL p99 within 1 ms of the sim's]
+#   busy        64 streams × 20 ms ITL with the client's core kept busy (a spinning process on
+#               it at nice 0, the client at nice 10)            [ITL p99 and TTFT p50 within 0.5 ms
+#                                                               of the sim's]
 #   streams10k  10,000 concurrent streams × 200 ms ITL          [≤ 16 KiB user memory per idle
 #               (also prints mem/stream = (peak RSS − RSS of a   stream]
 #               1-stream run with the same flags) / streams)
@@ -22,7 +25,9 @@
 #
 # Needs: a release build (built here if missing), python3, taskset, /usr/bin/time. Loopback only.
 # REPEAT=3 runs each case three times (median of 3 is what docs/performance.md reports).
-# CLIENT_FLAGS adds flags to every client run, e.g. CLIENT_FLAGS=--spin.
+# CLIENT_FLAGS adds flags to every client run, e.g. CLIENT_FLAGS=--spin. PACED_ITL_MS changes the
+# paced case's ITL (default 10). Each line also gives the client's voluntary context switches per
+# event (wakeups/event: each is a sleep) and its involuntary ones (preempted).
 # RECORDS=off runs the client with --no-records (per-request records are on by default), to
 # measure what records.jsonl costs. BIN=PATH benchmarks another build (e.g. an older commit's
 # target/release/parley) with the same sim and cases.
@@ -64,7 +69,8 @@ run_once() {
   port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/sim.out" | head -1)
   [ -n "$port" ] || { echo "sim did not start: $(cat "$work/sim.out")" >&2; exit 1; }
   rm -rf "$work/out"
-  /usr/bin/time -f "%M" -o "$work/rss" taskset -c "$client_cpu" "$bin" bench \
+  # shellcheck disable=SC2086
+  /usr/bin/time -f "%M %w %c" -o "$work/rss" ${client_prefix:-} taskset -c "$client_cpu" "$bin" bench \
     --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
     --outputs-dir "$work/out" --name c "$@" ${CLIENT_FLAGS:-} $records_flag >/dev/null
   echo 0 >"$work/base_rss"
@@ -96,7 +102,9 @@ def pct(v, p):
 ttft = [(r["first_token_ns"] - r["arrival_ns"]) / 1e6 for r in recs if r.get("first_token_ns")]
 itl = [(b - a) / 1e6 for r in recs for a, b in zip(r["chunk_ns"], r["chunk_ns"][1:])]
 c = s["client"]
-rss_kib = int(open(f"{work}/rss").read().split()[-1])
+# Peak RSS, then voluntary and involuntary context switches of the whole process: a voluntary
+# switch is a sleep, so voluntary switches per event are the wake-ups per event.
+rss_kib, vol_cs, invol_cs = (int(x) for x in open(f"{work}/rss").read().split()[-3:])
 rss_mib = rss_kib / 1024
 base_kib = int(open(f"{work}/base_rss").read().split()[-1])
 point = s['config']['point']
@@ -123,7 +131,8 @@ print(f"{name:10s} streams={streams:<5d} events/s={c['output_events']/s['duratio
       f"ttft p50/p99={s['ttft_ms']['p50']:.2f}/{s['ttft_ms']['p99']:.2f}ms (sim {pct(ttft,50):.2f}/{pct(ttft,99):.2f}) "
       f"itl p50/p99={s['itl_ms']['p50']:.2f}/{s['itl_ms']['p99']:.2f}ms (sim {pct(itl,50):.2f}/{pct(itl,99):.2f}) "
       f"ok={s['requests']['succeeded']}/{s['requests']['total']} "
-      f"busy={c['cores'][0]['busy_pct']:.0f}% core_cpu={c['cores'][0]['cpu_s']:.2f}s lag p50/p99={lag.get('p50') or 0:.0f}/{lag.get('p99') or 0:.0f}us "
+      f"busy={c['cores'][0]['busy_pct']:.0f}% core_cpu={c['cores'][0]['cpu_s']:.2f}s "
+      f"wakeups/event={vol_cs / max(c['output_events'], 1):.3f} preempted={invol_cs} lag p50/p99={lag.get('p50') or 0:.0f}/{lag.get('p99') or 0:.0f}us "
       f"in_tokens/req={in_tok:.0f} dur={s['duration_s']:.1f}s{mem}{' SATURATED' if c['saturated'] else ''}")
 PY
 }
@@ -135,8 +144,18 @@ if [ "$case_name" = bulk ] || [ "$case_name" = all ]; then
     --parallel 64 --number 2000 "${one_turn[@]}"
 fi
 if [ "$case_name" = paced ] || [ "$case_name" = all ]; then
-  run_case paced "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 10" \
+  run_case paced "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms ${PACED_ITL_MS:-10}" \
     --parallel 512 --number 1024 "${one_turn[@]}"
+fi
+if [ "$case_name" = busy ] || [ "$case_name" = all ]; then
+  # The client's core kept busy: a spinning process on it at nice 0, the client at nice 10, so
+  # the client reads each event when the spinner leaves it a slice. Its reported ITL and TTFT
+  # should still match the sim's (event times are the kernel's receive times).
+  taskset -c "$client_cpu" sh -c 'while :; do :; done' &
+  hog_pid=$!
+  client_prefix="nice -n 10" run_case busy "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 20" \
+    --parallel 64 --number 128 "${one_turn[@]}"
+  kill "$hog_pid"
 fi
 if [ "$case_name" = streams10k ] || [ "$case_name" = all ]; then
   # 20 tokens × 200 ms: every stream is open ≈ 4 s, idle between events almost all of it.

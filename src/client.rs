@@ -481,7 +481,9 @@ impl StreamReader<'_> {
         if info.output {
             match timing.first_output_ns {
                 None => timing.first_output_ns = Some(now_ns),
-                Some(_) => self.itl_ns.push(now_ns - self.last_output_ns),
+                // Saturating: read stamps never go back on one connection, but a gap must not
+                // wrap into a huge ITL if a clock ever did.
+                Some(_) => self.itl_ns.push(now_ns.saturating_sub(self.last_output_ns)),
             }
             self.last_output_ns = now_ns;
             timing.output_chunks += 1;
@@ -626,7 +628,7 @@ where
         let shortest = request_limit.map_or(read_limit, |r| r.min(read_limit));
         let tick = (shortest / 4).max(Duration::from_millis(1));
         loop {
-            glommio::timer::sleep(tick).await;
+            LazyTimer::new(tick).await;
             let now = clock::now_ns();
             if now.saturating_sub(start_ns) >= request_limit_ns {
                 return Err(FailureKind::RequestTimeout.into());
@@ -638,6 +640,44 @@ where
         }
     };
     futures_lite::future::or(work, watchdog).await
+}
+
+/// A glommio timer that is registered once. `future::or` polls the watchdog every time the
+/// request's task wakes — once per SSE event — and glommio's `Timer::poll` re-registers itself
+/// on every poll (a timer-map removal and insertion and a waker clone). This one registers on the
+/// first poll and then only reads the clock until it is due: the task's waker stays registered.
+struct LazyTimer {
+    timer: glommio::timer::Timer,
+    due_ns: u64,
+    armed: bool,
+}
+
+impl LazyTimer {
+    fn new(after: Duration) -> Self {
+        // Read before the timer takes its own `now`, so `due_ns` is never later than the
+        // timer's deadline: once it has fired, the clock check below lets the poll through.
+        let due_ns = clock::now_ns() + after.as_nanos() as u64;
+        LazyTimer {
+            timer: glommio::timer::Timer::new(after),
+            due_ns,
+            armed: false,
+        }
+    }
+}
+
+impl std::future::Future for LazyTimer {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.armed && clock::now_ns() < self.due_ns {
+            return std::task::Poll::Pending;
+        }
+        self.armed = true;
+        std::pin::Pin::new(&mut self.timer).poll(cx).map(|_| ())
+    }
 }
 
 #[cfg(test)]

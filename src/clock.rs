@@ -14,6 +14,13 @@ pub fn now_ns() -> u64 {
     read_ns(libc::CLOCK_MONOTONIC)
 }
 
+/// Nanoseconds of `CLOCK_REALTIME`: only to place the kernel's socket receive timestamps (which
+/// are wall-clock) on [`now_ns`]'s clock, never as a timestamp of its own.
+#[inline]
+pub fn realtime_ns() -> u64 {
+    read_ns(libc::CLOCK_REALTIME)
+}
+
 /// CPU time the calling thread has used so far (user + system), in nanoseconds.
 pub fn thread_cpu_ns() -> u64 {
     read_ns(libc::CLOCK_THREAD_CPUTIME_ID)

@@ -113,10 +113,24 @@ pub const DEFAULT_MAX_CONNECT_FAILURES: u64 = 100;
 /// Parking after this much idleness caps such a stall at this bound. (Cause not established.)
 const SPIN_BEFORE_PARK: Duration = Duration::from_millis(10);
 
+/// Marks its core done when the executor's thread unwinds from a panic, so the run's wait for
+/// every core ends and the join reports the panic as an error instead of waiting forever.
+struct DoneIfPanicking(Arc<Shared>, usize);
+
+impl Drop for DoneIfPanicking {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.progress[self.1].done.store(true, Ordering::Release);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot start an executor on CPU {cpu}: {reason}")]
     Executor { cpu: usize, reason: String },
+    #[error("the executor on CPU {cpu} stopped before its share of the run ended ({reason}); this is a bug in parley, the panic message above says where")]
+    Stopped { cpu: usize, reason: String },
 }
 
 /// Slots per core: `concurrency` split as evenly as possible, earlier cores taking the remainder.
@@ -315,7 +329,10 @@ pub fn run(shared: Shared, mut on_tick: impl FnMut(Progress)) -> Result<Measured
             builder = builder.spin_before_park(SPIN_BEFORE_PARK);
         }
         let handle = builder
-            .spawn(move || async move { shard::run(shared, core, active, spin).await })
+            .spawn(move || async move {
+                let _mark = DoneIfPanicking(shared.clone(), core);
+                shard::run(shared, core, active, spin).await
+            })
             .map_err(|e| EngineError::Executor {
                 cpu,
                 reason: e.to_string(),
@@ -329,7 +346,7 @@ pub fn run(shared: Shared, mut on_tick: impl FnMut(Progress)) -> Result<Measured
     let mut recorder = Recorder::new();
     let mut warmup: Option<Recorder> = None;
     for (cpu, h) in handles {
-        let out = h.join().map_err(|e| EngineError::Executor {
+        let out = h.join().map_err(|e| EngineError::Stopped {
             cpu,
             reason: e.to_string(),
         })?;
