@@ -18,8 +18,8 @@ use hyper::{Method, Request, StatusCode};
 use crate::chunk::{ChunkError, ChunkInfo, ChunkParser, Finish, Usage};
 use crate::clock;
 use crate::net::{HyperIo, ReadStamp, SegmentsBody, StampedTcp, WriteStamp};
-use crate::tls::{TlsConnector, TlsTarget};
 use crate::sse::{SseError, SseFramer};
+use crate::tls::{TlsConnector, TlsTarget};
 
 /// How a request failed; every failure is counted under exactly one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

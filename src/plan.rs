@@ -1285,7 +1285,8 @@ fn check_tls_flags(
     }
     if args.insecure {
         notes.push(
-            "warning: --insecure: https certificates and host names are not verified; anyone on              the path could read and change the traffic"
+            "warning: --insecure: https certificates and host names are not verified; anyone on \
+             the path could read and change the traffic"
                 .to_string(),
         );
     }
@@ -2261,7 +2262,10 @@ mod tests {
     #[test]
     fn tls_flags_need_an_https_target_and_insecure_warns() {
         let e = plan_err(&["--url", "http://h:1", "-m", "m", "--insecure"]);
-        assert!(e.starts_with("--insecure: ") && e.contains("https://"), "{e}");
+        assert!(
+            e.starts_with("--insecure: ") && e.contains("https://"),
+            "{e}"
+        );
         let e = plan_err(&["--ca-cert", "ca.pem"]);
         assert!(e.starts_with("--ca-cert: "), "{e}");
         // Together: clap refuses (they contradict each other).
@@ -2269,12 +2273,22 @@ mod tests {
         assert!(crate::cli::try_parse_from(both).is_err());
         let p = Plan::from_args(&args(&["--url", "https://h:1", "-m", "m", "--insecure"])).unwrap();
         assert!(p.insecure && p.notes.iter().any(|n| n.starts_with("warning: --insecure")));
-        let p = Plan::from_args(&args(&["--url", "https://h:1", "-m", "m", "--ca-cert", "ca.pem"]))
-            .unwrap();
+        let p = Plan::from_args(&args(&[
+            "--url",
+            "https://h:1",
+            "-m",
+            "m",
+            "--ca-cert",
+            "ca.pem",
+        ]))
+        .unwrap();
         assert_eq!(p.ca_cert.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert!(p.notes.is_empty(), "{:?}", p.notes);
         let v = p.config_view();
-        assert_eq!((&v["ca_cert"], &v["insecure"]), (&serde_json::json!("ca.pem"), &serde_json::json!(false)));
+        assert_eq!(
+            (&v["ca_cert"], &v["insecure"]),
+            (&serde_json::json!("ca.pem"), &serde_json::json!(false))
+        );
         // An https --server-metrics URL is reason enough.
         let p = Plan::from_args(&args(&[
             "--url",

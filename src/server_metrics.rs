@@ -282,7 +282,9 @@ pub fn parse_url(url: &str) -> Result<MetricsUrl, String> {
     let (rest, tls) = match url.split_once("://") {
         Some(("http", rest)) => (rest, false),
         Some(("https", rest)) => (rest, true),
-        Some((scheme, _)) => return Err(format!("{scheme}:// is not supported; use http or https")),
+        Some((scheme, _)) => {
+            return Err(format!("{scheme}:// is not supported; use http or https"))
+        }
         None => (url, false),
     };
     let (authority, path) = match rest.find('/') {

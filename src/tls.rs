@@ -108,7 +108,10 @@ impl TlsClient {
                     roots.add(cert).map_err(|e| TlsError::File {
                         flag: "ca-cert",
                         path: path.to_path_buf(),
-                        reason: format!("certificate {} is not a usable CA certificate: {e}", i + 1),
+                        reason: format!(
+                            "certificate {} is not a usable CA certificate: {e}",
+                            i + 1
+                        ),
                     })?;
                 }
             }
@@ -223,15 +226,24 @@ pub(crate) fn describe(e: &io::Error) -> String {
             _ => format!("TLS handshake: {e}"),
         };
     };
+    let text = tls.to_string();
     let hint = match tls {
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
             " (the server's certificate is not signed by a bundled root: pass its CA with \
              --ca-cert FILE, or --insecure to skip verification)"
         }
+        // webpki's error, inside rustls's `Other`: only its name says which.
+        rustls::Error::InvalidCertificate(CertificateError::Other(_))
+            if text.contains("CaUsedAsEndEntity") =>
+        {
+            " (the server presents a CA certificate as its own, e.g. a self-signed one made by \
+             `openssl req -x509` without `-addext basicConstraints=critical,CA:FALSE`: sign a \
+             server certificate with that CA and pass the CA with --ca-cert, or use --insecure)"
+        }
         rustls::Error::InvalidMessage(_) => " (is the server speaking TLS on this port?)",
         _ => "",
     };
-    format!("{tls}{hint}")
+    format!("{text}{hint}")
 }
 
 /// The TLS handshake over `io`, bounded by `limit` (the `--connect-timeout`: a server that
@@ -246,12 +258,7 @@ pub(crate) async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let handshake = async {
-        connector
-            .connect(name, io)
-            .await
-            .map_err(|e| describe(&e))
-    };
+    let handshake = async { connector.connect(name, io).await.map_err(|e| describe(&e)) };
     let timeout = async {
         glommio::timer::sleep(limit).await;
         Err(format!(
@@ -326,18 +333,33 @@ mod tests {
     fn bad_ca_files_are_named_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        let e = TlsClient::load(Some(&missing), false).unwrap_err().to_string();
-        assert!(e.starts_with("--ca-cert ") && e.contains("missing.pem"), "{e}");
+        let e = TlsClient::load(Some(&missing), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--ca-cert ") && e.contains("missing.pem"),
+            "{e}"
+        );
         let empty = write(dir.path(), "empty.pem", "not a certificate\n");
-        let e = TlsClient::load(Some(&empty), false).unwrap_err().to_string();
-        assert!(e.contains("empty.pem") && e.contains("no PEM certificate"), "{e}");
+        let e = TlsClient::load(Some(&empty), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("empty.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
         let broken = write(
             dir.path(),
             "broken.pem",
             "-----BEGIN CERTIFICATE-----\nMIIB\n",
         );
-        let e = TlsClient::load(Some(&broken), false).unwrap_err().to_string();
-        assert!(e.contains("broken.pem") && e.contains("certificate 1"), "{e}");
+        let e = TlsClient::load(Some(&broken), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("broken.pem") && e.contains("certificate 1"),
+            "{e}"
+        );
         let junk = write(
             dir.path(),
             "junk.pem",

@@ -330,8 +330,12 @@ async fn serve_http<S>(
     }
 }
 
-async fn serve_plain<S>(guard: ConnGuard, io: HyperIo<S>, stamp: ReadStamp, tls: Option<&'static str>)
-where
+async fn serve_plain<S>(
+    guard: ConnGuard,
+    io: HyperIo<S>,
+    stamp: ReadStamp,
+    tls: Option<&'static str>,
+) where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let exec = guard.0.clone();
@@ -373,7 +377,13 @@ async fn serve_faulty<S>(
     let io = ctl.io(io);
     let (svc_exec, svc_ctl) = (exec.clone(), ctl.clone());
     let service = hyper::service::service_fn(move |req| {
-        handle(svc_exec.clone(), stamp.clone(), tls, Some(svc_ctl.clone()), req)
+        handle(
+            svc_exec.clone(),
+            stamp.clone(),
+            tls,
+            Some(svc_ctl.clone()),
+            req,
+        )
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
