@@ -383,6 +383,36 @@ mod tests {
     }
 
     #[test]
+    fn handshake_errors_say_why_and_what_to_do() {
+        let wrap = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let unknown = describe(&wrap(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )));
+        assert!(
+            unknown.contains("UnknownIssuer") && unknown.contains("--ca-cert FILE"),
+            "{unknown}"
+        );
+        /// webpki's error as rustls carries it: only its name says which.
+        #[derive(Debug)]
+        struct CaUsedAsEndEntity;
+        impl std::fmt::Display for CaUsedAsEndEntity {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "CaUsedAsEndEntity")
+            }
+        }
+        impl std::error::Error for CaUsedAsEndEntity {}
+        let ca = describe(&wrap(rustls::Error::InvalidCertificate(
+            CertificateError::Other(rustls::OtherError(Arc::new(CaUsedAsEndEntity))),
+        )));
+        assert!(ca.contains("basicConstraints=critical,CA:FALSE"), "{ca}");
+        let eof = describe(&io::Error::from(io::ErrorKind::UnexpectedEof));
+        assert!(
+            eof.contains("closed the connection during the TLS handshake"),
+            "{eof}"
+        );
+    }
+
+    #[test]
     fn server_names_of_hosts() {
         let client = Arc::new(TlsClient::load(None, true).unwrap());
         let ip = TlsTarget::new(client.clone(), "127.0.0.1").unwrap();

@@ -366,3 +366,46 @@ fn server_metrics_and_the_model_wait_work_over_https() {
     assert_eq!(u(&endpoint["scrapes_failed"]), 0, "{m}");
     assert_eq!(records.len(), 8);
 }
+
+/// https:// to a server that does not speak TLS (a plain sim answers the ClientHello with an
+/// HTTP 400), and to one that accepts the connection but never answers: both `tls`, with why;
+/// the silent one within --connect-timeout.
+#[test]
+fn plain_and_silent_servers_fail_as_tls_with_a_reason() {
+    let plain = Sim::start(&[]);
+    let url = format!("https://127.0.0.1:{}", plain.port);
+    let r = run(&url, &["--number", "2", "--parallel", "1", "--insecure"]);
+    assert!(plain.stop().is_empty());
+    assert_eq!(r.output.status.code(), Some(3), "{}", r.stderr);
+    assert_eq!(r.failures("tls"), 2, "{}", r.summary()["requests"]);
+    let message = r.summary()["requests"]["failure_messages"]["tls"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("speaking TLS"), "{message}");
+
+    // The kernel completes the TCP handshake for the listener's backlog; nobody ever reads.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let start = std::time::Instant::now();
+    let r = run(
+        &url,
+        &[
+            "--number",
+            "2",
+            "--parallel",
+            "1",
+            "--insecure",
+            "--connect-timeout",
+            "0.3",
+        ],
+    );
+    assert_eq!(r.failures("tls"), 2, "{}", r.stderr);
+    let message = r.summary()["requests"]["failure_messages"]["tls"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("not finished after 0.3 s"), "{message}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    drop(silent);
+}
