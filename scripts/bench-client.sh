@@ -4,7 +4,8 @@
 # (the bench process's own getrusage, from summary.json), peak RSS, and the client's TTFT/ITL
 # p50/p99 next to the sim's recorded truth.
 #
-#   scripts/bench-client.sh [bulk|paced|busy|streams10k|multiturn|openloop|all]   (default: all)
+#   scripts/bench-client.sh [bulk|paced|busy|streams10k|multiturn|openloop|tls-bulk|tls-paced|all]
+#                                                                              (default: all)
 #
 # Cases (issue 4's targets in brackets):
 #   bulk        64 streams, TTFT = ITL = 0                     [≤ 0.5 µs CPU/event]
@@ -22,6 +23,9 @@
 #   openloop    1-turn conversations with 2-token replies        [achieved rate ≥ 99.5 % of target,
 #               arriving at RATE (default 20,000) per second       schedule lag p99 ≤ 200 µs]
 #               for 5 s (Poisson), no cap
+#   tls-bulk    bulk over https (the sim with a test certificate, the client with --ca-cert)
+#   tls-paced   paced over https: the cost of TLS per event, beside bulk and paced
+#               (certificates made by examples/gen-test-cert.rs, built here; no network)
 #
 # Needs: a release build (built here if missing), python3, taskset, /usr/bin/time. Loopback only.
 # REPEAT=3 runs each case three times (median of 3 is what docs/performance.md reports).
@@ -55,9 +59,22 @@ run_case() {
   for _ in $(seq "$repeat"); do run_once "$@"; done
 }
 
+# TLS=1 (the tls-* cases): the sim serves https with a test certificate, the client trusts its CA.
+tls_certs() {
+  [ -f "$work/certs/server.pem" ] && return
+  cargo run --release --quiet --example gen-test-cert -- "$work/certs" 127.0.0.1 >/dev/null
+}
+
 run_once() {
   local name="$1"; shift
   local sim_flags="$1"; shift
+  local scheme=http tls_client=()
+  if [ "${TLS:-0}" = 1 ]; then
+    tls_certs
+    sim_flags="$sim_flags --tls-cert $work/certs/server.pem --tls-key $work/certs/server.key"
+    scheme=https
+    tls_client=(--ca-cert "$work/certs/ca.pem")
+  fi
   rm -f "$work/record.jsonl"
   # shellcheck disable=SC2086
   taskset -c "$sim_cpu" "$bin" sim --port 0 --record "$work/record.jsonl" $sim_flags >"$work/sim.out" 2>&1 &
@@ -66,13 +83,13 @@ run_once() {
   # Port 0: the kernel picks a free port (a fixed guess can collide with TIME_WAIT ports the
   # 10k case leaves behind); the sim prints it.
   local port
-  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/sim.out" | head -1)
+  port=$(sed -n 's|.*listening on https\{0,1\}://127.0.0.1:\([0-9]*\).*|\1|p' "$work/sim.out" | head -1)
   [ -n "$port" ] || { echo "sim did not start: $(cat "$work/sim.out")" >&2; exit 1; }
   rm -rf "$work/out"
   # shellcheck disable=SC2086
   /usr/bin/time -f "%M %w %c" -o "$work/rss" ${client_prefix:-} taskset -c "$client_cpu" "$bin" bench \
-    --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
-    --outputs-dir "$work/out" --name c "$@" ${CLIENT_FLAGS:-} $records_flag >/dev/null
+    --url "$scheme://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
+    --outputs-dir "$work/out" --name c "${tls_client[@]}" "$@" ${CLIENT_FLAGS:-} $records_flag >/dev/null
   echo 0 >"$work/base_rss"
   if [ -n "${BASELINE_RSS:-}" ]; then
     # The same flags at one stream: what the process costs before per-stream memory.
@@ -84,8 +101,8 @@ run_once() {
       base+=("$a")
     done
     /usr/bin/time -f "%M" -o "$work/base_rss" taskset -c "$client_cpu" "$bin" bench \
-      --url "http://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
-      --outputs-dir "$work/base_out" --name b "${base[@]}" --parallel 1 --number 1 >/dev/null
+      --url "$scheme://127.0.0.1:$port" --model parley-sim --cores 1 --quiet \
+      --outputs-dir "$work/base_out" --name b "${tls_client[@]}" "${base[@]}" --parallel 1 --number 1 >/dev/null
   fi
   if ! kill -TERM "$sim_pid" 2>/dev/null; then
     echo "note: the sim exited before the run ended: $(tail -3 "$work/sim.out")" >&2
@@ -156,6 +173,14 @@ if [ "$case_name" = busy ] || [ "$case_name" = all ]; then
   client_prefix="nice -n 10" run_case busy "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 20" \
     --parallel 64 --number 128 "${one_turn[@]}"
   kill "$hog_pid"
+fi
+if [ "$case_name" = tls-bulk ] || [ "$case_name" = all ]; then
+  TLS=1 run_case tls-bulk "--ttft-base-ms 0 --ttft-per-uncached-token-us 0 --itl-ms 0" \
+    --parallel 64 --number 2000 "${one_turn[@]}"
+fi
+if [ "$case_name" = tls-paced ] || [ "$case_name" = all ]; then
+  TLS=1 run_case tls-paced "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms 10" \
+    --parallel 512 --number 1024 "${one_turn[@]}"
 fi
 if [ "$case_name" = streams10k ] || [ "$case_name" = all ]; then
   # 20 tokens × 200 ms: every stream is open ≈ 4 s, idle between events almost all of it.

@@ -236,11 +236,13 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
 #[command(after_help = EXIT_CODES_HELP)]
 pub struct BenchArgs {
     // ----- target -----
-    /// Server URL: a base (`http://host:port` or `host:port`; the endpoint's path is appended,
-    /// `/v1/chat/completions` by default) or the full endpoint URL (`…/v1/chat/completions` or
-    /// `…/v1/completions`, which also picks the body form). Repeat it to spread the load over
-    /// several servers: conversation i goes to URL i mod N with every one of its turns. Without
-    /// it, parley starts its built-in simulated server on 127.0.0.1 and benchmarks that.
+    /// Server URL: a base (`http://host:port`, `https://host:port` or `host:port`; the
+    /// endpoint's path is appended, `/v1/chat/completions` by default) or the full endpoint URL
+    /// (`…/v1/chat/completions` or `…/v1/completions`, which also picks the body form). Repeat
+    /// it to spread the load over several servers: conversation i goes to URL i mod N with every
+    /// one of its turns. Without it, parley starts its built-in simulated server on 127.0.0.1
+    /// and benchmarks that. https:// is verified against the bundled Mozilla roots and
+    /// --ca-cert.
     #[arg(long, short = 'u', help_heading = "Target")]
     pub url: Vec<String>,
 
@@ -284,9 +286,21 @@ pub struct BenchArgs {
     #[arg(long, help_heading = "Target")]
     pub session_header: Option<String>,
 
-    /// Seconds allowed for a TCP connect before the request counts as failed (`connect`).
+    /// Seconds allowed for a TCP connect before the request counts as failed (`connect`); an
+    /// https:// target's TLS handshake gets as long again (`tls`).
     #[arg(long, default_value_t = 10.0, value_parser = positive_f64, help_heading = "Target")]
     pub connect_timeout: f64,
+
+    /// PEM file of one or more CA certificates that https:// targets are verified against,
+    /// beside the bundled Mozilla roots: a private CA, or a self-signed server certificate. A
+    /// file that cannot be read or holds no usable certificate stops the run before any traffic.
+    #[arg(long, value_name = "FILE", help_heading = "Target")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Do not verify https:// targets' certificates or host names (a warning says so). For test
+    /// servers only: anyone on the path can then read and change the traffic.
+    #[arg(long, conflicts_with = "ca_cert", help_heading = "Target")]
+    pub insecure: bool,
 
     /// Seconds without a single byte from the server before a request counts as failed
     /// (`read_timeout`).

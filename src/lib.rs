@@ -33,7 +33,8 @@
 //!   chat rendering shared by the client's synthesis and the sim's prompt counting.
 //! - [`server_metrics`] scrapes the server's Prometheus `/metrics` around a run
 //!   (`--server-metrics`), on its own thread.
-//! - [`net`] adapts glommio sockets to hyper's I/O traits.
+//! - [`net`] adapts glommio sockets to hyper's I/O traits; [`tls`] puts rustls between them
+//!   for `https://` targets and `parley sim --tls-cert`.
 //! - [`doctor`] checks the host's tuning for benchmarking (`parley doctor`); [`host`] holds the
 //!   process-wide settings that keep parley's own timing true.
 
@@ -61,6 +62,7 @@ pub mod sim;
 pub mod sse;
 pub mod template;
 pub mod timeline;
+pub mod tls;
 pub mod tokenizer;
 pub mod trace;
 pub mod turns;

@@ -49,13 +49,15 @@ pub enum Target {
     Url {
         /// `--url` as given.
         url: String,
-        /// The host to resolve (IPv6 without brackets).
+        /// The host to resolve (IPv6 without brackets); with `tls`, also the name verified.
         host: String,
         port: u16,
         /// `Host` header value.
         host_header: HeaderValue,
         /// Request path.
         path: hyper::Uri,
+        /// `https://`: requests go over TLS.
+        tls: bool,
     },
     /// The built-in sim, started by [`crate::resources::Resources::build`]; requests go to
     /// `path`.
@@ -63,6 +65,11 @@ pub enum Target {
 }
 
 impl Target {
+    /// `https://`.
+    pub fn tls(&self) -> bool {
+        matches!(self, Target::Url { tls: true, .. })
+    }
+
     /// The request path.
     pub fn path(&self) -> &hyper::Uri {
         match self {
@@ -295,6 +302,11 @@ pub struct Plan {
     /// are checked here and recorded with credentials masked.
     #[serde(serialize_with = "masked_urls")]
     pub server_metrics: Option<Vec<String>>,
+    /// `--ca-cert`: PEM certificates https targets are verified against, beside the bundled
+    /// roots (read by the resources).
+    pub ca_cert: Option<PathBuf>,
+    /// `--insecure`: https targets' certificates are not verified.
+    pub insecure: bool,
 }
 
 /// A secret header value, recorded as `"***"` (or `null` when absent).
@@ -547,6 +559,7 @@ impl Plan {
                 Some(urls)
             }
         };
+        check_tls_flags(args, &targets, server_metrics.as_deref(), &mut notes)?;
         let goodput = parse_goodput(&args.goodput)?;
         let thresholds = parse_thresholds(&args.slo, args.max_error_rate, goodput.is_some())?;
         let name = args.name.clone().unwrap_or_else(|| {
@@ -625,6 +638,8 @@ impl Plan {
             goodput,
             thresholds,
             server_metrics,
+            ca_cert: args.ca_cert.clone(),
+            insecure: args.insecure,
         })
     }
 
@@ -1059,6 +1074,7 @@ struct ParsedUrl {
     port: u16,
     host_header: HeaderValue,
     path: UrlPath,
+    tls: bool,
 }
 
 /// The targets of `--url` (the built-in sim without one) and the endpoint every request goes
@@ -1158,6 +1174,7 @@ pub(crate) fn parse_targets(
             port: p.port,
             host_header: p.host_header,
             path,
+            tls: p.tls,
         });
     }
     if targets.is_empty() {
@@ -1172,7 +1189,7 @@ pub(crate) fn parse_targets(
     Ok((targets, kind))
 }
 
-/// Parses one `--url`: http only, `host:port` without a scheme means http. Without
+/// Parses one `--url`: http or https, `host:port` without a scheme means http. Without
 /// `--endpoint` (`any_base`), its path must be empty, `…/v1`, or an endpoint path.
 fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
     // Everything downstream (errors, console, summary.json) sees the URL with its credentials
@@ -1189,11 +1206,15 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
         format!("http://{url}")
     };
     let uri: hyper::Uri = with_scheme.parse().map_err(|_| err("not a valid URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(err("https is not supported yet; use http")),
-        _ => return Err(err("must be http://host[:port][/path] or host:port")),
-    }
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(err(
+                "must be http://host[:port][/path], https://host[:port][/path] or host:port",
+            ))
+        }
+    };
     let host = uri.host().ok_or_else(|| err("has no host"))?;
     // Read from the authority text: hyper's parsed port is silently absent when out of range.
     let authority = uri.authority().map_or("", |a| a.as_str());
@@ -1204,6 +1225,7 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
             .ok()
             .filter(|&p| p > 0)
             .ok_or_else(|| err(&format!("port {p} is not 1-65535")))?,
+        None if tls => 443,
         None => 80,
     };
     let raw = uri.path().trim_end_matches('/');
@@ -1232,7 +1254,43 @@ fn parse_url(url: &str, any_base: bool) -> Result<ParsedUrl, PlanError> {
         port,
         host_header: header_value("url", &host_header)?,
         path,
+        tls,
     })
+}
+
+/// `--ca-cert` and `--insecure` apply to https:// targets (and https `--server-metrics` URLs):
+/// given without one, they are a mistake (most likely an `http://` meant as `https://`).
+/// `--insecure` adds its warning to `notes`.
+fn check_tls_flags(
+    args: &BenchArgs,
+    targets: &[Target],
+    server_metrics: Option<&[String]>,
+    notes: &mut Vec<String>,
+) -> Result<(), PlanError> {
+    let any_https = targets.iter().any(Target::tls)
+        || server_metrics
+            .unwrap_or_default()
+            .iter()
+            .any(|u| u.starts_with("https://"));
+    for (given, flag) in [
+        (args.ca_cert.is_some(), "ca-cert"),
+        (args.insecure, "insecure"),
+    ] {
+        if given && !any_https {
+            return Err(flag_err(
+                flag,
+                "applies to https:// targets, and no --url (or --server-metrics URL) is https://",
+            ));
+        }
+    }
+    if args.insecure {
+        notes.push(
+            "warning: --insecure: https certificates and host names are not verified; anyone on \
+             the path could read and change the traffic"
+                .to_string(),
+        );
+    }
+    Ok(())
 }
 
 /// `--no-records` / `--export-level`: whether the per-request files are written.
@@ -2143,7 +2201,7 @@ mod tests {
             path("http://127.0.0.1:8000/v1/completions"),
             "/v1/completions"
         );
-        assert!(resolve(&["https://127.0.0.1"], None, None).is_err());
+        assert_eq!(path("https://127.0.0.1/v1"), "/v1/chat/completions");
         assert_eq!(path("127.0.0.1:8000"), "/v1/chat/completions");
         assert!(resolve(&["ftp://127.0.0.1:8000"], None, None).is_err());
         assert!(resolve(&["http://127.0.0.1:99999"], None, None).is_err());
@@ -2166,6 +2224,83 @@ mod tests {
             unreachable!()
         };
         assert_eq!(*port, 65535);
+    }
+
+    #[test]
+    fn https_targets_default_to_443_and_keep_the_host_to_verify() {
+        let urls = [
+            "https://api.example.com/v1".to_string(),
+            "https://[::1]:8443".to_string(),
+            "http://h.example".to_string(),
+        ];
+        let (targets, _) = parse_targets(&urls, None, None).unwrap();
+        let facts: Vec<_> = targets
+            .iter()
+            .map(|t| match t {
+                Target::Url {
+                    host,
+                    port,
+                    host_header,
+                    tls,
+                    ..
+                } => (host.as_str(), *port, host_header.to_str().unwrap(), *tls),
+                Target::BuiltinSim { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            facts,
+            [
+                ("api.example.com", 443, "api.example.com", true),
+                ("::1", 8443, "[::1]:8443", true),
+                ("h.example", 80, "h.example", false),
+            ]
+        );
+        let e = resolve(&["ftp://h"], None, None).unwrap_err();
+        assert!(e.contains("https://host"), "{e}");
+    }
+
+    #[test]
+    fn tls_flags_need_an_https_target_and_insecure_warns() {
+        let e = plan_err(&["--url", "http://h:1", "-m", "m", "--insecure"]);
+        assert!(
+            e.starts_with("--insecure: ") && e.contains("https://"),
+            "{e}"
+        );
+        let e = plan_err(&["--ca-cert", "ca.pem"]);
+        assert!(e.starts_with("--ca-cert: "), "{e}");
+        // Together: clap refuses (they contradict each other).
+        let both = ["parley", "bench", "--insecure", "--ca-cert", "ca.pem"];
+        assert!(crate::cli::try_parse_from(both).is_err());
+        let p = Plan::from_args(&args(&["--url", "https://h:1", "-m", "m", "--insecure"])).unwrap();
+        assert!(p.insecure && p.notes.iter().any(|n| n.starts_with("warning: --insecure")));
+        let p = Plan::from_args(&args(&[
+            "--url",
+            "https://h:1",
+            "-m",
+            "m",
+            "--ca-cert",
+            "ca.pem",
+        ]))
+        .unwrap();
+        assert_eq!(p.ca_cert.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        let v = p.config_view();
+        assert_eq!(
+            (&v["ca_cert"], &v["insecure"]),
+            (&serde_json::json!("ca.pem"), &serde_json::json!(false))
+        );
+        // An https --server-metrics URL is reason enough.
+        let p = Plan::from_args(&args(&[
+            "--url",
+            "http://h:1",
+            "-m",
+            "m",
+            "--server-metrics",
+            "https://h:2/metrics",
+            "--insecure",
+        ]))
+        .unwrap();
+        assert!(p.insecure);
     }
 
     #[test]

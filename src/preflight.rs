@@ -2,8 +2,9 @@
 //! `GET …/v1/models` (as a server does once its model is loaded), so a run started beside a
 //! server that is still starting does not burn its dataset on connection failures.
 //!
-//! Blocking and plain (one tiny request every half second on the main thread): it runs once,
-//! before the engine starts, so it needs neither the executors nor hyper.
+//! Blocking and plain (one tiny request every half second on the main thread, over rustls's
+//! blocking stream for an https target): it runs once, before the engine starts, so it needs
+//! neither the executors nor hyper.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,10 +28,22 @@ pub(crate) fn models_path(endpoint_path: &str) -> String {
 /// One attempt: `Ok(status)` when the server answered with a status line, `Err(why)` otherwise.
 fn probe(endpoint: &Endpoint, path: &str, limit: Duration) -> Result<u16, String> {
     let limit = limit.max(Duration::from_millis(10));
-    let mut s = TcpStream::connect_timeout(&endpoint.addr, limit).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&endpoint.addr, limit).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(limit))
         .map_err(|e| e.to_string())?;
+    match &endpoint.tls {
+        None => ask(s, endpoint, path),
+        Some(t) => ask(
+            crate::tls::blocking(s, t).map_err(|e| e.to_string())?,
+            endpoint,
+            path,
+        ),
+    }
+}
+
+/// [`probe`]'s request and status line over an open stream.
+fn ask(mut s: impl Read + Write, endpoint: &Endpoint, path: &str) -> Result<u16, String> {
     let host = endpoint.host.to_str().unwrap_or("localhost");
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some(auth) = endpoint

@@ -39,6 +39,8 @@ pub enum ResourceError {
     Fixed { dataset: String, source: FixedError },
     #[error("starting the built-in sim: {0}")]
     Sim(#[from] sim::SimError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("--outputs-dir: {}: {reason}", path.display())]
     Outputs { path: PathBuf, reason: String },
     #[error(
@@ -109,6 +111,8 @@ impl Resources {
             .collect::<Result<Vec<_>, _>>()?;
         let cpus = pick_cpus(plan.cores, plan.cpus.as_deref())?;
         check_fd_limit(plan, cpus.len())?;
+        // Before anything slow: a bad --ca-cert is found now, and before any traffic.
+        let tls = tls_client(plan)?;
         // Before the (possibly long) dataset build: an unusable --outputs-dir is found now.
         check_outputs_dir(&plan.outputs_dir)?;
         let tokenizer = Arc::new(Tokenizer::load(plan.dataset.tokenizer_path.as_deref())?);
@@ -160,6 +164,17 @@ impl Resources {
         let mut sim_handle = None;
         let mut endpoints = Vec::with_capacity(plan.targets.len());
         for (target, addr) in plan.targets.iter().zip(addrs) {
+            let tls_target = match (target, &tls) {
+                (Target::Url { host, url, .. }, Some(client)) if target.tls() => Some(
+                    crate::tls::TlsTarget::new(client.clone(), host).map_err(|reason| {
+                        ResourceError::Url {
+                            url: url.clone(),
+                            reason,
+                        }
+                    })?,
+                ),
+                _ => None,
+            };
             let (addr, host) = match (target, addr) {
                 (Target::Url { host_header, .. }, Some(addr)) => (addr, host_header.clone()),
                 _ => {
@@ -188,6 +203,7 @@ impl Resources {
                 connect_timeout: plan.connect_timeout,
                 read_timeout: plan.read_timeout,
                 request_timeout: plan.request_timeout,
+                tls: tls_target,
             });
         }
         let metrics_sources = match &plan.server_metrics {
@@ -201,14 +217,18 @@ impl Resources {
                         .all(|s| s.addr.as_ref().ok() != Some(&e.addr))
                     {
                         let host = e.host.to_str().unwrap_or_default().to_string();
-                        sources.push(crate::server_metrics::Source::default_for(e.addr, &host));
+                        sources.push(crate::server_metrics::Source::default_for(
+                            e.addr,
+                            &host,
+                            e.tls.clone(),
+                        ));
                     }
                 }
                 sources
             }
             Some(urls) => urls
                 .iter()
-                .map(|u| crate::server_metrics::Source::from_url(u))
+                .map(|u| crate::server_metrics::Source::from_url(u, tls.as_ref()))
                 .collect(),
         };
         Ok(Resources {
@@ -237,6 +257,21 @@ impl Resources {
             h.shutdown();
         }
     }
+}
+
+/// The run's TLS client when any target or `--server-metrics` URL is https (`--ca-cert` read
+/// here), else `None`.
+fn tls_client(plan: &Plan) -> Result<Option<Arc<crate::tls::TlsClient>>, ResourceError> {
+    let https_metrics = plan
+        .server_metrics
+        .iter()
+        .flatten()
+        .any(|u| u.starts_with("https://"));
+    if !plan.targets.iter().any(Target::tls) && !https_metrics {
+        return Ok(None);
+    }
+    let client = crate::tls::TlsClient::load(plan.ca_cert.as_deref(), plan.insecure)?;
+    Ok(Some(Arc::new(client)))
 }
 
 /// A `--url`'s socket address (the first the host resolves to).

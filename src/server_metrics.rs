@@ -2,8 +2,8 @@
 //! run, and set beside the client's figures (`summary.json` `server_metrics`, the console's
 //! "Server metrics" table; every field is defined in `docs/metrics.md`).
 //!
-//! Scraping runs on one plain thread with a tiny blocking HTTP/1.1 GET, off the executors: the
-//! engine's cores never see it. A target without `/metrics` (refused, 404, timeout, not the
+//! Scraping runs on one plain thread with a tiny blocking HTTP/1.1 GET (over rustls's blocking
+//! stream for an https URL), off the executors: the engine's cores never see it. A target without `/metrics` (refused, 404, timeout, not the
 //! text format) becomes a note in the report, never a failure.
 //!
 //! The text-format parser is ours (about 100 lines, unit-tested on vLLM and SGLang exposition):
@@ -18,6 +18,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::tls::TlsTarget;
 
 /// How often the server is scraped during a run.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
@@ -260,15 +262,30 @@ pub struct Source {
     /// `Host` header value.
     pub host: String,
     pub path: String,
+    /// An https URL's TLS settings (the run's `--ca-cert` / `--insecure`).
+    pub tls: Option<TlsTarget>,
 }
 
-/// A `--server-metrics` URL: `http://host[:port][/path]` or `host:port[/path]`; the path
-/// defaults to `/metrics`. Returns (host, port, path).
-pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some((scheme, _)) => return Err(format!("{scheme}:// is not supported; use http")),
-        None => url,
+/// A parsed `--server-metrics` URL.
+#[derive(Debug, PartialEq)]
+pub struct MetricsUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    /// `https://`.
+    pub tls: bool,
+}
+
+/// A `--server-metrics` URL: `http[s]://host[:port][/path]` or `host:port[/path]`; the path
+/// defaults to `/metrics`, the port to 80 (443 for https).
+pub fn parse_url(url: &str) -> Result<MetricsUrl, String> {
+    let (rest, tls) = match url.split_once("://") {
+        Some(("http", rest)) => (rest, false),
+        Some(("https", rest)) => (rest, true),
+        Some((scheme, _)) => {
+            return Err(format!("{scheme}:// is not supported; use http or https"))
+        }
+        None => (url, false),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -284,7 +301,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
                 .filter(|&p| p > 0)
                 .ok_or_else(|| format!("port `{}` is not 1-65535", &authority[i + 1..]))?,
         ),
-        _ => (authority, 80),
+        _ => (authority, if tls { 443 } else { 80 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -295,46 +312,65 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
     } else {
         path.to_string()
     };
-    Ok((host.to_string(), port, path))
+    Ok(MetricsUrl {
+        host: host.to_string(),
+        port,
+        path,
+        tls,
+    })
 }
 
 impl Source {
     /// A source from a `--server-metrics` URL, the host resolved here (an unresolvable one
-    /// becomes a note, as a refused connection does).
-    pub fn from_url(url: &str) -> Source {
+    /// becomes a note, as a refused connection does). `tls`: the run's TLS client, for an
+    /// https URL (the plan made sure there is one then).
+    pub fn from_url(url: &str, tls: Option<&std::sync::Arc<crate::tls::TlsClient>>) -> Source {
         let shown = crate::plan::redact_url(url);
-        match parse_url(url) {
-            Ok((host, port, path)) => Source {
+        let parsed = parse_url(url).and_then(|u| {
+            let tls = match (u.tls, tls) {
+                (false, _) => None,
+                (true, Some(client)) => Some(TlsTarget::new(client.clone(), &u.host)?),
+                (true, None) => return Err("https, but no TLS settings".to_string()),
+            };
+            Ok((u, tls))
+        });
+        match parsed {
+            Ok((u, tls)) => Source {
                 url: shown,
-                addr: (host.as_str(), port)
+                addr: (u.host.as_str(), u.port)
                     .to_socket_addrs()
                     .map_err(|e| e.to_string())
                     .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string())),
-                host: if port == 80 {
-                    host
-                } else if host.contains(':') {
-                    format!("[{host}]:{port}")
+                host: if u.port == if u.tls { 443 } else { 80 } {
+                    u.host
+                } else if u.host.contains(':') {
+                    format!("[{}]:{}", u.host, u.port)
                 } else {
-                    format!("{host}:{port}")
+                    format!("{}:{}", u.host, u.port)
                 },
-                path,
+                path: u.path,
+                tls,
             },
             Err(e) => Source {
                 url: shown,
                 addr: Err(e),
                 host: String::new(),
                 path: String::new(),
+                tls: None,
             },
         }
     }
 
-    /// The target's own `/metrics` at `addr` (`host`: the `Host` header the requests carry).
-    pub fn default_for(addr: SocketAddr, host: &str) -> Source {
+    /// The target's own `/metrics` at `addr` (`host`: the `Host` header the requests carry;
+    /// `tls`: the target's, for an https target).
+    pub fn default_for(addr: SocketAddr, host: &str, tls: Option<TlsTarget>) -> Source {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Source {
-            url: format!("http://{host}/metrics"),
+            url: format!("{scheme}://{host}/metrics"),
             addr: Ok(addr),
             host: host.to_string(),
             path: "/metrics".into(),
+            tls,
         }
     }
 }
@@ -352,17 +388,31 @@ pub enum ScrapeError {
     Parse(#[from] ParseError),
 }
 
-/// One blocking `GET path` with `Connection: close`: the status must be 200; the body is read
-/// whole (by `Content-Length`, chunked, or to the close).
+/// One blocking `GET path` with `Connection: close`, over TLS with `tls`: the status must be
+/// 200; the body is read whole (by `Content-Length`, chunked, or to the close).
 pub fn get(
     addr: SocketAddr,
     host: &str,
     path: &str,
+    tls: Option<&TlsTarget>,
     timeout: Duration,
 ) -> Result<String, ScrapeError> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    match tls {
+        None => exchange(stream, host, path, timeout),
+        Some(t) => exchange(crate::tls::blocking(stream, t)?, host, path, timeout),
+    }
+}
+
+/// [`get`]'s request and response over an open stream.
+fn exchange(
+    mut stream: impl Read + Write,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, ScrapeError> {
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/plain\r\nUser-Agent: parley\r\nConnection: close\r\n\r\n"
@@ -374,9 +424,12 @@ pub fn get(
         if Instant::now() > deadline {
             return Err(ScrapeError::Http("timed out reading the response".into()));
         }
-        match stream.read(&mut buf)? {
-            0 => break,
-            n => raw.extend_from_slice(&buf[..n]),
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A TLS peer that closes without close_notify: the end of the body all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
         }
         if raw.len() > MAX_BODY_BYTES {
             return Err(ScrapeError::Http(format!(
@@ -457,7 +510,13 @@ pub fn scrape(source: &Source) -> Result<Counters, ScrapeError> {
         .addr
         .as_ref()
         .map_err(|e| ScrapeError::Http(e.clone()))?;
-    let text = get(*addr, &source.host, &source.path, SCRAPE_TIMEOUT)?;
+    let text = get(
+        *addr,
+        &source.host,
+        &source.path,
+        source.tls.as_ref(),
+        SCRAPE_TIMEOUT,
+    )?;
     Ok(Counters::of(&parse(&text)?))
 }
 
@@ -1029,19 +1088,29 @@ sglang:time_to_first_token_seconds_bucket{le="+Inf",model_name="meta-llama/Llama
 
     #[test]
     fn parses_urls() {
+        let url = |host: &str, port, path: &str, tls| MetricsUrl {
+            host: host.into(),
+            port,
+            path: path.into(),
+            tls,
+        };
         assert_eq!(
             parse_url("http://127.0.0.1:8000").unwrap(),
-            ("127.0.0.1".into(), 8000, "/metrics".into())
+            url("127.0.0.1", 8000, "/metrics", false)
         );
         assert_eq!(
             parse_url("localhost:9400/custom").unwrap(),
-            ("localhost".into(), 9400, "/custom".into())
+            url("localhost", 9400, "/custom", false)
         );
         assert_eq!(
             parse_url("http://u:p@[::1]:30000/metrics").unwrap(),
-            ("::1".into(), 30000, "/metrics".into())
+            url("::1", 30000, "/metrics", false)
         );
-        assert!(parse_url("https://x/metrics").is_err());
+        assert_eq!(
+            parse_url("https://x/metrics").unwrap(),
+            url("x", 443, "/metrics", true)
+        );
+        assert!(parse_url("ftp://x/metrics").is_err());
         assert!(parse_url("http://x:0/metrics").is_err());
         assert!(parse_url("http://:80").is_err());
     }

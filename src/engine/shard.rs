@@ -52,6 +52,9 @@ struct Core {
     read_buf: Option<usize>,
     /// Idle keep-alive connections per endpoint, most recently used last.
     idle: RefCell<Vec<Vec<Connection>>>,
+    /// Per endpoint, this core's own TLS connector for an https one: its `ClientConfig`, and
+    /// so the session cache reconnects resume from, is not shared with any other core.
+    tls: Vec<Option<crate::tls::TlsConnector>>,
     states: RefCell<Vec<SlotState>>,
     sampler: RefCell<Sampler>,
     /// Connection attempts that failed in a row on this core (any success resets it), and how
@@ -211,6 +214,11 @@ pub(crate) async fn run(
         parser: Rc::new(RefCell::new(ChunkParser::new())),
         read_buf: client::read_buf_for(slots.unwrap_or(0)),
         idle: RefCell::new(shared.endpoints.iter().map(|_| Vec::new()).collect()),
+        tls: shared
+            .endpoints
+            .iter()
+            .map(|e| e.tls.as_ref().map(|t| t.client.config().into()))
+            .collect(),
         states: RefCell::new(Vec::new()),
         sampler: RefCell::new(shared.sampler.clone()),
         connect_failures: std::cell::Cell::new(0),
@@ -300,7 +308,8 @@ async fn preconnect(core: &Rc<Core>, n: usize) {
             let url = (core.index + i * core.cores) % endpoints;
             glommio::spawn_local(async move {
                 let endpoint = &core.shared.endpoints[url];
-                if let Ok(c) = Connection::open(endpoint, core.read_buf).await {
+                let tls = core.tls[url].as_ref();
+                if let Ok(c) = Connection::open(endpoint, core.read_buf, tls).await {
                     core.idle.borrow_mut()[url].push(c);
                 }
             })
@@ -881,14 +890,14 @@ impl Task {
         let core = &self.core;
         let url = at.url;
         let endpoint = &core.shared.endpoints[url];
-        match ensure_connection(conn, endpoint, core.read_buf).await {
+        match ensure_connection(conn, endpoint, core.read_buf, core.tls[url].as_ref()).await {
             Ok((c, opened)) => {
                 if opened {
                     core.note_connect(true);
                 }
                 Ok((c, opened))
             }
-            Err(kind) => {
+            Err(client::ConnectError { kind, message }) => {
                 core.note_connect(false);
                 let now = clock::now_ns();
                 let timing = TurnTiming {
@@ -896,16 +905,20 @@ impl Task {
                     end_ns: now,
                     ..TurnTiming::default()
                 };
-                self.recorder
-                    .borrow_mut()
-                    .record_failure(&timing, kind, url);
+                {
+                    let mut rec = self.recorder.borrow_mut();
+                    rec.record_failure(&timing, kind, url);
+                    if let Some(m) = &message {
+                        rec.record_failure_message(kind, m);
+                    }
+                }
                 core.record(at.timed(
                     &timing,
                     &mut [],
                     Tokens::default(),
                     Status::Failed {
                         kind,
-                        message: None,
+                        message: message.as_deref(),
                     },
                 ));
                 if self.measured {
@@ -924,7 +937,8 @@ async fn ensure_connection<'a>(
     conn: &'a mut Option<Connection>,
     endpoint: &crate::client::Endpoint,
     read_buf: Option<usize>,
-) -> Result<(&'a mut Connection, bool), FailureKind> {
+    tls: Option<&crate::tls::TlsConnector>,
+) -> Result<(&'a mut Connection, bool), client::ConnectError> {
     if let Some(c) = conn.as_mut() {
         if !c.ready().await {
             *conn = None;
@@ -932,7 +946,7 @@ async fn ensure_connection<'a>(
     }
     let opened = conn.is_none();
     if opened {
-        *conn = Some(Connection::open(endpoint, read_buf).await?);
+        *conn = Some(Connection::open(endpoint, read_buf, tls).await?);
     }
     Ok((conn.as_mut().expect("set above"), opened))
 }

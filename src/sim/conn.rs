@@ -123,7 +123,7 @@ impl ConnCtl {
         self.held.take()
     }
 
-    pub(crate) fn io(&self, inner: HyperIo) -> SimIo {
+    pub(crate) fn io<S>(&self, inner: HyperIo<S>) -> SimIo<S> {
         SimIo {
             inner,
             hold: self.hold.clone(),
@@ -170,13 +170,14 @@ pub(crate) async fn reset_on_next_request(fd: OwnedFd, limit: Duration, stop: im
     drop(fd);
 }
 
-/// The connection's I/O: hyper's, except that shutdown is skipped while the socket is held.
-pub(crate) struct SimIo {
-    inner: HyperIo,
+/// The connection's I/O (plain TCP or TLS): hyper's, except that shutdown is skipped while the
+/// socket is held.
+pub(crate) struct SimIo<S> {
+    inner: HyperIo<S>,
     hold: Rc<Cell<bool>>,
 }
 
-impl hyper::rt::Read for SimIo {
+impl<S: futures_lite::AsyncRead + Unpin> hyper::rt::Read for SimIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -186,7 +187,7 @@ impl hyper::rt::Read for SimIo {
     }
 }
 
-impl hyper::rt::Write for SimIo {
+impl<S: futures_lite::AsyncWrite + Unpin> hyper::rt::Write for SimIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

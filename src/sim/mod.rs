@@ -135,6 +135,14 @@ pub struct SimArgs {
     /// whether it `completed`.
     #[arg(long = "fault", value_name = "KIND[:every=N][:after=MS]")]
     pub faults: Vec<String>,
+    /// Serve https: the certificate chain (PEM, the server's certificate first) that --tls-key's
+    /// key goes with. TLS 1.2 and 1.3, ALPN http/1.1, session resumption by tickets (the record's
+    /// `tls` says whether each request's connection resumed). Every --fault kind works over TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Less common flags (boxed to keep `SimArgs` small).
     #[command(flatten, next_help_heading = "Advanced")]
     pub advanced: Box<SimAdvancedArgs>,
@@ -246,6 +254,8 @@ impl Default for SimArgs {
             record: None,
             fail_every: 0,
             faults: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             advanced: Box::default(),
         }
     }
@@ -264,6 +274,8 @@ pub enum SimError {
     InvalidArg { flag: &'static str, reason: String },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("reply words: {0}")]
     Words(String),
     #[error("record file {path}: {source}")]
@@ -278,6 +290,8 @@ pub enum SimError {
 /// A running sim; dropping it does not stop it, call [`SimHandle::shutdown`].
 pub struct SimHandle {
     pub addr: SocketAddr,
+    /// Serving https (`--tls-cert`).
+    pub tls: bool,
     stop: Arc<AtomicBool>,
     executors: Vec<ExecutorJoinHandle<()>>,
     writer: Option<RecordWriter>,
@@ -328,6 +342,17 @@ pub fn spawn(args: &SimArgs, tokenizer: Arc<Tokenizer>) -> Result<SimHandle, Sim
             reason: "no address".into(),
         })?;
     refuse_taken_port(addr)?;
+    // Before anything starts: a bad certificate or key file is the first error.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => {
+            return Err(SimError::InvalidArg {
+                flag: "--tls-cert",
+                reason: "--tls-cert and --tls-key go together".into(),
+            })
+        }
+    };
     let words = ReplyWords::new(&tokenizer)?;
     let pm_qos = if cfg.pm_qos {
         PmQos::hold()
@@ -342,9 +367,12 @@ pub fn spawn(args: &SimArgs, tokenizer: Arc<Tokenizer>) -> Result<SimHandle, Sim
         None => (None, None),
     };
     let cores = cfg.cores;
-    let shared = Arc::new(Shared::new(cfg, tokenizer, words, sender));
+    let mut shared = Shared::new(cfg, tokenizer, words, sender);
+    shared.tls = tls.map(futures_rustls::TlsAcceptor::from);
+    let shared = Arc::new(shared);
     let mut handle = SimHandle {
         addr,
+        tls: shared.tls.is_some(),
         stop: Arc::new(AtomicBool::new(false)),
         executors: Vec::with_capacity(cores),
         writer,
@@ -422,7 +450,8 @@ fn start_one(
     }
 }
 
-/// `parley sim`: serves until SIGINT/SIGTERM, printing `parley sim listening on http://ADDR`.
+/// `parley sim`: serves until SIGINT/SIGTERM, printing `parley sim listening on http://ADDR`
+/// (`https://` with `--tls-cert`).
 pub fn run(args: &SimArgs) -> Result<(), SimError> {
     let tokenizer = Arc::new(Tokenizer::load(args.tokenizer_path.as_deref())?);
     // Before announcing the address: a test may signal us as soon as it reads it.
@@ -432,7 +461,8 @@ pub fn run(args: &SimArgs) -> Result<(), SimError> {
     let handle = spawn(args, tokenizer)?;
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "parley sim listening on http://{}", handle.addr);
+        let scheme = if handle.tls { "https" } else { "http" };
+        let _ = writeln!(out, "parley sim listening on {scheme}://{}", handle.addr);
         let _ = out.flush();
     }
     if !handle._pm_qos.active() && !args.advanced.no_pm_qos {

@@ -108,6 +108,10 @@ pub struct Record {
     pub completed: bool,
     /// Error message sent, for 4xx/5xx.
     pub error: Option<String>,
+    /// Over https (`--tls-cert`): the TLS handshake of the request's connection, `"full"` or
+    /// `"resumed"` (a session resumed from an earlier connection's ticket); absent over http.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     /// The prompt as tokenized (`--record-prompts` only): a completions text prompt as sent, or a
     /// chat request's messages rendered as ChatML with the generation prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]

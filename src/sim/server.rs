@@ -37,7 +37,7 @@ use super::request::{self, BadRequest, Endpoint, Input, Prompt};
 use super::stream::{full_reply, Run, RunSpec, SimBody, SseBody, StreamFault};
 use super::SimError;
 use crate::clock::{instant_at, now_ns};
-use crate::net::{HyperIo, ReadStamp};
+use crate::net::{HyperIo, ReadStamp, StampedTcp};
 use crate::tokenizer::Tokenizer;
 
 /// State shared by every executor.
@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub(crate) model_json: String,
     /// Unix seconds at start (for `/v1/models`).
     started_unix: u64,
+    /// `--tls-cert`: every connection's TLS handshake is accepted with this (one config for
+    /// all executors, so a ticket issued by one resumes on any other).
+    pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 impl Shared {
@@ -73,6 +76,7 @@ impl Shared {
             record,
             model_json,
             started_unix: unix_now(),
+            tls: None,
         }
     }
 
@@ -266,11 +270,7 @@ async fn serve(
             Some(Ok(stream)) => {
                 exec.connections.set(exec.connections.get() + 1);
                 let guard = ConnGuard(exec.clone());
-                if exec.shared.cfg.faults.is_empty() {
-                    glommio::spawn_local(serve_connection(guard, stream)).detach();
-                } else {
-                    glommio::spawn_local(serve_faulty_connection(guard, stream)).detach();
-                }
+                glommio::spawn_local(serve_connection(guard, stream)).detach();
             }
             Some(Err(_)) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -285,14 +285,64 @@ async fn serve(
     }
 }
 
+/// One accepted connection: the TLS handshake first with `--tls-cert` (a failed one just ends
+/// the connection: the client sees and counts it), then HTTP/1.1, on the faulty path when the
+/// sim has `--fault`s. TLS sits between the stamping socket and hyper, as on the client, so
+/// arrival times stay the socket's.
 async fn serve_connection(guard: ConnGuard, stream: glommio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
     let exec = guard.0.clone();
     // Small writes (one SSE event) must leave at once.
     let _ = stream.set_nodelay(true);
-    let (io, stamp, _) = HyperIo::new(stream);
+    let fd = stream.as_raw_fd();
+    let (tcp, stamp, _) = StampedTcp::new(stream);
+    let Some(acceptor) = exec.shared.tls.clone() else {
+        return serve_http(guard, fd, tcp, stamp, None).await;
+    };
+    let accepted = futures_lite::future::or(async { Some(acceptor.accept(tcp).await) }, async {
+        exec.stop.wait().await;
+        None
+    })
+    .await;
+    if let Some(Ok(tls)) = accepted {
+        let kind = match tls.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => "resumed",
+            _ => "full",
+        };
+        serve_http(guard, fd, tls, stamp, Some(kind)).await;
+    }
+}
+
+/// HTTP/1.1 over `io` (plain TCP or TLS; `fd` is the socket's, for the connection faults).
+async fn serve_http<S>(
+    guard: ConnGuard,
+    fd: std::os::fd::RawFd,
+    io: S,
+    stamp: ReadStamp,
+    tls: Option<&'static str>,
+) where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    if guard.0.shared.cfg.faults.is_empty() {
+        serve_plain(guard, HyperIo::wrap(io), stamp, tls).await
+    } else {
+        serve_faulty(guard, fd, HyperIo::wrap(io), stamp, tls).await
+    }
+}
+
+async fn serve_plain<S>(
+    guard: ConnGuard,
+    io: HyperIo<S>,
+    stamp: ReadStamp,
+    tls: Option<&'static str>,
+) where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let exec = guard.0.clone();
     let svc_exec = exec.clone();
-    let service =
-        hyper::service::service_fn(move |req| handle(svc_exec.clone(), stamp.clone(), None, req));
+    let service = hyper::service::service_fn(move |req| {
+        handle(svc_exec.clone(), stamp.clone(), tls, None, req)
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(io, service);
@@ -310,18 +360,30 @@ async fn serve_connection(guard: ConnGuard, stream: glommio::net::TcpStream) {
 /// How long a `close_after_response` connection waits for the client's next request.
 const HOLD_MAX: Duration = Duration::from_secs(60);
 
-/// [`serve_connection`] for a sim with `--fault`: the same, plus the connection-level faults
-/// (reset, close when idle, close after a response; see [`conn`]).
-async fn serve_faulty_connection(guard: ConnGuard, stream: glommio::net::TcpStream) {
-    use std::os::fd::AsRawFd;
+/// [`serve_plain`] for a sim with `--fault`: the same, plus the connection-level faults
+/// (reset, close when idle, close after a response; see [`conn`]). They act on the socket
+/// (`fd`), under any TLS session, so they work the same over https.
+async fn serve_faulty<S>(
+    guard: ConnGuard,
+    fd: std::os::fd::RawFd,
+    io: HyperIo<S>,
+    stamp: ReadStamp,
+    tls: Option<&'static str>,
+) where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let exec = guard.0.clone();
-    let _ = stream.set_nodelay(true);
-    let ctl = ConnCtl::new(stream.as_raw_fd());
-    let (io, stamp, _) = HyperIo::new(stream);
+    let ctl = ConnCtl::new(fd);
     let io = ctl.io(io);
     let (svc_exec, svc_ctl) = (exec.clone(), ctl.clone());
     let service = hyper::service::service_fn(move |req| {
-        handle(svc_exec.clone(), stamp.clone(), Some(svc_ctl.clone()), req)
+        handle(
+            svc_exec.clone(),
+            stamp.clone(),
+            tls,
+            Some(svc_ctl.clone()),
+            req,
+        )
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -414,19 +476,21 @@ fn error_response(status: StatusCode, message: &str, param: Option<&str>) -> Res
     json_response(status, body.to_string())
 }
 
+/// `tls`: the connection's handshake (`"full"`, `"resumed"`) over https, for the record.
 async fn handle(
     exec: Rc<Exec>,
     stamp: ReadStamp,
+    tls: Option<&'static str>,
     ctl: Option<Rc<ConnCtl>>,
     req: hyper::Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     let Some(ctl) = ctl else {
-        return route(exec, stamp, None, req).await;
+        return route(exec, stamp, tls, None, req).await;
     };
     let in_flight = ctl.begin();
     let (resp, close_after) = {
         let close_after = Cell::new(false);
-        let resp = route(exec, stamp, Some((&ctl, &close_after)), req).await?;
+        let resp = route(exec, stamp, tls, Some((&ctl, &close_after)), req).await?;
         (resp, close_after.get())
     };
     let (parts, inner) = resp.into_parts();
@@ -446,6 +510,7 @@ type FaultCtx<'a> = Option<(&'a Rc<ConnCtl>, &'a Cell<bool>)>;
 async fn route(
     exec: Rc<Exec>,
     stamp: ReadStamp,
+    tls: Option<&'static str>,
     faults: FaultCtx<'_>,
     req: hyper::Request<Incoming>,
 ) -> Result<Resp, Infallible> {
@@ -493,7 +558,8 @@ async fn route(
             ));
         }
     };
-    Ok(generate(exec.clone(), &stamp, endpoint, req, arrival_ns, faults).await)
+    let conn = ConnFacts { stamp: &stamp, tls };
+    Ok(generate(exec.clone(), conn, endpoint, req, arrival_ns, faults).await)
 }
 
 /// A header's value for the record: a number when it is one.
@@ -525,9 +591,17 @@ fn reject(
     error_response(status, message, param)
 }
 
+/// What a request's handler knows of its connection.
+struct ConnFacts<'a> {
+    /// The socket's last read time.
+    stamp: &'a ReadStamp,
+    /// The TLS handshake, over https.
+    tls: Option<&'static str>,
+}
+
 async fn generate(
     exec: Rc<Exec>,
-    stamp: &ReadStamp,
+    conn: ConnFacts<'_>,
     endpoint: Endpoint,
     req: hyper::Request<Incoming>,
     arrival_ns: u64,
@@ -545,6 +619,7 @@ async fn generate(
             endpoint: endpoint.name().to_owned(),
             arrival_ns,
             fault: fault.map(|f| f.kind.name().to_owned()),
+            tls: conn.tls.map(str::to_owned),
             ..Record::default()
         })
     });
@@ -566,7 +641,7 @@ async fn generate(
             return reject(&shared, record, status, &msg, None);
         }
     };
-    let t0_ns = stamp.get().clamp(arrival_ns, now_ns());
+    let t0_ns = conn.stamp.get().clamp(arrival_ns, now_ns());
     if let Some(r) = record.as_mut() {
         r.t0_ns = t0_ns;
     }

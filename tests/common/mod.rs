@@ -21,6 +21,8 @@ pub struct Sim {
     child: Child,
     pub port: u16,
     pub record: PathBuf,
+    /// `https` when started with `--tls-cert`, else `http` (as the sim announces itself).
+    pub scheme: &'static str,
     _dir: tempfile::TempDir,
 }
 
@@ -53,16 +55,22 @@ impl Sim {
             .next()
             .and_then(|p| p.trim_end_matches('/').parse().ok())
             .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let scheme = if line.contains("https://") {
+            "https"
+        } else {
+            "http"
+        };
         Sim {
             child,
             port,
             record,
+            scheme,
             _dir: dir,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// `parley bench` against this sim on one engine core, plus `args`.
@@ -272,4 +280,60 @@ pub fn first_turns(records: &[Value]) -> Vec<Value> {
         .collect();
     firsts.sort_by_key(|r| u(&r["arrival_ns"]));
     firsts
+}
+
+/// A certificate authority for the TLS tests, made on the spot (rcgen), and server certificates
+/// it signs.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA's certificate (PEM): what `--ca-cert` trusts.
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "parley test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses) and its key, both PEM.
+    pub fn server(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "parley test server");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// `ca.pem`, `server.pem` and `server.key` (for `names`) written into `dir`; returns their
+    /// paths in that order.
+    pub fn write(&self, dir: &Path, names: &[&str]) -> [PathBuf; 3] {
+        let (cert, key) = self.server(names);
+        let paths = [
+            dir.join("ca.pem"),
+            dir.join("server.pem"),
+            dir.join("server.key"),
+        ];
+        for (path, text) in paths.iter().zip([&self.pem, &cert, &key]) {
+            std::fs::write(path, text).unwrap();
+        }
+        paths
+    }
 }
