@@ -238,6 +238,12 @@ for part in sys.argv[1].split(","):
 print(n)' "$client_set")
   per_core="${STREAMS_PER_CORE:-512}"
   export ITL_MS="${ITL_MS:-10}"
+  # Every stream is a connection to the one sim port: they need as many ephemeral ports.
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+  if [ "$((per_core * n))" -gt "$((hi - lo + 1))" ]; then
+    echo "note: $((per_core * n)) connections to one port need more than the $((hi - lo + 1))" \
+      "ephemeral ports of net.ipv4.ip_local_port_range ($lo-$hi); widen it (1024 65535)" >&2
+  fi
   run_case scale "--ttft-base-ms 1 --ttft-per-uncached-token-us 0 --itl-ms $ITL_MS" \
     --parallel "$((per_core * n))" --number "$((2 * per_core * n))" "${one_turn[@]}" \
     --connect-timeout 60
