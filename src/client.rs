@@ -614,6 +614,7 @@ fn judge_whole(
 /// A plain function returning the race, not an `async fn`: an `async fn` keeps its `work`
 /// argument in its own state beside the copy moved into the race, so every slot's task carried
 /// `work` twice (488 bytes per stream; docs/performance.md, "10k idle streams").
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
 fn with_timeouts<'a, F>(
     work: F,
     stamp: &'a ReadStamp,
