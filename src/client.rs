@@ -664,19 +664,24 @@ fn judge_whole(
 /// (`read_timeout`) or once it has run for `request_limit` (`request_timeout`). One timer per
 /// request (not per event): the watchdog wakes every quarter of the shorter limit and checks the
 /// read stamp and the clock.
-async fn with_timeouts<F>(
+///
+/// A plain function returning the race, not an `async fn`: an `async fn` keeps its `work`
+/// argument in its own state beside the copy moved into the race, so every slot's task carried
+/// `work` twice (488 bytes per stream; docs/performance.md, "10k idle streams").
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+fn with_timeouts<'a, F>(
     work: F,
-    stamp: &ReadStamp,
+    stamp: &'a ReadStamp,
     start_ns: u64,
     read_limit: Duration,
     request_limit: Option<Duration>,
-) -> Result<(), Fault>
+) -> impl std::future::Future<Output = Result<(), Fault>> + 'a
 where
-    F: std::future::Future<Output = Result<(), Fault>>,
+    F: std::future::Future<Output = Result<(), Fault>> + 'a,
 {
     let read_limit_ns = read_limit.as_nanos() as u64;
     let request_limit_ns = request_limit.map_or(u64::MAX, |d| d.as_nanos() as u64);
-    let watchdog = async {
+    let watchdog = async move {
         let shortest = request_limit.map_or(read_limit, |r| r.min(read_limit));
         let tick = (shortest / 4).max(Duration::from_millis(1));
         loop {
@@ -691,7 +696,7 @@ where
             }
         }
     };
-    futures_lite::future::or(work, watchdog).await
+    futures_lite::future::or(work, watchdog)
 }
 
 /// A glommio timer that is registered once. `future::or` polls the watchdog every time the
@@ -735,6 +740,30 @@ impl std::future::Future for LazyTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeout_race_holds_its_work_once() {
+        // Every slot's task holds this race for the whole response: as an `async fn` it kept
+        // `work` twice (its argument and the copy in the race).
+        let stamp: ReadStamp = Rc::new(std::cell::Cell::new(0));
+        let held = [1u8; 1024];
+        let work = async move {
+            futures_lite::future::yield_now().await;
+            if held[0] == 1 {
+                Ok(())
+            } else {
+                Err(FailureKind::Io.into())
+            }
+        };
+        let work_bytes = std::mem::size_of_val(&work);
+        assert!(work_bytes >= 1024);
+        let raced = with_timeouts(work, &stamp, 0, Duration::from_secs(1), None);
+        let raced_bytes = std::mem::size_of_val(&raced);
+        assert!(
+            raced_bytes < work_bytes + 512,
+            "the race is {raced_bytes} bytes for {work_bytes} bytes of work"
+        );
+    }
 
     /// Replays a recorded response body, split into the given reads, through the framer and
     /// the stream reader exactly as [`read_stream`] does; each read is stamped 1 ms later.
