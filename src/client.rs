@@ -199,15 +199,20 @@ impl Connection {
         }
         // TLS sits between the stamping socket and hyper, so the stamps stay the socket's.
         let sender = match (tls, &endpoint.tls) {
+            // Boxed: the TLS handshake's future is several KiB; plain connections should not
+            // carry its size while they open.
             (Some(connector), Some(target)) => {
-                let name = target.server_name.clone();
-                let tls = crate::tls::connect(connector, name, tcp, endpoint.connect_timeout)
-                    .await
-                    .map_err(|message| ConnectError {
-                        kind: FailureKind::Tls,
-                        message: Some(message),
-                    })?;
-                handshake(&builder, HyperIo::wrap(tls)).await?
+                Box::pin(async {
+                    let name = target.server_name.clone();
+                    let tls = crate::tls::connect(connector, name, tcp, endpoint.connect_timeout)
+                        .await
+                        .map_err(|message| ConnectError {
+                            kind: FailureKind::Tls,
+                            message: Some(message),
+                        })?;
+                    Ok::<_, ConnectError>(handshake(&builder, HyperIo::wrap(tls)).await?)
+                })
+                .await?
             }
             _ => handshake(&builder, HyperIo::wrap(tcp)).await?,
         };
@@ -271,7 +276,8 @@ impl Scratch {
 /// What happened to one request.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TurnTiming {
-    /// Just before the request was built (its headers, well under a µs) and handed to the
+    /// When the request's first write was issued to the socket; before anything is written
+    /// (and for a request that never was), just before it was built and handed to the
     /// connection.
     pub start_ns: u64,
     /// When the request's first write was issued to the socket (`None`: nothing written).
@@ -485,9 +491,15 @@ pub async fn send_turn(
     )
     .await;
     let last_read_ns = conn.stamp.get();
-    timing.end_ns = last_read_ns.max(timing.start_ns);
     let written_ns = conn.write_stamp.get();
     timing.first_write_ns = (written_ns != 0).then_some(written_ns);
+    // TTFT and latency count from the request's first write, not from when it was handed to
+    // the connection: on a busy client core the time between the two is the client's own
+    // queueing (reported as send lag), and it must not inflate the server's figures.
+    if let Some(written_ns) = timing.first_write_ns {
+        timing.start_ns = written_ns.max(start_ns);
+    }
+    timing.end_ns = last_read_ns.max(timing.start_ns);
     match result {
         Ok(()) => Ok(timing),
         Err(Fault { kind, message }) => Err(TurnFailure {

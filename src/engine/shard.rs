@@ -966,7 +966,10 @@ async fn ensure_connection<'a>(
     }
     let opened = conn.is_none();
     if opened {
-        *conn = Some(Connection::open(endpoint, read_buf, tls).await?);
+        // Boxed (one allocation per connection opened): inline, opening's state (connect,
+        // TLS, hyper's handshake) would be part of every conversation's task for its whole
+        // life, past glommio's inline task size (`GLOMMIO_BOXES_FROM`).
+        *conn = Some(Box::pin(Connection::open(endpoint, read_buf, tls)).await?);
     }
     Ok((conn.as_mut().expect("set above"), opened))
 }
