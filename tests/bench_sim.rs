@@ -213,12 +213,6 @@ fn multi_turn_history_lengths_and_cache_match_the_sim() {
     assert!((f(&s["turns_per_request_mean"]) - depth as f64 / n).abs() < 1e-9);
 }
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let idx = ((v.len() as f64 * p).ceil() as usize).max(1) - 1;
-    v[idx]
-}
-
 /// TTFT and ITL as the client reports them stay within a stated tolerance of the sim's
 /// configured model and of the sim's recorded send times.
 #[test]
@@ -289,19 +283,8 @@ fn ttft_and_itl_match_the_configured_model() {
     );
 
     // Against the sim's record: the client's figures track the server's send times.
-    let truth_ttft: Vec<f64> = records
-        .iter()
-        .map(|r| (u(&r["first_token_ns"]) - u(&r["arrival_ns"])) as f64 / 1e6)
-        .collect();
-    let truth_itl: Vec<f64> = records
-        .iter()
-        .flat_map(|r| {
-            let c: Vec<u64> = r["chunk_ns"].as_array().unwrap().iter().map(u).collect();
-            c.windows(2)
-                .map(|w| (w[1] - w[0]) as f64 / 1e6)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let truth_ttft = sim_ttft_ms(&records);
+    let truth_itl = sim_itl_ms(&records);
     let truth_ttft_p50 = percentile(truth_ttft, 0.5);
     let truth_itl_mean = truth_itl.iter().sum::<f64>() / truth_itl.len() as f64;
     assert_eq!(

@@ -24,12 +24,6 @@ fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((v.len() as f64) * p / 100.0).ceil().max(1.0) as usize;
-    v[rank - 1]
-}
-
 #[test]
 fn event_times_hold_when_the_client_core_is_busy() {
     let cpus = allowed_cpus();
@@ -98,20 +92,9 @@ fn event_times_hold_when_the_client_core_is_busy() {
     let s = &run.summary;
     assert_eq!(u(&s["requests"]["succeeded"]), 16);
 
-    let truth_itl: Vec<f64> = records
-        .iter()
-        .flat_map(|r| {
-            let c: Vec<u64> = r["chunk_ns"].as_array().unwrap().iter().map(u).collect();
-            c.windows(2)
-                .map(|w| (w[1] - w[0]) as f64 / 1e6)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let truth_ttft: Vec<f64> = records
-        .iter()
-        .map(|r| (u(&r["first_token_ns"]) - u(&r["arrival_ns"])) as f64 / 1e6)
-        .collect();
-    for (p, key, bound_ms) in [(50.0, "p50", 0.5), (90.0, "p90", 1.0)] {
+    let truth_itl = sim_itl_ms(&records);
+    let truth_ttft = sim_ttft_ms(&records);
+    for (p, key, bound_ms) in [(0.5, "p50", 0.5), (0.9, "p90", 1.0)] {
         let client = f(&s["itl_ms"][key]);
         let truth = percentile(truth_itl.clone(), p);
         assert!(
@@ -122,7 +105,7 @@ fn event_times_hold_when_the_client_core_is_busy() {
     // The client's TTFT starts when it issued the request and the sim's when the request
     // arrived, so the client's is longer by the loopback transit only.
     let client_ttft = f(&s["ttft_ms"]["p50"]);
-    let truth_ttft = percentile(truth_ttft, 50.0);
+    let truth_ttft = percentile(truth_ttft, 0.5);
     assert!(
         (client_ttft - truth_ttft).abs() <= 1.0,
         "TTFT p50: client {client_ttft:.3} ms vs sim {truth_ttft:.3} ms"

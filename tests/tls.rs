@@ -92,11 +92,6 @@ fn arg(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 * p).ceil() as usize).max(1) - 1]
-}
-
 /// (a) With the CA trusted, every request succeeds over TLS, the client's counts equal the
 /// sim's record, and its TTFT tracks the sim's recorded send times (the stamps are still the
 /// socket's, under TLS).
@@ -135,11 +130,11 @@ fn https_with_ca_cert_matches_the_sim_record() {
     assert_eq!(s["config"]["flags"]["insecure"], false);
     // TTFT: the client's p50 against the sim's own, generously (a busy 2-core host); one
     // misread chunk would be 2 ms per token off, a TLS read stamped late far more.
-    let truth: Vec<f64> = records
-        .iter()
-        .map(|r| (u(&r["first_token_ns"]) - u(&r["arrival_ns"])) as f64 / 1e6)
-        .collect();
-    let (client, truth) = (common::f(&s["ttft_ms"]["p50"]), percentile(truth, 0.5));
+    let truth = common::sim_ttft_ms(&records);
+    let (client, truth) = (
+        common::f(&s["ttft_ms"]["p50"]),
+        common::percentile(truth, 0.5),
+    );
     assert!(
         (client - truth).abs() < 15.0,
         "client TTFT p50 {client} ms vs the sim's {truth} ms"

@@ -337,3 +337,30 @@ impl TestCa {
         paths
     }
 }
+
+/// The `p`-quantile (0–1] of `v`, nearest rank.
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 * p).ceil() as usize).max(1) - 1]
+}
+
+/// The sim's recorded TTFT of each request, ms: its first token's write − the request's arrival.
+pub fn sim_ttft_ms(records: &[Value]) -> Vec<f64> {
+    records
+        .iter()
+        .map(|r| (u(&r["first_token_ns"]) - u(&r["arrival_ns"])) as f64 / 1e6)
+        .collect()
+}
+
+/// The sim's recorded gaps between content chunks of each request, ms.
+pub fn sim_itl_ms(records: &[Value]) -> Vec<f64> {
+    records
+        .iter()
+        .flat_map(|r| {
+            let c: Vec<u64> = r["chunk_ns"].as_array().unwrap().iter().map(u).collect();
+            c.windows(2)
+                .map(|w| (w[1] - w[0]) as f64 / 1e6)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
