@@ -112,15 +112,16 @@ fn recv_stamped(fd: RawFd, buf: &mut [u8], arrival_ns: &mut u64) -> Option<io::R
             _ => Some(Err(err)),
         };
     }
-    *arrival_ns = clock::now_ns();
-    if n > 0 {
-        if let Some(kernel_ns) = receive_timestamp(&msg) {
+    *arrival_ns = match (n > 0).then(|| receive_timestamp(&msg)).flatten() {
+        Some(kernel_ns) => {
             let (now_ns, real_ns) = clock_pair();
             // The segment's age now, on the wall clock, taken off our monotonic now. Clamped:
             // a wall-clock step must not put arrival in the future.
-            *arrival_ns = now_ns.saturating_sub(real_ns.saturating_sub(kernel_ns));
+            now_ns.saturating_sub(real_ns.saturating_sub(kernel_ns))
         }
-    }
+        // No timestamp (or end of stream): the read's own time.
+        None => clock::now_ns(),
+    };
     Some(Ok(n as usize))
 }
 
